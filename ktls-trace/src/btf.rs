@@ -1,0 +1,355 @@
+//! A minimal reader of the kernel's BTF (`/sys/kernel/btf/vmlinux`): just enough to find
+//! the byte offset of a struct member, so the eBPF programs can read `msghdr.msg_flags`
+//! and `socket.sk` on whatever kernel they run on. Rust eBPF gets no CO-RE relocations
+//! (aya-rs/aya#349), so offsets are computed here and passed in as load-time globals.
+//!
+//! Format: include/uapi/linux/btf.h and Documentation/bpf/btf.rst.
+
+use std::{collections::HashMap, path::Path};
+
+/// Why a BTF lookup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not a BTF blob (bad magic)")]
+    BadMagic,
+    #[error("BTF blob truncated")]
+    Truncated,
+    #[error("unknown BTF type kind {0}")]
+    UnknownKind(u32),
+    #[error("struct {0} not found in BTF")]
+    NoStruct(String),
+    #[error("struct {strukt} has no member {member}")]
+    NoMember { strukt: String, member: String },
+}
+
+const MAGIC: u16 = 0xeb9f;
+
+// BTF_KIND_* values.
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    type_id: u32,
+    bit_offset: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Type {
+    /// struct or union
+    Composite {
+        members: Vec<Member>,
+    },
+    /// typedef / const / volatile / restrict / type tag: an alias of `type_id`
+    Alias {
+        type_id: u32,
+    },
+    Other,
+}
+
+/// Parsed BTF: types by id, and struct ids by name.
+#[derive(Debug)]
+pub struct Btf {
+    types: Vec<Type>,
+    structs: HashMap<String, u32>,
+}
+
+fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
+    b.get(off..off + 4)
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_le_bytes)
+        .ok_or(BtfError::Truncated)
+}
+
+fn str_at(strings: &[u8], off: u32) -> String {
+    let rest = strings.get(off as usize..).unwrap_or_default();
+    let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end]).into_owned()
+}
+
+impl Btf {
+    /// Reads the running kernel's BTF.
+    pub fn from_sys_fs() -> Result<Btf, BtfError> {
+        Self::from_file(Path::new("/sys/kernel/btf/vmlinux"))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Btf, BtfError> {
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&data)
+    }
+
+    /// Parses a little-endian BTF blob.
+    pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
+        let magic = data
+            .get(0..2)
+            .map(|m| u16::from_le_bytes([m[0], m[1]]))
+            .ok_or(BtfError::Truncated)?;
+        if magic != MAGIC {
+            return Err(BtfError::BadMagic);
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let type_off = u32_at(data, 8)? as usize;
+        let type_len = u32_at(data, 12)? as usize;
+        let str_off = u32_at(data, 16)? as usize;
+        let str_len = u32_at(data, 20)? as usize;
+        let types_sec = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .ok_or(BtfError::Truncated)?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or(BtfError::Truncated)?;
+
+        // Type id 0 is void.
+        let mut types = vec![Type::Other];
+        let mut structs = HashMap::new();
+        let mut p = 0usize;
+        while p < types_sec.len() {
+            let name_off = u32_at(types_sec, p)?;
+            let info = u32_at(types_sec, p + 4)?;
+            let size_or_type = u32_at(types_sec, p + 8)?;
+            p += 12;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let kind_flag = info >> 31 == 1;
+            let id = types.len() as u32;
+            let ty = match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => {
+                    p += 4;
+                    Type::Other
+                }
+                KIND_PTR | KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
+                KIND_ARRAY => {
+                    p += 12;
+                    Type::Other
+                }
+                KIND_STRUCT | KIND_UNION => {
+                    let mut members = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let m_name = u32_at(types_sec, p)?;
+                        let m_type = u32_at(types_sec, p + 4)?;
+                        let m_off = u32_at(types_sec, p + 8)?;
+                        p += 12;
+                        members.push(Member {
+                            name: str_at(strings, m_name),
+                            type_id: m_type,
+                            // With kind_flag the top 8 bits hold a bitfield size.
+                            bit_offset: if kind_flag {
+                                m_off & 0x00ff_ffff
+                            } else {
+                                m_off
+                            },
+                        });
+                    }
+                    if kind == KIND_STRUCT && name_off != 0 {
+                        structs.entry(str_at(strings, name_off)).or_insert(id);
+                    }
+                    Type::Composite { members }
+                }
+                KIND_ENUM | KIND_FUNC_PROTO => {
+                    p += vlen * 8;
+                    Type::Other
+                }
+                KIND_DATASEC | KIND_ENUM64 => {
+                    p += vlen * 12;
+                    Type::Other
+                }
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    Type::Alias {
+                        type_id: size_or_type,
+                    }
+                }
+                other => return Err(BtfError::UnknownKind(other)),
+            };
+            types.push(ty);
+        }
+        Ok(Btf { types, structs })
+    }
+
+    /// Follows typedef/const/volatile chains to the underlying type.
+    fn resolve(&self, mut id: u32) -> Option<&Type> {
+        for _ in 0..32 {
+            match self.types.get(id as usize)? {
+                Type::Alias { type_id } => id = *type_id,
+                t => return Some(t),
+            }
+        }
+        None
+    }
+
+    /// Bit offset of `member` inside the composite `id`, looking into anonymous
+    /// struct/union members as C does.
+    fn find_bits(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
+        if depth > 8 {
+            return None;
+        }
+        let Type::Composite { members } = self.resolve(id)? else {
+            return None;
+        };
+        for m in members {
+            if m.name == member {
+                return Some(m.bit_offset);
+            }
+        }
+        for m in members.iter().filter(|m| m.name.is_empty()) {
+            if let Some(inner) = self.find_bits(m.type_id, member, depth + 1) {
+                return Some(m.bit_offset + inner);
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `member` in `struct strukt`.
+    pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        let id = *self
+            .structs
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
+        self.find_bits(id, member, 0)
+            .map(|bits| bits / 8)
+            .ok_or_else(|| BtfError::NoMember {
+                strukt: strukt.to_string(),
+                member: member.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a BTF blob: `int`, `struct inner { int a; int b; }`, and
+    /// `struct outer { int x; union { struct inner in; int y; }; int z; }` with the
+    /// anonymous union at byte 8 and `z` at byte 16, plus a typedef of outer.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0inner\0a\0b\0outer\0x\0in\0y\0z\0outer_t\0".to_vec();
+        let s = |name: &str| -> u32 {
+            let needle = format!("\0{name}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .map(|p| p as u32 + 1)
+                .unwrap_or(0)
+        };
+        let mut t = Vec::new();
+        let mut push = |v: u32| t.extend_from_slice(&v.to_le_bytes());
+        // 1: int
+        push(s("int"));
+        push(KIND_INT << 24);
+        push(4);
+        push(32);
+        // 2: struct inner { a @0, b @32 bits }
+        push(s("inner"));
+        push((KIND_STRUCT << 24) | 2);
+        push(8);
+        push(s("a"));
+        push(1);
+        push(0);
+        push(s("b"));
+        push(1);
+        push(32);
+        // 3: anonymous union { struct inner in; int y; }
+        push(0);
+        push((KIND_UNION << 24) | 2);
+        push(8);
+        push(s("in"));
+        push(2);
+        push(0);
+        push(s("y"));
+        push(1);
+        push(0);
+        // 4: struct outer { x @0, <anon union> @64 bits, z @128 bits }
+        push(s("outer"));
+        push((KIND_STRUCT << 24) | 3);
+        push(20);
+        push(s("x"));
+        push(1);
+        push(0);
+        push(0);
+        push(3);
+        push(64);
+        push(s("z"));
+        push(1);
+        push(128);
+        // 5: typedef outer_t -> 4
+        push(s("outer_t"));
+        push(KIND_TYPEDEF << 24);
+        push(4);
+
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.push(1);
+        b.push(0);
+        b.extend_from_slice(&24u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(strings.len() as u32).to_le_bytes());
+        b.extend_from_slice(&t);
+        b.extend_from_slice(&strings);
+        b
+    }
+
+    #[test]
+    fn finds_direct_and_anonymous_members() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.member_offset("outer", "x").unwrap(), 0);
+        assert_eq!(btf.member_offset("outer", "y").unwrap(), 8);
+        assert_eq!(btf.member_offset("outer", "z").unwrap(), 16);
+        assert_eq!(btf.member_offset("inner", "b").unwrap(), 4);
+        // `a` sits in `in`, a named member of the anonymous union: not reachable by
+        // name from `outer` in C either.
+        assert!(matches!(
+            btf.member_offset("outer", "a"),
+            Err(BtfError::NoMember { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(matches!(Btf::parse(&[0, 1, 2]), Err(BtfError::BadMagic)));
+        let mut b = blob();
+        b.truncate(40);
+        assert!(matches!(Btf::parse(&b), Err(BtfError::Truncated)));
+        assert!(matches!(
+            Btf::parse(&blob()).unwrap().member_offset("nope", "x"),
+            Err(BtfError::NoStruct(_))
+        ));
+    }
+
+    /// The running kernel's BTF (every machine and guest this project runs on has one):
+    /// the members ktls-trace reads exist at plausible offsets.
+    #[test]
+    fn kernel_btf_has_the_members_we_read() {
+        let btf = Btf::from_sys_fs().unwrap();
+        let flags = btf.member_offset("msghdr", "msg_flags").unwrap();
+        let sk = btf.member_offset("socket", "sk").unwrap();
+        assert!(flags > 0 && flags < 256, "msg_flags at {flags}");
+        assert!(sk > 0 && sk < 128, "socket.sk at {sk}");
+    }
+}

@@ -1,0 +1,75 @@
+//! Command-line interface (clap). Every flag has help text; `ktls-trace help <command>`
+//! shows it.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::plan::BackendChoice;
+
+/// See how your server's bytes travel the kernel TLS transmit path: page cache ->
+/// sendfile -> kernel TLS encryption -> TCP. Needs root (or CAP_BPF + CAP_PERFMON).
+#[derive(Debug, Parser)]
+#[command(name = "ktls-trace", version, propagate_version = true)]
+pub struct Cli {
+    /// More diagnostics on stderr (-v: info, -vv: debug, including the eBPF programs' logs).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream one line (or JSON object) per completed call on the traced path.
+    Trace(TraceArgs),
+    /// Explain what this kernel supports and which mode `trace`/`top` will run in.
+    /// Exits 0 when full tracing is possible, 1 otherwise.
+    Doctor(DoctorArgs),
+}
+
+/// Which processes to trace; filtering happens in the kernel.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    /// Trace only these processes (and all their threads); repeat or separate with commas.
+    #[arg(
+        short,
+        long = "pid",
+        value_name = "PID[,PID...]",
+        value_delimiter = ','
+    )]
+    pub pids: Vec<u32>,
+
+    /// Trace only tasks with this command name (the kernel keeps 15 characters).
+    #[arg(short, long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// Probe backend: kprobes (full picture) or tracepoints (works without kprobes, no
+    /// kernel TLS visibility). `auto` picks kprobes when the kernel has them.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Stop after this many seconds (default: until Ctrl-C, SIGTERM or the traced processes exit).
+    #[arg(short, long, value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// One JSON object per line (schema: docs/event-schema.md); the last line is the summary.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Ring buffer size in MiB (a power of two); raise it if the summary reports drops.
+    #[arg(long, value_name = "MIB", default_value_t = 8)]
+    pub ring_mib: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
