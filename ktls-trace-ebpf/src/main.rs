@@ -14,8 +14,11 @@
 //! Struct fields are read at offsets computed by userspace from the running kernel's BTF
 //! and set as globals at load time: Rust eBPF gets no CO-RE relocations (aya-rs/aya#349),
 //! and `struct msghdr` moved between 6.1 and 6.12.
-#![no_std]
-#![no_main]
+// On the BPF target this is a no_std, no_main object; built for the host (as part of
+// `cargo build/clippy --workspace`) it is an ordinary binary that does nothing, so the
+// whole workspace builds and lints with one command.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 use aya_ebpf::{
     EbpfContext, Global,
@@ -128,7 +131,7 @@ fn tid_tgid() -> (u32, u32) {
 fn task_wanted(tgid: u32) -> bool {
     if FILTER_PIDS.load() != 0 {
         // SAFETY: the value is only tested for presence, never dereferenced.
-        if unsafe { PIDS.get(&tgid) }.is_none() {
+        if unsafe { PIDS.get(tgid) }.is_none() {
             return false;
         }
     }
@@ -162,13 +165,13 @@ fn wanted(tgid: u32, sk: u64) -> bool {
     }
     if task_wanted(tgid) {
         // SAFETY: presence test only.
-        if sk != 0 && unsafe { SOCKS.get(&sk) }.is_none() {
-            let _ = SOCKS.insert(&sk, &tgid, 0);
+        if sk != 0 && unsafe { SOCKS.get(sk) }.is_none() {
+            let _ = SOCKS.insert(sk, tgid, 0);
         }
         return true;
     }
     // SAFETY: presence test only.
-    sk != 0 && unsafe { SOCKS.get(&sk) }.is_some()
+    sk != 0 && unsafe { SOCKS.get(sk) }.is_some()
 }
 
 /// Finds the innermost probed call of this thread that `parents` lists.
@@ -177,7 +180,7 @@ fn nesting(tid: u32, parents: &[Probe]) -> (u8, u8) {
     for p in parents {
         // SAFETY: the entry is copied out at once; LRU eviction cannot free it while
         // this program runs (map values are RCU-protected).
-        if let Some(outer) = unsafe { ACTIVE.get(&active_key(tid, *p)) } {
+        if let Some(outer) = unsafe { ACTIVE.get(active_key(tid, *p)) } {
             let root = if outer.root != Probe::NONE {
                 outer.root
             } else {
@@ -241,7 +244,7 @@ fn enter(
         a.fd_in = i;
         a.has |= has::FDS;
     }
-    if ACTIVE.insert(&active_key(tid, probe), &a, 0).is_err() {
+    if ACTIVE.insert(active_key(tid, probe), a, 0).is_err() {
         bump(stat::ACTIVE_FULL);
     }
 }
@@ -252,11 +255,11 @@ fn leave<C: EbpfContext>(ctx: &C, probe: Probe, ret: Option<i64>) {
     let (tid, tgid) = tid_tgid();
     let key = active_key(tid, probe);
     // SAFETY: copied out before the entry is removed.
-    let a = match unsafe { ACTIVE.get(&key) } {
+    let a = match unsafe { ACTIVE.get(key) } {
         Some(a) => *a,
         None => return, // filtered out at entry, or probes attached mid-call
     };
-    let _ = ACTIVE.remove(&key);
+    let _ = ACTIVE.remove(key);
     let end = now();
     let mut hasf = a.has;
     if ret.is_some() {
@@ -573,7 +576,7 @@ pub fn fentry_check(_ctx: FEntryContext) -> u32 {
     0
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     // SAFETY: eBPF programs cannot panic at run time: the verifier rejects any program
@@ -585,3 +588,10 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!(
+        "ktls-trace-ebpf is an eBPF object: it is built for bpfel-unknown-none and loaded by ktls-trace"
+    );
+}

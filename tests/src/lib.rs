@@ -1,1 +1,286 @@
+//! Helpers for the integration tests: find the binaries, run a workload that waits for
+//! the tracer, run `ktls-trace trace --json` and collect what it printed.
+//!
+//! The same test executables run on the host (tracepoint mode) and inside the QEMU
+//! guests (`cargo xtask vm-test`), where the binaries live in /opt/kt and
+//! `KTLS_TRACE_BIN_DIR` points there.
 
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Reason string for tests that only the kTLS guests can run.
+pub const GUEST_ONLY: &str = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)";
+
+/// The directory with `ktls-trace` and `ktls-workload`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("KTLS_TRACE_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test-exe> -> target/<profile>
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .expect("test executable has no grandparent directory")
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// The integration tests load eBPF programs: they must run as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the integration tests need root (cargo xtask test runs them as root)"
+    );
+}
+
+/// Which guest kernel series we run in ("6.1", "6.12"), if any.
+pub fn guest() -> Option<String> {
+    std::env::var("KTLS_TRACE_GUEST").ok()
+}
+
+/// Kernel major.minor of the running kernel.
+pub fn kernel_version() -> (u32, u32) {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut it = rel.trim().split(|c: char| !c.is_ascii_digit());
+    let major = it.next().and_then(|v| v.parse().ok()).expect("major");
+    let minor = it.next().and_then(|v| v.parse().ok()).expect("minor");
+    (major, minor)
+}
+
+pub fn has_kprobes() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
+}
+
+/// A `ktls-workload` process, stopped at its "ready" line until [`Workload::go`].
+pub struct Workload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+}
+
+impl Workload {
+    pub fn start(mode: &str, bytes: u64) -> Workload {
+        let mut child = Command::new(bin("ktls-workload"))
+            .args([mode, &bytes.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn ktls-workload");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read ready line");
+        let pid = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("workload did not start: {line:?}"));
+        assert_eq!(pid, child.id());
+        Workload {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
+    }
+
+    /// Lets it send.
+    pub fn go(&mut self) {
+        if let Some(mut s) = self.stdin.take() {
+            s.write_all(b"go\n").expect("write go");
+        }
+    }
+
+    /// Waits for it and returns its report (`sent`, `wire_bytes`, `records`).
+    pub fn finish(mut self) -> Value {
+        self.go();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read report");
+        let status = self.child.wait().expect("wait workload");
+        assert!(
+            status.success(),
+            "workload failed: {status}; output {line:?}"
+        );
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad report {line:?}: {e}"))
+    }
+}
+
+/// A running `ktls-trace trace`.
+pub struct Trace {
+    child: Child,
+    stdout_rx: mpsc::Receiver<Vec<String>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// What a finished trace printed.
+#[derive(Debug)]
+pub struct TraceOutput {
+    pub status: ExitStatus,
+    pub events: Vec<Value>,
+    pub summary: Option<Value>,
+    pub stderr: Vec<String>,
+}
+
+impl Trace {
+    /// Starts `ktls-trace trace --json ARGS` and waits until it is attached.
+    pub fn start(args: &[&str]) -> Trace {
+        let mut child = Command::new(bin("ktls-trace"))
+            .arg("trace")
+            .arg("--json")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ktls-trace");
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, stdout_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let lines: Vec<String> = BufReader::new(out).lines().map_while(Result::ok).collect();
+            let _ = tx.send(lines);
+        });
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("tracing (Ctrl-C to stop)") {
+                    let _ = ready_tx.send(());
+                }
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        // Generous: inside a TCG guest, loading and verifying the programs is slow.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "ktls-trace exited early ({status}): {:?}",
+                    stderr.lock().expect("lock")
+                );
+            }
+            assert!(Instant::now() < deadline, "ktls-trace did not become ready");
+        }
+        Trace {
+            child,
+            stdout_rx,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGINT and collects the output.
+    pub fn stop(self) -> TraceOutput {
+        // SAFETY: kill with a valid signal number on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.wait()
+    }
+
+    /// Waits for it to exit on its own (duration over, traced processes gone).
+    pub fn wait(mut self) -> TraceOutput {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "ktls-trace did not exit: {:?}",
+                    self.stderr.lock().expect("lock")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let lines = self
+            .stdout_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("stdout collected");
+        // Let the stderr reader finish.
+        std::thread::sleep(Duration::from_millis(100));
+        let stderr = self.stderr.lock().expect("lock").clone();
+        let mut events = Vec::new();
+        let mut summary = None;
+        for l in lines {
+            let v: Value =
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"));
+            if v.get("summary").is_some() {
+                assert!(summary.is_none(), "two summaries");
+                summary = Some(v["summary"].clone());
+            } else {
+                assert!(summary.is_none(), "event after the summary: {l}");
+                events.push(v);
+            }
+        }
+        TraceOutput {
+            status,
+            events,
+            summary,
+            stderr,
+        }
+    }
+}
+
+impl TraceOutput {
+    /// Events of one probe.
+    pub fn of<'a>(&'a self, probe: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.events.iter().filter(move |e| e["probe"] == probe)
+    }
+
+    /// Sum of positive `ret` over a probe's events of process `pid` (None = any).
+    pub fn bytes_done(&self, probe: &str, pid: Option<u32>) -> u64 {
+        self.of(probe)
+            .filter(|e| pid.is_none_or(|p| e["pid"] == p))
+            .filter_map(|e| e["ret"].as_i64())
+            .filter(|r| *r > 0)
+            .map(|r| r as u64)
+            .sum()
+    }
+
+    /// Sum of `bytes` over a probe's events.
+    pub fn bytes_asked(&self, probe: &str) -> u64 {
+        self.of(probe).filter_map(|e| e["bytes"].as_u64()).sum()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.join("\n")
+    }
+}
+
+/// Runs `ktls-trace ARGS` to completion: (exit code, stdout, stderr).
+pub fn run_ktls_trace(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("ktls-trace"))
+        .args(args)
+        .output()
+        .expect("run ktls-trace");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,235 @@
+//! `ktls-trace trace` and `doctor` on whatever kernel runs the tests: the host (no
+//! kprobes, no kTLS: the tracepoint fallback) and the QEMU guests (where the same tests
+//! force `--backend tracepoint` to keep the fallback proven on real kTLS kernels too).
+
+use ktls_trace_tests::{GUEST_ONLY, Trace, Workload, has_kprobes, require_root, run_ktls_trace};
+
+/// Does this kernel have the tracepoints the fallback needs? (6.1 has no
+/// sock:sock_send_length; it appeared in 6.3.)
+fn has_sock_send_length() -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|t| {
+            std::path::Path::new(t)
+                .join("events/sock/sock_send_length")
+                .exists()
+        })
+}
+
+#[test]
+fn tracepoint_mode_reports_exact_sendfile_bytes_for_the_traced_pid_only() {
+    require_root();
+    const N: u64 = 1_000_000;
+    const M: u64 = 300_000;
+    let mut traced = Workload::start("plain-sendfile", N);
+    let mut other = Workload::start("plain-sendfile", M);
+    let traced_pid = traced.pid;
+    let pid = traced_pid.to_string();
+    let trace = Trace::start(&["--backend", "tracepoint", "--pid", &pid]);
+    traced.go();
+    other.go();
+    let other_pid = other.pid;
+    let r_other = other.finish();
+    let r = traced.finish();
+    assert_eq!(r["sent"], N);
+    assert_eq!(r_other["sent"], M);
+    // The traced process is gone: trace stops by itself.
+    let out = trace.wait();
+    assert!(out.status.success(), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("traced processes have exited"),
+        "{}",
+        out.stderr_text()
+    );
+
+    assert!(!out.events.is_empty());
+    for e in &out.events {
+        assert_eq!(e["pid"], traced_pid, "event of another process: {e}");
+        assert_ne!(e["pid"], other_pid);
+    }
+    // Exactly the file's bytes through sendfile, in one call here.
+    assert_eq!(out.bytes_done("sendfile64", None), N);
+    let calls: Vec<_> = out.of("sendfile64").collect();
+    assert!(!calls.is_empty());
+    for c in &calls {
+        assert_eq!(c["comm"], "ktls-workload");
+        assert!(
+            c["latency_ns"].as_u64().is_some(),
+            "sendfile has a latency: {c}"
+        );
+        assert!(c["out_fd"].as_i64().is_some() && c["in_fd"].as_i64().is_some());
+    }
+    let summary = out.summary.as_ref().expect("summary");
+    assert_eq!(summary["probes"]["sendfile64"]["bytes_done"], N);
+    assert_eq!(summary["drops"], 0);
+    assert_eq!(summary["backend"], "tracepoint");
+
+    if has_sock_send_length() {
+        // TCP side: every byte the socket accepted, all inside the sendfile call.
+        assert_eq!(out.bytes_done("sock_send_length", None), N);
+        for e in out.of("sock_send_length") {
+            assert_eq!(e["parent"], "sendfile64", "{e}");
+            assert!(e["sock"].as_str().is_some_and(|s| s.len() == 16));
+        }
+        let socks: std::collections::BTreeSet<_> = out
+            .of("sock_send_length")
+            .map(|e| e["sock"].to_string())
+            .collect();
+        assert_eq!(socks.len(), 1, "one connection, one socket id");
+    }
+}
+
+#[test]
+fn comm_filter_selects_by_command_name() {
+    require_root();
+    let mut w = Workload::start("plain-write", 200_000);
+    let trace = Trace::start(&[
+        "--backend",
+        "tracepoint",
+        "--comm",
+        "ktls-workload",
+        "--duration",
+        "8",
+    ]);
+    w.go();
+    let pid = w.pid;
+    w.finish();
+    let out = trace.stop();
+    assert!(out.status.success(), "{}", out.stderr_text());
+    for e in &out.events {
+        assert_eq!(e["comm"], "ktls-workload", "{e}");
+    }
+    if has_sock_send_length() {
+        assert_eq!(out.bytes_done("sock_send_length", Some(pid)), 200_000);
+    }
+}
+
+#[test]
+fn missing_pid_is_one_line_and_exit_2() {
+    require_root();
+    let (code, stdout, stderr) = run_ktls_trace(&["trace", "--pid", "4194305"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no process with PID 4194305"), "{stderr}");
+}
+
+#[test]
+fn unprivileged_user_gets_one_line_saying_what_is_needed() {
+    require_root();
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(ktls_trace_tests::bin("ktls-trace"))
+        .args(["trace", "--duration", "1"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("needs root, or the CAP_BPF and CAP_PERFMON"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn auto_backend_says_which_mode_and_why() {
+    require_root();
+    let trace = Trace::start(&["--duration", "0.5"]);
+    let out = trace.wait();
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let first = out.stderr.first().cloned().unwrap_or_default();
+    if has_kprobes() {
+        assert!(first.contains("full mode"), "{first}");
+        assert_eq!(out.summary.as_ref().expect("summary")["backend"], "kprobe");
+    } else {
+        assert!(first.contains("reduced mode"), "{first}");
+        assert!(
+            first.contains("CONFIG_KPROBES"),
+            "the reason is given: {first}"
+        );
+        assert_eq!(
+            out.summary.as_ref().expect("summary")["backend"],
+            "tracepoint"
+        );
+    }
+    // No raw attach errors anywhere.
+    let text = out.stderr_text();
+    assert!(
+        !text.contains("errno") && !text.contains("os error"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sigterm_ends_with_a_json_summary() {
+    require_root();
+    let trace = Trace::start(&["--backend", "tracepoint"]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(trace.pid() as i32, libc::SIGTERM) };
+    let out = trace.wait();
+    assert!(out.status.success());
+    let s = out.summary.expect("summary after SIGTERM");
+    assert!(s["events"].as_u64().is_some() && s["drops"].as_u64().is_some());
+}
+
+#[test]
+fn doctor_agrees_with_the_kernel() {
+    require_root();
+    let (code, stdout, stderr) = run_ktls_trace(&["doctor", "--json"]);
+    let r: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"));
+    // Every program of the object passes this kernel's verifier (kprobe programs load
+    // even where kprobes cannot attach).
+    assert_eq!(r["programs_rejected"], serde_json::json!([]), "{stdout}");
+    assert_eq!(
+        r["programs_verified"].as_array().map(Vec::len),
+        Some(21),
+        "{stdout}"
+    );
+    assert_eq!(r["kprobes"]["ok"], has_kprobes());
+    let tls_loaded = std::path::Path::new("/sys/module/tls").exists();
+    assert_eq!(r["ktls_active"], tls_loaded, "{stdout}");
+    assert_eq!(code == 0, r["full"] == true);
+    if !has_kprobes() {
+        assert_eq!(code, 1);
+        assert!(
+            r["kprobes"]["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("CONFIG_KPROBES")
+        );
+        assert!(r["mode"].as_str().unwrap_or("").starts_with("reduced mode"));
+    }
+    if !tls_loaded {
+        assert!(r["ktls"].as_str().unwrap_or("").contains("not"), "{stdout}");
+    }
+    // The text form says the same in words.
+    let (code2, text, _) = run_ktls_trace(&["doctor"]);
+    assert_eq!(code, code2);
+    for k in [
+        "kernel",
+        "kprobes",
+        "fentry",
+        "kernel TLS",
+        "probe points",
+        "mode",
+    ] {
+        assert!(text.contains(k), "doctor text lacks {k}: {text}");
+    }
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn doctor_reports_full_support_in_the_guests() {
+    let _ = GUEST_ONLY;
+    require_root();
+    let (code, stdout, _) = run_ktls_trace(&["doctor", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(r["full"], true);
+    assert_eq!(r["kprobes"]["ok"], true);
+    assert_eq!(r["ktls_active"], true);
+    assert_eq!(r["backend"], "kprobe");
+}
