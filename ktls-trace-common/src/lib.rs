@@ -42,11 +42,14 @@ pub enum Probe {
     Sendfile64 = 9,
     /// `sock:sock_send_length` (tracepoint fallback: bytes a socket's sendmsg accepted).
     SockSendLength = 10,
+    /// `tls_push_record()`: software kTLS encrypts one record and pushes it (static in
+    /// net/tls/tls_sw.c but not inlined in the tested kernels): one event per record.
+    TlsPushRecord = 11,
 }
 
 impl Probe {
     /// Every probe, in discriminant order.
-    pub const ALL: [Probe; 11] = [
+    pub const ALL: [Probe; 12] = [
         Probe::DoSendfile,
         Probe::TlsSwSendmsg,
         Probe::TlsSwSendpage,
@@ -58,6 +61,7 @@ impl Probe {
         Probe::DoTcpSendpages,
         Probe::Sendfile64,
         Probe::SockSendLength,
+        Probe::TlsPushRecord,
     ];
 
     /// The wire value for "no probe" in [`Event::parent`] / [`Event::root`].
@@ -86,6 +90,7 @@ impl Probe {
             Probe::DoTcpSendpages => "do_tcp_sendpages",
             Probe::Sendfile64 => "sendfile64",
             Probe::SockSendLength => "sock_send_length",
+            Probe::TlsPushRecord => "tls_push_record",
         }
     }
 }
@@ -178,6 +183,25 @@ pub struct Active {
     pub head: [u8; HEAD_LEN],
 }
 
+/// Addresses of a socket, read once from `struct sock_common` and kept in the `SOCKINFO`
+/// map under the socket id (userspace reads it for the connection view).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Local port, host byte order (`skc_num`).
+    pub sport: u16,
+    /// Peer port, network byte order as the kernel keeps it (`skc_dport`).
+    pub dport_be: u16,
+    pub _pad: u16,
+    /// Owner process (tgid) that first used the socket in a traced call.
+    pub owner: u32,
+    /// Local and peer address: IPv4 in the first 4 bytes, or IPv6.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
 /// Key of a call in flight: thread id in the high bits, probe in the low byte.
 #[inline(always)]
 pub const fn active_key(tid: u32, probe: Probe) -> u64 {
@@ -210,6 +234,20 @@ pub mod names {
     pub const TP_SSL_SK_OFF: &str = "TP_SSL_SK_OFF";
     pub const TP_SSL_RET_OFF: &str = "TP_SSL_RET_OFF";
     pub const TP_SSL_PROTO_OFF: &str = "TP_SSL_PROTO_OFF";
+    pub const MSGHDR_ITER_OFF: &str = "MSGHDR_ITER_OFF";
+    pub const ITER_TYPE_OFF: &str = "ITER_TYPE_OFF";
+    pub const ITER_UBUF_OFF: &str = "ITER_UBUF_OFF";
+    pub const ITER_IOV_OFF: &str = "ITER_IOV_OFF";
+    pub const ITER_UBUF_VAL: &str = "ITER_UBUF_VAL";
+    pub const ITER_IOVEC_VAL: &str = "ITER_IOVEC_VAL";
+    pub const SOCKINFO: &str = "SOCKINFO";
+    pub const SKC_FAMILY_OFF: &str = "SKC_FAMILY_OFF";
+    pub const SKC_NUM_OFF: &str = "SKC_NUM_OFF";
+    pub const SKC_DPORT_OFF: &str = "SKC_DPORT_OFF";
+    pub const SKC_DADDR_OFF: &str = "SKC_DADDR_OFF";
+    pub const SKC_RCV_SADDR_OFF: &str = "SKC_RCV_SADDR_OFF";
+    pub const SKC_V6_DADDR_OFF: &str = "SKC_V6_DADDR_OFF";
+    pub const SKC_V6_RCV_SADDR_OFF: &str = "SKC_V6_RCV_SADDR_OFF";
 }
 
 /// Value of an offset global that is not known for the running kernel.
@@ -229,3 +267,4 @@ pub const fn sock_id(addr: u64, key: u64) -> u64 {
 // Layout checks: no padding, so every byte pattern is a valid Event.
 const _: () = assert!(EVENT_SIZE == 88);
 const _: () = assert!(core::mem::size_of::<Active>() == 48);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 44);

@@ -24,6 +24,7 @@ use aya_ebpf::{
     EbpfContext, Global,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user_buf,
     },
     macros::{fentry, kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -31,7 +32,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use ktls_trace_common::{
-    Active, COMM_LEN, Event, HEAD_LEN, OFF_UNKNOWN, Probe, active_key, has, sock_id, stat,
+    Active, COMM_LEN, Event, HEAD_LEN, OFF_UNKNOWN, Probe, SockInfo, active_key, has, sock_id,
+    stat,
 };
 
 // ---- configuration, patched by userspace at load time (EbpfLoader::set_global) ----
@@ -64,6 +66,39 @@ static TP_SSL_RET_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
 #[unsafe(no_mangle)]
 static TP_SSL_PROTO_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
 
+/// `struct iov_iter` inside `struct msghdr`, for reading the first payload bytes of a
+/// send from user memory (the TLS record header test of `top`): offsets of `msg_iter`,
+/// `iter_type`, `ubuf` and `__iov` (`iov` before 6.4), and the values of ITER_UBUF and
+/// ITER_IOVEC (the enum was reordered in 6.4).
+#[unsafe(no_mangle)]
+static MSGHDR_ITER_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+#[unsafe(no_mangle)]
+static ITER_TYPE_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+#[unsafe(no_mangle)]
+static ITER_UBUF_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+#[unsafe(no_mangle)]
+static ITER_IOV_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+#[unsafe(no_mangle)]
+static ITER_UBUF_VAL: Global<u32> = Global::new(OFF_UNKNOWN);
+#[unsafe(no_mangle)]
+static ITER_IOVEC_VAL: Global<u32> = Global::new(OFF_UNKNOWN);
+
+/// `struct sock_common` fields for [`SockInfo`] (offsets from BTF).
+#[unsafe(no_mangle)]
+static SKC_FAMILY_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+#[unsafe(no_mangle)]
+static SKC_NUM_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+#[unsafe(no_mangle)]
+static SKC_DPORT_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+#[unsafe(no_mangle)]
+static SKC_DADDR_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+#[unsafe(no_mangle)]
+static SKC_RCV_SADDR_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+#[unsafe(no_mangle)]
+static SKC_V6_DADDR_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+#[unsafe(no_mangle)]
+static SKC_V6_RCV_SADDR_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+
 // ---- maps ----
 
 /// The one event stream to userspace. Userspace may resize it at load time.
@@ -84,6 +119,10 @@ static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
+/// Addresses of the sockets seen, by socket id (read by userspace for the connection view).
+#[map]
+static SOCKINFO: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16384, 0);
+
 /// Per-CPU counters, indexed by `stat::*`.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -100,6 +139,13 @@ const UNDER_TLS: [Probe; 7] = [
     Probe::TlsDeviceSendpage,
     Probe::TlsDeviceSendmsg,
     Probe::TcpSendmsg,
+    Probe::DoSendfile,
+];
+/// A record is pushed from inside a kTLS send (or later by the tx worker: no parent).
+const UNDER_TLS_SEND: [Probe; 4] = [
+    Probe::TlsSwSendpage,
+    Probe::TlsSwSendmsg,
+    Probe::TlsSwSpliceEof,
     Probe::DoSendfile,
 ];
 const TOP_LEVEL: [Probe; 0] = [];
@@ -174,6 +220,46 @@ fn wanted(tgid: u32, sk: u64) -> bool {
     sk != 0 && unsafe { SOCKS.get(sk) }.is_some()
 }
 
+/// Reads `size_of::<T>()` bytes at `base + off`, or None when the offset is unknown.
+#[inline(always)]
+fn read_at<T>(base: u64, off: u32) -> Option<T> {
+    if off == OFF_UNKNOWN {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
+}
+
+/// Records a socket's addresses the first time it is seen.
+#[inline(always)]
+fn remember_socket(id: u64, sk: u64, tgid: u32) {
+    // SAFETY: presence test only.
+    if unsafe { SOCKINFO.get(&id) }.is_some() {
+        return;
+    }
+    const AF_INET6: u16 = 10;
+    let family: u16 = read_at(sk, SKC_FAMILY_OFF.load()).unwrap_or(0);
+    let mut info = SockInfo {
+        family,
+        sport: read_at(sk, SKC_NUM_OFF.load()).unwrap_or(0),
+        dport_be: read_at(sk, SKC_DPORT_OFF.load()).unwrap_or(0),
+        _pad: 0,
+        owner: tgid,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    if family == AF_INET6 {
+        info.saddr = read_at(sk, SKC_V6_RCV_SADDR_OFF.load()).unwrap_or([0; 16]);
+        info.daddr = read_at(sk, SKC_V6_DADDR_OFF.load()).unwrap_or([0; 16]);
+    } else {
+        let s: [u8; 4] = read_at(sk, SKC_RCV_SADDR_OFF.load()).unwrap_or([0; 4]);
+        let d: [u8; 4] = read_at(sk, SKC_DADDR_OFF.load()).unwrap_or([0; 4]);
+        info.saddr[..4].copy_from_slice(&s);
+        info.daddr[..4].copy_from_slice(&d);
+    }
+    let _ = SOCKINFO.insert(id, info, 0);
+}
+
 /// Finds the innermost probed call of this thread that `parents` lists.
 #[inline(always)]
 fn nesting(tid: u32, parents: &[Probe]) -> (u8, u8) {
@@ -213,6 +299,20 @@ fn enter(
     fds: Option<(i32, i32)>,
     parents: &[Probe],
 ) {
+    enter_with_head(probe, sk, bytes, flags, fds, parents, None);
+}
+
+/// [`enter`] that also keeps the first payload bytes.
+#[inline(always)]
+fn enter_with_head(
+    probe: Probe,
+    sk: u64,
+    bytes: u64,
+    flags: Option<u32>,
+    fds: Option<(i32, i32)>,
+    parents: &[Probe],
+    head: Option<[u8; HEAD_LEN]>,
+) {
     let (tid, tgid) = tid_tgid();
     if !wanted(tgid, sk) {
         return;
@@ -234,6 +334,7 @@ fn enter(
     if sk != 0 {
         a.sock = sock_id(sk, SOCK_KEY.load());
         a.has |= has::SOCK;
+        remember_socket(a.sock, sk, tgid);
     }
     if let Some(f) = flags {
         a.flags = f;
@@ -243,6 +344,10 @@ fn enter(
         a.fd_out = o;
         a.fd_in = i;
         a.has |= has::FDS;
+    }
+    if let Some(h) = head {
+        a.head = h;
+        a.has |= has::HEAD;
     }
     if ACTIVE.insert(active_key(tid, probe), a, 0).is_err() {
         bump(stat::ACTIVE_FULL);
@@ -354,6 +459,39 @@ fn enter_sendmsg(ctx: &ProbeContext, probe: Probe, parents: &[Probe]) {
     enter(probe, sk, arg_u64(ctx, 2), flags, None, parents);
 }
 
+/// The first bytes a `sendmsg` carries, when they come from user memory (ITER_UBUF for a
+/// single-buffer write/send, ITER_IOVEC for writev/sendmsg). Kernel-internal sends (pages,
+/// kvecs) are left out.
+#[inline(always)]
+fn payload_head(msg: u64) -> Option<[u8; HEAD_LEN]> {
+    let (iter_off, type_off) = (MSGHDR_ITER_OFF.load(), ITER_TYPE_OFF.load());
+    if msg == 0 || iter_off == OFF_UNKNOWN || type_off == OFF_UNKNOWN {
+        return None;
+    }
+    let iter = msg + iter_off as u64;
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+    let ty = unsafe { bpf_probe_read_kernel((iter + type_off as u64) as *const u8) }.ok()? as u32;
+    let user_ptr = if ty == ITER_UBUF_VAL.load() && ITER_UBUF_OFF.load() != OFF_UNKNOWN {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel((iter + ITER_UBUF_OFF.load() as u64) as *const u64) }.ok()?
+    } else if ty == ITER_IOVEC_VAL.load() && ITER_IOV_OFF.load() != OFF_UNKNOWN {
+        // SAFETY: as above; iov_base is the first member of struct iovec.
+        let iov = unsafe {
+            bpf_probe_read_kernel((iter + ITER_IOV_OFF.load() as u64) as *const u64)
+        }
+        .ok()?;
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel(iov as *const u64) }.ok()?
+    } else {
+        return None;
+    };
+    let mut head = [0u8; HEAD_LEN];
+    // SAFETY: bpf_probe_read_user checks the user address and fails cleanly (e.g. on a
+    // page that is not resident: then the head is simply unknown).
+    unsafe { bpf_probe_read_user_buf(user_ptr as *const u8, &mut head) }.ok()?;
+    Some(head)
+}
+
 /// `int f(struct sock *sk, struct page *page, int offset, size_t size, int flags)`
 #[inline(always)]
 fn enter_sendpage(ctx: &ProbeContext, probe: Probe, parents: &[Probe]) {
@@ -439,11 +577,39 @@ pub fn tls_device_sendpage_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
+#[kprobe]
+pub fn tls_push_record_entry(ctx: ProbeContext) -> u32 {
+    // static int tls_push_record(struct sock *sk, int flags, unsigned char record_type)
+    let sk = arg_u64(&ctx, 0);
+    let flags = arg_u64(&ctx, 1) as u32;
+    enter(Probe::TlsPushRecord, sk, 0, Some(flags), None, &UNDER_TLS_SEND);
+    0
+}
+
+#[kretprobe]
+pub fn tls_push_record_ret(ctx: RetProbeContext) -> u32 {
+    leave(&ctx, Probe::TlsPushRecord, int_ret(&ctx));
+    0
+}
+
 // ---- kprobes: TCP ----
 
 #[kprobe]
 pub fn tcp_sendmsg_entry(ctx: ProbeContext) -> u32 {
-    enter_sendmsg(&ctx, Probe::TcpSendmsg, &UNDER_SENDFILE);
+    // int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size): the socket-level
+    // send of user data; its first bytes tell user-space TLS from plain data.
+    let sk = arg_u64(&ctx, 0);
+    let msg = arg_u64(&ctx, 1);
+    let head = payload_head(msg);
+    enter_with_head(
+        Probe::TcpSendmsg,
+        sk,
+        arg_u64(&ctx, 2),
+        msg_flags(msg),
+        None,
+        &UNDER_SENDFILE,
+        head,
+    );
     0
 }
 
@@ -543,6 +709,8 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (parent, root) = nesting(tid, &UNDER_SENDFILE64);
+    let id = sock_id(sk, SOCK_KEY.load());
+    remember_socket(id, sk, tgid);
     // The tracepoint fires after sendmsg returned: `ret` is what it accepted.
     let done = if ret > 0 { ret as u64 } else { 0 };
     emit(
@@ -552,7 +720,7 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
             latency_ns: 0,
             bytes: done,
             ret: ret as i64,
-            sock: sock_id(sk, SOCK_KEY.load()),
+            sock: id,
             pid: tgid,
             tid,
             flags: 0,

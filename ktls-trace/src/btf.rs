@@ -25,6 +25,8 @@ pub enum BtfError {
     NoStruct(String),
     #[error("struct {strukt} has no member {member}")]
     NoMember { strukt: String, member: String },
+    #[error("enumerator {0} not found in BTF")]
+    NoEnumerator(String),
 }
 
 const MAGIC: u16 = 0xeb9f;
@@ -75,6 +77,8 @@ enum Type {
 pub struct Btf {
     types: Vec<Type>,
     structs: HashMap<String, u32>,
+    /// Enumerator name -> value (C enumerator names are global).
+    enumerators: HashMap<String, i64>,
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
@@ -128,6 +132,7 @@ impl Btf {
         // Type id 0 is void.
         let mut types = vec![Type::Other];
         let mut structs = HashMap::new();
+        let mut enumerators = HashMap::new();
         let mut p = 0usize;
         while p < types_sec.len() {
             let name_off = u32_at(types_sec, p)?;
@@ -171,11 +176,34 @@ impl Btf {
                     }
                     Type::Composite { members }
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => {
+                KIND_ENUM => {
+                    for _ in 0..vlen {
+                        let e_name = u32_at(types_sec, p)?;
+                        let val = u32_at(types_sec, p + 4)?;
+                        p += 8;
+                        // kind_flag set: signed values.
+                        let v = if kind_flag { val as i32 as i64 } else { val as i64 };
+                        enumerators.entry(str_at(strings, e_name)).or_insert(v);
+                    }
+                    Type::Other
+                }
+                KIND_ENUM64 => {
+                    for _ in 0..vlen {
+                        let e_name = u32_at(types_sec, p)?;
+                        let lo = u32_at(types_sec, p + 4)? as u64;
+                        let hi = u32_at(types_sec, p + 8)? as u64;
+                        p += 12;
+                        enumerators
+                            .entry(str_at(strings, e_name))
+                            .or_insert(((hi << 32) | lo) as i64);
+                    }
+                    Type::Other
+                }
+                KIND_FUNC_PROTO => {
                     p += vlen * 8;
                     Type::Other
                 }
-                KIND_DATASEC | KIND_ENUM64 => {
+                KIND_DATASEC => {
                     p += vlen * 12;
                     Type::Other
                 }
@@ -188,7 +216,11 @@ impl Btf {
             };
             types.push(ty);
         }
-        Ok(Btf { types, structs })
+        Ok(Btf {
+            types,
+            structs,
+            enumerators,
+        })
     }
 
     /// Follows typedef/const/volatile chains to the underlying type.
@@ -224,6 +256,14 @@ impl Btf {
         None
     }
 
+    /// Value of a C enumerator, e.g. `ITER_UBUF`.
+    pub fn enum_value(&self, name: &str) -> Result<i64, BtfError> {
+        self.enumerators
+            .get(name)
+            .copied()
+            .ok_or_else(|| BtfError::NoEnumerator(name.to_string()))
+    }
+
     /// Byte offset of `member` in `struct strukt`.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
         let id = *self
@@ -247,7 +287,9 @@ mod tests {
     /// `struct outer { int x; union { struct inner in; int y; }; int z; }` with the
     /// anonymous union at byte 8 and `z` at byte 16, plus a typedef of outer.
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0inner\0a\0b\0outer\0x\0in\0y\0z\0outer_t\0".to_vec();
+        let strings =
+            b"\0int\0inner\0a\0b\0outer\0x\0in\0y\0z\0outer_t\0iter_type\0ITER_A\0ITER_B\0"
+                .to_vec();
         let s = |name: &str| -> u32 {
             let needle = format!("\0{name}\0");
             strings
@@ -300,6 +342,21 @@ mod tests {
         push(s("outer_t"));
         push(KIND_TYPEDEF << 24);
         push(4);
+        // 6: enum iter_type { ITER_A = 0, ITER_B = 6 }
+        push(s("iter_type"));
+        push((KIND_ENUM << 24) | 2);
+        push(4);
+        push(s("ITER_A"));
+        push(0);
+        push(s("ITER_B"));
+        push(6);
+        // 7: a struct after the enum still parses
+        push(s("z"));
+        push((KIND_STRUCT << 24) | 1);
+        push(4);
+        push(s("x"));
+        push(1);
+        push(0);
 
         let mut b = Vec::new();
         b.extend_from_slice(&MAGIC.to_le_bytes());
@@ -322,6 +379,10 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "y").unwrap(), 8);
         assert_eq!(btf.member_offset("outer", "z").unwrap(), 16);
         assert_eq!(btf.member_offset("inner", "b").unwrap(), 4);
+        assert_eq!(btf.enum_value("ITER_B").unwrap(), 6);
+        assert_eq!(btf.enum_value("ITER_A").unwrap(), 0);
+        assert!(matches!(btf.enum_value("ITER_C"), Err(BtfError::NoEnumerator(_))));
+        assert_eq!(btf.member_offset("z", "x").unwrap(), 0);
         // `a` sits in `in`, a named member of the anonymous union: not reachable by
         // name from `outer` in C either.
         assert!(matches!(
@@ -351,5 +412,18 @@ mod tests {
         let sk = btf.member_offset("socket", "sk").unwrap();
         assert!(flags > 0 && flags < 256, "msg_flags at {flags}");
         assert!(sk > 0 && sk < 128, "socket.sk at {sk}");
+        // The iov_iter pieces the payload-head reader needs.
+        let iter = btf.member_offset("msghdr", "msg_iter").unwrap();
+        assert!(iter < flags, "msg_iter before msg_flags");
+        assert_eq!(btf.member_offset("iov_iter", "iter_type").unwrap(), 0);
+        let ubuf = btf.member_offset("iov_iter", "ubuf").unwrap();
+        let iov = btf
+            .member_offset("iov_iter", "__iov")
+            .or_else(|_| btf.member_offset("iov_iter", "iov"))
+            .unwrap();
+        assert_eq!(ubuf, iov, "ubuf and the iovec pointer share a union");
+        let ubuf_v = btf.enum_value("ITER_UBUF").unwrap();
+        let iovec_v = btf.enum_value("ITER_IOVEC").unwrap();
+        assert_ne!(ubuf_v, iovec_v);
     }
 }

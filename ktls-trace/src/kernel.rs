@@ -9,11 +9,12 @@ use std::{
 };
 
 /// The kernel functions ktls-trace may probe (looked up in /proc/kallsyms).
-pub const PROBED_FUNCTIONS: [&str; 9] = [
+pub const PROBED_FUNCTIONS: [&str; 10] = [
     "do_sendfile",
     "tls_sw_sendmsg",
     "tls_sw_sendpage",
     "tls_sw_splice_eof",
+    "tls_push_record",
     "tls_device_sendmsg",
     "tls_device_sendpage",
     "tcp_sendmsg",

@@ -85,7 +85,7 @@ const fn kfunc(
 }
 
 /// Every probe ktls-trace knows.
-pub const CATALOGUE: [Spec; 11] = [
+pub const CATALOGUE: [Spec; 12] = [
     kfunc(
         Probe::DoSendfile,
         "do_sendfile",
@@ -117,6 +117,14 @@ pub const CATALOGUE: [Spec; 11] = [
         "tls_sw_splice_eof_ret",
         true,
         "end of a splice: flushes the open TLS record",
+    ),
+    kfunc(
+        Probe::TlsPushRecord,
+        "tls_push_record",
+        "tls_push_record_entry",
+        "tls_push_record_ret",
+        true,
+        "one software kTLS record encrypted and pushed (latency = encryption + push)",
     ),
     kfunc(
         Probe::TlsDeviceSendmsg,

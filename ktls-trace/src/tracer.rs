@@ -14,7 +14,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{KProbe, ProgramError, TracePoint},
 };
-use ktls_trace_common::{COMM_LEN, OFF_UNKNOWN, Probe, names, stat};
+use ktls_trace_common::{COMM_LEN, OFF_UNKNOWN, Probe, SockInfo, names, stat};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -122,7 +122,26 @@ pub struct Offsets {
     pub ssl_sk: u32,
     pub ssl_ret: u32,
     pub ssl_proto: u32,
+    pub msghdr_iter: u32,
+    pub iter_type: u32,
+    pub iter_ubuf: u32,
+    pub iter_iov: u32,
+    pub iter_ubuf_val: u32,
+    pub iter_iovec_val: u32,
+    /// `struct sock_common` members for the socket address map.
+    pub skc: [u32; 7],
 }
+
+/// Order of [`Offsets::skc`], matching the globals' names.
+const SKC_MEMBERS: [(&str, &str); 7] = [
+    ("skc_family", names::SKC_FAMILY_OFF),
+    ("skc_num", names::SKC_NUM_OFF),
+    ("skc_dport", names::SKC_DPORT_OFF),
+    ("skc_daddr", names::SKC_DADDR_OFF),
+    ("skc_rcv_saddr", names::SKC_RCV_SADDR_OFF),
+    ("skc_v6_daddr", names::SKC_V6_DADDR_OFF),
+    ("skc_v6_rcv_saddr", names::SKC_V6_RCV_SADDR_OFF),
+];
 
 impl Offsets {
     /// Reads BTF and tracepoint formats. Unknown values stay `OFF_UNKNOWN`: the programs
@@ -134,6 +153,13 @@ impl Offsets {
             ssl_sk: OFF_UNKNOWN,
             ssl_ret: OFF_UNKNOWN,
             ssl_proto: OFF_UNKNOWN,
+            msghdr_iter: OFF_UNKNOWN,
+            iter_type: OFF_UNKNOWN,
+            iter_ubuf: OFF_UNKNOWN,
+            iter_iov: OFF_UNKNOWN,
+            iter_ubuf_val: OFF_UNKNOWN,
+            iter_iovec_val: OFF_UNKNOWN,
+            skc: [OFF_UNKNOWN; 7],
         };
         match Btf::from_sys_fs() {
             Ok(btf) => {
@@ -141,6 +167,25 @@ impl Offsets {
                     .member_offset("msghdr", "msg_flags")
                     .unwrap_or(OFF_UNKNOWN);
                 o.socket_sk = btf.member_offset("socket", "sk").unwrap_or(OFF_UNKNOWN);
+                o.msghdr_iter = btf.member_offset("msghdr", "msg_iter").unwrap_or(OFF_UNKNOWN);
+                o.iter_type = btf.member_offset("iov_iter", "iter_type").unwrap_or(OFF_UNKNOWN);
+                o.iter_ubuf = btf.member_offset("iov_iter", "ubuf").unwrap_or(OFF_UNKNOWN);
+                // Renamed from `iov` to `__iov` in 6.4 (commit de4f5fed3f23).
+                o.iter_iov = btf
+                    .member_offset("iov_iter", "__iov")
+                    .or_else(|_| btf.member_offset("iov_iter", "iov"))
+                    .unwrap_or(OFF_UNKNOWN);
+                let val = |n: &str| {
+                    btf.enum_value(n)
+                        .ok()
+                        .and_then(|v| u32::try_from(v).ok())
+                        .unwrap_or(OFF_UNKNOWN)
+                };
+                for (slot, (member, _)) in o.skc.iter_mut().zip(SKC_MEMBERS) {
+                    *slot = btf.member_offset("sock_common", member).unwrap_or(OFF_UNKNOWN);
+                }
+                o.iter_ubuf_val = val("ITER_UBUF");
+                o.iter_iovec_val = val("ITER_IOVEC");
             }
             Err(e) => log::warn!("no kernel BTF ({e}): MSG_* flags will not be shown"),
         }
@@ -185,7 +230,16 @@ fn load_object(offsets: &Offsets, opts: &TraceOptions) -> Result<Ebpf, TracerErr
         .override_global(names::DEBUG, &debug, true)
         .override_global(names::TP_SSL_SK_OFF, &offsets.ssl_sk, true)
         .override_global(names::TP_SSL_RET_OFF, &offsets.ssl_ret, true)
-        .override_global(names::TP_SSL_PROTO_OFF, &offsets.ssl_proto, true);
+        .override_global(names::TP_SSL_PROTO_OFF, &offsets.ssl_proto, true)
+        .override_global(names::MSGHDR_ITER_OFF, &offsets.msghdr_iter, true)
+        .override_global(names::ITER_TYPE_OFF, &offsets.iter_type, true)
+        .override_global(names::ITER_UBUF_OFF, &offsets.iter_ubuf, true)
+        .override_global(names::ITER_IOV_OFF, &offsets.iter_iov, true)
+        .override_global(names::ITER_UBUF_VAL, &offsets.iter_ubuf_val, true)
+        .override_global(names::ITER_IOVEC_VAL, &offsets.iter_iovec_val, true);
+    for (off, (_, global)) in offsets.skc.iter().zip(SKC_MEMBERS) {
+        loader.override_global(global, off, true);
+    }
     if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries(names::EVENTS, bytes);
     }
@@ -456,6 +510,13 @@ impl Tracer {
             .sum()
     }
 
+    /// Addresses and owner of a socket seen by the probes (None if never seen or evicted).
+    pub fn sock_info(&self, sock: u64) -> Option<SockAddr> {
+        let map = self.ebpf.map(names::SOCKINFO)?;
+        let m: BpfHashMap<_, u64, PodSockInfo> = BpfHashMap::try_from(map).ok()?;
+        m.get(&sock, 0).ok().map(|p| SockAddr::from(&p.0))
+    }
+
     /// The ring buffer's fd (for diagnostics).
     pub fn ring_fd(&self) -> i32 {
         self.ring.get_ref().as_raw_fd()
@@ -474,6 +535,41 @@ impl Drop for Tracer {
             t.abort();
         }
         // `ebpf` drops next: aya detaches every link and unloads the programs.
+    }
+}
+
+/// `SockInfo` as an aya map value.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct PodSockInfo(SockInfo);
+// SAFETY: SockInfo is repr(C) plain integers and byte arrays without padding (size
+// asserted in ktls-trace-common), so any bytes are a valid value.
+unsafe impl aya::Pod for PodSockInfo {}
+
+/// A socket's endpoints, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockAddr {
+    pub local: Option<std::net::SocketAddr>,
+    pub peer: Option<std::net::SocketAddr>,
+    /// The process that first used the socket in a traced call.
+    pub owner: u32,
+}
+
+impl From<&SockInfo> for SockAddr {
+    fn from(i: &SockInfo) -> SockAddr {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+        let ip = |a: &[u8; 16]| -> Option<IpAddr> {
+            match i.family {
+                2 => Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+                10 => Some(IpAddr::V6(Ipv6Addr::from(*a))),
+                _ => None,
+            }
+        };
+        SockAddr {
+            local: ip(&i.saddr).map(|a| SocketAddr::new(a, i.sport)),
+            peer: ip(&i.daddr).map(|a| SocketAddr::new(a, u16::from_be(i.dport_be))),
+            owner: i.owner,
+        }
     }
 }
 
@@ -526,4 +622,48 @@ pub fn load_check(facts: &KernelFacts) -> LoadCheck {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sock_addr_decodes_ipv4_and_ipv6() {
+        let mut i = SockInfo {
+            family: 2,
+            sport: 8443,
+            dport_be: 54321u16.to_be(),
+            owner: 7,
+            ..Default::default()
+        };
+        i.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        i.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let a = SockAddr::from(&i);
+        assert_eq!(a.local, Some("127.0.0.1:8443".parse().unwrap()));
+        assert_eq!(a.peer, Some("10.1.2.3:54321".parse().unwrap()));
+        assert_eq!(a.owner, 7);
+
+        i.family = 10;
+        i.daddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        assert_eq!(SockAddr::from(&i).peer, Some("[::1]:54321".parse().unwrap()));
+        i.family = 1; // AF_UNIX: no addresses
+        assert_eq!(SockAddr::from(&i).peer, None);
+    }
+
+    #[test]
+    fn offsets_come_from_this_kernels_btf() {
+        let facts = KernelFacts::probe();
+        let o = Offsets::read(&facts);
+        assert_ne!(o.msghdr_flags, OFF_UNKNOWN);
+        assert_ne!(o.socket_sk, OFF_UNKNOWN);
+        assert_ne!(o.msghdr_iter, OFF_UNKNOWN);
+        assert_ne!(o.iter_ubuf_val, o.iter_iovec_val);
+        for (v, (name, _)) in o.skc.iter().zip(SKC_MEMBERS) {
+            assert_ne!(*v, OFF_UNKNOWN, "sock_common.{name}");
+        }
+        // skc_daddr and skc_rcv_saddr are adjacent __be32s; skc_dport and skc_num too.
+        assert_eq!(o.skc[4], o.skc[3] + 4);
+        assert_eq!(o.skc[1], o.skc[2] + 2);
+    }
 }
