@@ -62,6 +62,10 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         anyhow::bail!("--ring-mib must be a power of two between 1 and 1024");
     }
     opts.ring_bytes = Some(args.ring_mib << 20);
+    // Handlers first: a signal that arrives once we said "tracing" must end the trace
+    // with a summary, not kill the process.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let facts = KernelFacts::probe();
     let mut tracer = Tracer::start(facts, &opts)?;
     announce(&tracer);
@@ -71,8 +75,6 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     let deadline = args
         .duration
         .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut summary = Summary::default();
     let mut batch = Vec::new();
