@@ -25,6 +25,9 @@ pub enum Command {
     /// Explain what this kernel supports and which mode `trace`/`top` will run in.
     /// Exits 0 when full tracing is possible, 1 otherwise.
     Doctor(DoctorArgs),
+    /// Serve and fetch a file over HTTPS through kernel TLS + sendfile (or another path, see
+    /// --mode) and report throughput, errors and CPU per GiB. Exit 1 on any error.
+    Load(crate::load::LoadArgs),
 }
 
 /// Which processes to trace; filtering happens in the kernel.

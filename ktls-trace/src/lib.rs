@@ -11,6 +11,7 @@ pub mod cli;
 pub mod doctor;
 pub mod event;
 pub mod kernel;
+pub mod load;
 pub mod plan;
 pub mod procs;
 pub mod trace_cmd;

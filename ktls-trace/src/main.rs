@@ -64,6 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             trace_cmd::run(args, cli.verbose).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Load(args) => ktls_trace::load::run(args).await,
         Command::Doctor(args) => {
             let facts = KernelFacts::probe();
             let check = facts

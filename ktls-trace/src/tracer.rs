@@ -26,7 +26,7 @@ use crate::{
 
 /// The eBPF object, built by build.rs through aya-build.
 pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ktls-trace"));
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ktls-trace-ebpf"));
 
 /// Why tracing could not start.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,847 @@
+//! `ktls-trace load`: the workload generator, run as the binary.
+//!
+//! On the build machine (no kernel TLS) the user-space paths must work and the kernel-TLS
+//! modes must fail with one clear line. The `#[ignore]`d tests need kernel TLS and run in
+//! the QEMU guests (`cargo xtask vm-test`, with --include-ignored); they check the
+//! negotiated version/cipher and the kernel's own TLS counters, so they cannot pass
+//! without the kernel really doing the encryption.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Output, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+/// The directory holding `ktls-trace`: $KTLS_TRACE_BIN_DIR, else target/<profile>/ (test
+/// executables live in target/<profile>/deps/).
+fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("KTLS_TRACE_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("the test executable has no grandparent directory")
+}
+
+fn ktls_trace() -> PathBuf {
+    let p = bin_dir().join("ktls-trace");
+    assert!(
+        p.exists(),
+        "{} not found: build it first (cargo build -p ktls-trace)",
+        p.display()
+    );
+    p
+}
+
+/// Runs `ktls-trace load ARGS` to completion.
+fn load(args: &[&str]) -> Output {
+    let out = Command::new(ktls_trace())
+        .arg("load")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running ktls-trace");
+    eprintln!(
+        "$ ktls-trace load {}\n-> {:?}\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout_json(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON object on stdout: {text:?}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
+}
+
+fn stderr_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the failure is one clean line on stderr with this exit code.
+fn assert_one_line_error(out: &Output, code: i32, needle: &str) -> String {
+    assert_eq!(out.status.code(), Some(code), "exit code");
+    let err = stderr_text(out);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr, got {err:?}");
+    let line = lines[0];
+    assert!(line.contains(needle), "{line:?} should mention {needle:?}");
+    assert!(!line.contains("os error"), "raw errno in {line:?}");
+    assert!(!line.contains("panicked"), "{line:?}");
+    line.to_string()
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// Kernel TLS exists on this kernel. `ktls-trace load` enables the module by itself when
+/// it can, so look after a run as well as before.
+fn kernel_has_tls() -> bool {
+    Path::new("/proc/net/tls_stat").exists()
+}
+
+/// One counter of /proc/net/tls_stat.
+fn tls_stat(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/net/tls_stat").expect("/proc/net/tls_stat");
+    text.lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(name)).then(|| it.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("{name} not in /proc/net/tls_stat:\n{text}"))
+}
+
+/// Checks a combined (`role: both`) report of a successful run of `requests` requests of
+/// a `size`-byte file.
+fn assert_combined_ok(rep: &Value, mode: &str, requests: u64, size: u64) {
+    assert_eq!(rep["role"], "both");
+    assert_eq!(rep["mode"], mode);
+    assert_eq!(u(rep, "errors"), 0, "{rep}");
+    assert_eq!(rep["verified"], true, "{rep}");
+    let s = &rep["server"];
+    let c = &rep["client"];
+    assert_eq!(u(s, "file_size"), size);
+    assert_eq!(u(s, "requests"), requests);
+    assert_eq!(u(c, "requests"), requests);
+    assert_eq!(u(s, "body_bytes"), requests * size, "server body bytes");
+    assert_eq!(u(c, "body_bytes"), requests * size, "client body bytes");
+    assert_eq!(u(rep, "body_bytes"), requests * size);
+    assert_eq!(u(s, "header_bytes"), u(c, "header_bytes"));
+    assert!(u(s, "header_bytes") > 0);
+    assert_eq!(c["check"], "sha256");
+    assert_eq!(c["verified"], true);
+    assert_eq!(u(s, "connections"), u(c, "connections"));
+    assert!(s["cpu"]["user_s"].is_number() && s["cpu"]["sys_s"].is_number());
+    assert_eq!(s["cpu"]["scope"], "server-thread");
+}
+
+/// A child process killed on drop, with its stdout lines on a channel.
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(ktls_trace())
+            .arg("load")
+            .arg("--server-only")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting ktls-trace load --server-only");
+        let stdout: ChildStdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Server {
+            child,
+            lines: rx,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits for the ready line; returns it parsed.
+    fn ready(&mut self) -> Value {
+        match self.lines.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
+                assert_eq!(v["event"], "ready", "{v}");
+                v
+            }
+            Err(_) => {
+                let _ = self.child.kill();
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("the server printed no ready line; stderr: {err}");
+            }
+        }
+    }
+
+    /// Waits for the exit (at most `secs`); returns the exit code and the last JSON line.
+    fn finish(mut self, secs: u64) -> (Option<i32>, Value, String) {
+        let mut waited = 0;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if waited >= secs * 10 {
+                let _ = self.child.kill();
+                panic!("the server did not exit within {secs} s");
+            }
+            thread::sleep(Duration::from_millis(100));
+            waited += 1;
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let lines: Vec<String> = self.lines.try_iter().collect();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        eprintln!("server stdout: {lines:?}\nserver stderr: {err}");
+        let last = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .expect("no report line");
+        (
+            status.code(),
+            serde_json::from_str(last).expect("report JSON"),
+            err,
+        )
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listen_addr(ready: &Value) -> String {
+    ready["listen"].as_str().expect("listen").to_string()
+}
+
+fn write_test_file(name: &str, size: usize) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+    std::fs::write(&path, data).expect("writing the test file");
+    path
+}
+
+// ---------------------------------------------------------------- build machine
+
+#[test]
+fn userspace_tls_counts_exact_bytes_and_verifies() {
+    let out = load(&[
+        "--mode",
+        "userspace-tls",
+        "--requests",
+        "6",
+        "--connections",
+        "2",
+        "--file-size",
+        "1M",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let rep = stdout_json(&out);
+    assert_combined_ok(&rep, "userspace-tls", 6, MIB);
+    assert_eq!(rep["server"]["kernel_tls"], false);
+    assert_eq!(rep["server"]["tls_version"], "1.3");
+    assert_eq!(u(&rep["server"], "connections"), 2);
+}
+
+#[test]
+fn userspace_tls_honours_version_and_cipher() {
+    let out = load(&[
+        "--mode",
+        "userspace-tls",
+        "--tls",
+        "1.2",
+        "--cipher",
+        "chacha20-poly1305",
+        "--requests",
+        "2",
+        "--file-size",
+        "256K",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let rep = stdout_json(&out);
+    assert_combined_ok(&rep, "userspace-tls", 2, 256 * 1024);
+    for side in ["server", "client"] {
+        assert_eq!(rep[side]["tls_version"], "1.2");
+        assert_eq!(rep[side]["cipher"], "chacha20-poly1305");
+    }
+}
+
+#[test]
+fn plain_sendfile_counts_exact_bytes_and_verifies() {
+    let out = load(&[
+        "--mode",
+        "plain-sendfile",
+        "--requests",
+        "5",
+        "--file-size",
+        "1M",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let rep = stdout_json(&out);
+    assert_combined_ok(&rep, "plain-sendfile", 5, MIB);
+    assert!(rep["server"]["tls_version"].is_null());
+    assert_eq!(rep["client"]["tls"], false);
+}
+
+#[test]
+fn served_file_of_the_user_is_checked_byte_for_byte() {
+    let size = 300_001;
+    let path = write_test_file("ktls-load-user-file", size);
+    let p = path.to_str().expect("utf-8 path");
+    let out = load(&[
+        "--mode",
+        "plain-sendfile",
+        "--file",
+        p,
+        "--requests",
+        "3",
+        "--json",
+    ]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(0));
+    let rep = stdout_json(&out);
+    assert_combined_ok(&rep, "plain-sendfile", 3, size as u64);
+    assert_eq!(rep["server"]["generated_file"], false);
+}
+
+/// Without kernel TLS the ktls modes stop at once with the way out; with it they work.
+#[test]
+fn ktls_modes_fail_with_one_clear_line_without_kernel_tls() {
+    for mode in ["ktls-sendfile", "ktls-write"] {
+        let out = load(&["--mode", mode, "--requests", "1", "--file-size", "64K"]);
+        if kernel_has_tls() {
+            assert_eq!(out.status.code(), Some(0), "{mode} on a kTLS kernel");
+            continue;
+        }
+        let line = assert_one_line_error(&out, 1, "kernel TLS is not available");
+        for hint in [
+            "CONFIG_TLS",
+            "modprobe tls",
+            "--mode userspace-tls",
+            "plain-sendfile",
+        ] {
+            assert!(line.contains(hint), "{line:?} lacks {hint:?}");
+        }
+        // Also alone, before listening: no ready line.
+        let out = load(&["--mode", mode, "--server-only", "--listen", "127.0.0.1:0"]);
+        assert_one_line_error(&out, 1, "kernel TLS is not available");
+        assert!(out.stdout.is_empty(), "no ready line expected");
+    }
+}
+
+#[test]
+fn busy_port_is_one_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = load(&[
+        "--server-only",
+        "--mode",
+        "userspace-tls",
+        "--listen",
+        &addr,
+        "--requests",
+        "1",
+    ]);
+    let line = assert_one_line_error(&out, 1, "address already in use");
+    assert!(line.contains(&addr), "{line}");
+}
+
+#[test]
+fn unreadable_files_are_one_line() {
+    let out = load(&[
+        "--mode",
+        "userspace-tls",
+        "--file",
+        "/nonexistent/ktls-load",
+        "--requests",
+        "1",
+    ]);
+    assert_one_line_error(
+        &out,
+        1,
+        "cannot read --file /nonexistent/ktls-load: no such file",
+    );
+    let out = load(&["--mode", "plain-sendfile", "--file", "/", "--requests", "1"]);
+    assert_one_line_error(&out, 1, "not a regular file");
+    let out = load(&[
+        "--mode",
+        "userspace-tls",
+        "--cert",
+        "/nonexistent/cert.pem",
+        "--key",
+        "/nonexistent/key.pem",
+        "--requests",
+        "1",
+    ]);
+    assert_one_line_error(&out, 1, "cannot read --cert");
+}
+
+#[test]
+fn usage_mistakes_exit_2() {
+    let out = load(&[
+        "--mode",
+        "plain-sendfile",
+        "--tls",
+        "1.2",
+        "--requests",
+        "1",
+    ]);
+    assert_one_line_error(&out, 2, "need a TLS mode");
+    let out = load(&[
+        "--mode",
+        "plain-sendfile",
+        "--corrupt-byte",
+        "3",
+        "--requests",
+        "1",
+    ]);
+    assert_one_line_error(&out, 2, "--corrupt-byte");
+    let out = load(&["--connections", "0", "--mode", "userspace-tls"]);
+    assert_one_line_error(&out, 2, "--connections");
+    let out = load(&["--cipher", "rc4", "--mode", "userspace-tls"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_text(&out).contains("possible values"));
+    let out = load(&["--client-only", "--connect", "localhost", "--requests", "1"]);
+    assert_one_line_error(&out, 2, "HOST:PORT");
+}
+
+/// The test-only fault injection proves the client checks content, not just lengths.
+#[test]
+fn corruption_is_caught() {
+    let out = load(&[
+        "--mode",
+        "userspace-tls",
+        "--corrupt-byte",
+        "123457",
+        "--file-size",
+        "512K",
+        "--requests",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let rep = stdout_json(&out);
+    assert_eq!(rep["verified"], false);
+    assert_eq!(rep["client"]["verified"], false);
+    assert!(u(&rep["client"], "errors") >= 1);
+    let msg = rep["client"]["error_messages"][0]
+        .as_str()
+        .expect("message");
+    assert!(msg.contains("content mismatch"), "{msg}");
+    assert!(msg.contains("connection 1"), "{msg}");
+    // Every byte arrived: only the content differs.
+    assert_eq!(u(&rep["client"], "body_bytes"), 512 * 1024);
+    let err = stderr_text(&out);
+    assert!(err.contains("content mismatch"), "{err}");
+}
+
+/// Server and client as separate processes (how `verify` runs them): ready line, exact
+/// counts on both sides, the client checks against the generated pattern.
+#[test]
+fn server_only_and_client_only_agree() {
+    let mut server = Server::start(&[
+        "--mode",
+        "userspace-tls",
+        "--listen",
+        "127.0.0.1:0",
+        "--requests",
+        "4",
+        "--file-size",
+        "1M",
+        "--json",
+    ]);
+    let ready = server.ready();
+    assert_eq!(ready["mode"], "userspace-tls");
+    assert_eq!(u(&ready, "file_size"), MIB);
+    assert_eq!(u(&ready, "pid"), server.pid() as u64);
+    let addr = listen_addr(&ready);
+    let out = load(&[
+        "--client-only",
+        "--mode",
+        "userspace-tls",
+        "--connect",
+        &addr,
+        "--connections",
+        "2",
+        "--requests",
+        "4",
+        "--file-size",
+        "1M",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let client = stdout_json(&out);
+    assert_eq!(client["role"], "client");
+    assert_eq!(client["verified"], true);
+    assert_eq!(client["check"], "sha256");
+    assert_eq!(u(&client, "requests"), 4);
+    assert_eq!(u(&client, "body_bytes"), 4 * MIB);
+    let (code, rep, _) = server.finish(60);
+    assert_eq!(code, Some(0));
+    assert_eq!(rep["role"], "server");
+    assert_eq!(u(&rep, "requests"), 4);
+    assert_eq!(u(&rep, "body_bytes"), 4 * MIB);
+    assert_eq!(u(&rep, "header_bytes"), u(&client, "header_bytes"));
+    assert_eq!(u(&rep, "connections"), 2);
+    assert_eq!(u(&rep, "errors"), 0);
+    assert_eq!(rep["tls_version"], client["tls_version"]);
+    assert_eq!(rep["cipher"], client["cipher"]);
+    // The generated file is gone once the server has exited.
+    let file = ready["file"].as_str().expect("file");
+    assert!(!Path::new(file).exists(), "{file} left behind");
+}
+
+/// A client without the file still checks the content against the server's header.
+#[test]
+fn client_only_uses_the_server_hash_when_it_has_no_file() {
+    let mut server = Server::start(&[
+        "--mode",
+        "plain-sendfile",
+        "--listen",
+        "127.0.0.1:0",
+        "--requests",
+        "1",
+        "--file-size",
+        "100K",
+        "--json",
+    ]);
+    let addr = listen_addr(&server.ready());
+    let out = load(&[
+        "--client-only",
+        "--mode",
+        "plain-sendfile",
+        "--connect",
+        &addr,
+        "--requests",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let client = stdout_json(&out);
+    assert_eq!(client["check"], "sha256-server-header");
+    assert_eq!(client["verified"], true);
+    assert_eq!(u(&client, "body_bytes"), 100 * 1024);
+    let (code, _, _) = server.finish(60);
+    assert_eq!(code, Some(0));
+}
+
+/// SIGTERM stops the server cleanly: exit 0, a report, the generated file removed.
+#[test]
+fn sigterm_stops_the_server_with_a_report() {
+    let mut server = Server::start(&[
+        "--mode",
+        "userspace-tls",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+    ]);
+    let ready = server.ready();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    let rc = unsafe { libc::kill(server.pid(), libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let (code, rep, _) = server.finish(30);
+    assert_eq!(code, Some(0));
+    assert_eq!(u(&rep, "requests"), 0);
+    assert_eq!(rep["mode"], "userspace-tls");
+    let file = ready["file"].as_str().expect("file");
+    assert!(!Path::new(file).exists(), "{file} left behind");
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// A real TLS client fetches from the server: curl, else openssl s_client.
+#[test]
+fn a_real_tls_client_can_fetch() {
+    let size = 200_000;
+    let path = write_test_file("ktls-load-curl", size);
+    let p = path.to_str().expect("utf-8 path").to_string();
+    let expected = std::fs::read(&path).expect("reading back");
+    let _cleanup = RemoveOnDrop(path.clone());
+
+    let mode = if kernel_has_tls() {
+        "ktls-sendfile"
+    } else {
+        "userspace-tls"
+    };
+    if let Some(curl) = which("curl") {
+        let mut server = Server::start(&[
+            "--mode",
+            mode,
+            "--listen",
+            "127.0.0.1:0",
+            "--requests",
+            "1",
+            "--file",
+            &p,
+            "--json",
+        ]);
+        let addr = listen_addr(&server.ready());
+        let got = Command::new(curl)
+            .args(["-sSk", "--max-time", "60"])
+            .arg(format!("https://{addr}/any/path.bin"))
+            .output()
+            .expect("running curl");
+        assert!(
+            got.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        assert_eq!(got.stdout.len(), size, "curl's byte count");
+        assert!(got.stdout == expected, "curl got different bytes");
+        let (code, rep, _) = server.finish(60);
+        assert_eq!(code, Some(0));
+        assert_eq!(u(&rep, "body_bytes"), size as u64);
+        return;
+    }
+    if let Some(openssl) = which("openssl") {
+        let mut server = Server::start(&[
+            "--mode",
+            mode,
+            "--listen",
+            "127.0.0.1:0",
+            "--requests",
+            "1",
+            "--file",
+            &p,
+            "--json",
+        ]);
+        let addr = listen_addr(&server.ready());
+        let mut child = Command::new(openssl)
+            .args(["s_client", "-quiet", "-connect", &addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("running openssl s_client");
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .expect("writing the request");
+            // Keep stdin open until the answer is in: s_client quits on stdin EOF.
+            let mut all = Vec::new();
+            child
+                .stdout
+                .take()
+                .expect("stdout")
+                .read_to_end(&mut all)
+                .expect("reading the answer");
+            drop(stdin);
+            let split = all
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("response head")
+                + 4;
+            assert_eq!(all.len() - split, size, "openssl's byte count");
+            assert!(all[split..] == expected[..], "openssl got different bytes");
+        }
+        let _ = child.wait();
+        let (code, _, _) = server.finish(60);
+        assert_eq!(code, Some(0));
+        return;
+    }
+    eprintln!("SKIPPED: neither curl nor openssl is installed: no real TLS client to try");
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------- kTLS guests
+
+/// Runs a ktls mode for one version/cipher and checks the kernel really carried the
+/// connections: the negotiated pair, exact counts, and /proc/net/tls_stat moving.
+fn ktls_run(mode: &str, tls: &str, cipher: &str, requests: u64, connections: u64, size: &str) {
+    let bytes = match size {
+        "1M" => MIB,
+        "256K" => 256 * 1024,
+        other => panic!("size {other}"),
+    };
+    let (tx0, rx0) = if kernel_has_tls() {
+        (tls_stat("TlsTxSw"), tls_stat("TlsRxSw"))
+    } else {
+        (0, 0)
+    };
+    let out = load(&[
+        "--mode",
+        mode,
+        "--tls",
+        tls,
+        "--cipher",
+        cipher,
+        "--requests",
+        &requests.to_string(),
+        "--connections",
+        &connections.to_string(),
+        "--file-size",
+        size,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{mode} {tls} {cipher}");
+    let rep = stdout_json(&out);
+    assert_combined_ok(&rep, mode, requests, bytes);
+    let s = &rep["server"];
+    assert_eq!(s["kernel_tls"], true);
+    for side in [s, &rep["client"]] {
+        assert_eq!(side["tls_version"], tls, "{side}");
+        assert_eq!(side["cipher"], cipher, "{side}");
+    }
+    // The kernel counts every socket it set up for software kTLS (TX and RX).
+    let conns = u(s, "connections");
+    assert!(conns >= 1);
+    assert!(
+        tls_stat("TlsTxSw") >= tx0 + conns,
+        "TlsTxSw did not grow by {conns}"
+    );
+    assert!(
+        tls_stat("TlsRxSw") >= rx0 + conns,
+        "TlsRxSw did not grow by {conns}"
+    );
+    assert_eq!(tls_stat("TlsDecryptError"), 0);
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn ktls_sendfile_every_version_and_cipher() {
+    for tls in ["1.3", "1.2"] {
+        for cipher in ["aes-128-gcm", "aes-256-gcm", "chacha20-poly1305"] {
+            ktls_run("ktls-sendfile", tls, cipher, 2, 1, "256K");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn ktls_write_every_version_and_cipher() {
+    for tls in ["1.3", "1.2"] {
+        for cipher in ["aes-128-gcm", "aes-256-gcm", "chacha20-poly1305"] {
+            ktls_run("ktls-write", tls, cipher, 2, 1, "256K");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn ktls_sendfile_parallel_connections_exact_bytes() {
+    ktls_run("ktls-sendfile", "1.3", "aes-128-gcm", 9, 3, "1M");
+}
+
+/// The default mode with default options is kernel TLS + sendfile and works.
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn ktls_default_mode_works() {
+    let out = load(&["--requests", "3", "--file-size", "1M", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let rep = stdout_json(&out);
+    assert_combined_ok(&rep, "ktls-sendfile", 3, MIB);
+    assert_eq!(rep["server"]["kernel_tls"], true);
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn ktls_write_corruption_is_caught() {
+    let out = load(&[
+        "--mode",
+        "ktls-write",
+        "--corrupt-byte",
+        "70000",
+        "--file-size",
+        "256K",
+        "--requests",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let rep = stdout_json(&out);
+    assert_eq!(rep["client"]["verified"], false);
+    let msg = rep["client"]["error_messages"][0]
+        .as_str()
+        .expect("message");
+    assert!(msg.contains("content mismatch"), "{msg}");
+    assert_eq!(u(&rep["client"], "body_bytes"), 256 * 1024);
+}
+
+/// The kTLS server alone (how verify traces it), loaded by a separate client process.
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn ktls_sendfile_server_only_serves_a_separate_client() {
+    for tls in ["1.2", "1.3"] {
+        let mut server = Server::start(&[
+            "--mode",
+            "ktls-sendfile",
+            "--tls",
+            tls,
+            "--listen",
+            "127.0.0.1:0",
+            "--requests",
+            "3",
+            "--file-size",
+            "1M",
+            "--json",
+        ]);
+        let addr = listen_addr(&server.ready());
+        let out = load(&[
+            "--client-only",
+            "--connect",
+            &addr,
+            "--requests",
+            "3",
+            "--file-size",
+            "1M",
+            "--json",
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+        let client = stdout_json(&out);
+        assert_eq!(client["verified"], true);
+        assert_eq!(client["tls_version"], tls);
+        let (code, rep, _) = server.finish(120);
+        assert_eq!(code, Some(0));
+        assert_eq!(rep["kernel_tls"], true);
+        assert_eq!(rep["tls_version"], tls);
+        assert_eq!(u(&rep, "requests"), 3);
+        assert_eq!(u(&rep, "body_bytes"), 3 * MIB);
+        assert_eq!(u(&rep, "header_bytes"), u(&client, "header_bytes"));
+        assert_eq!(u(&rep, "errors"), 0);
+    }
+}
