@@ -28,6 +28,10 @@ pub enum Command {
     /// Serve and fetch a file over HTTPS through kernel TLS + sendfile (or another path, see
     /// --mode) and report throughput, errors and CPU per GiB. Exit 1 on any error.
     Load(crate::load::LoadArgs),
+    /// Run the built-in load while tracing its server and prove, stage by stage, that the
+    /// file went page cache -> sendfile -> kernel TLS -> TCP with no user-space copy.
+    /// Exit 0: proven; 1: a stage failed (the path taken is named); 2: not possible here.
+    Verify(crate::verify::VerifyArgs),
 }
 
 /// Which processes to trace; filtering happens in the kernel.

@@ -16,3 +16,4 @@ pub mod plan;
 pub mod procs;
 pub mod trace_cmd;
 pub mod tracer;
+pub mod verify;

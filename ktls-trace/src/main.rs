@@ -65,6 +65,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Load(args) => ktls_trace::load::run(args).await,
+        Command::Verify(args) => ktls_trace::verify::run(args, cli.verbose).await,
         Command::Doctor(args) => {
             let facts = KernelFacts::probe();
             let check = facts

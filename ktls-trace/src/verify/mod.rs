@@ -1,0 +1,360 @@
+//! `ktls-trace verify`: runs the built-in load while tracing its server, and proves stage
+//! by stage that the bytes went page cache -> sendfile -> kernel TLS -> TCP with no
+//! user-space copy (or says which path they took instead).
+//!
+//! The server runs as a child process (`ktls-trace load --server-only`) so that it can be
+//! traced alone by PID; the client runs here, in user space, and checks every byte.
+
+pub mod judge;
+
+use std::{
+    process::{ExitCode, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
+
+use crate::{
+    event::TraceEvent,
+    kernel::{KernelFacts, TlsState},
+    load::{self, Cipher, ClientConfig, Expect, Limit, Mode, ReadyLine, ServerReport, TlsVersion},
+    plan::BackendChoice,
+    tracer::{TraceOptions, Tracer},
+};
+use judge::{Served, Verdict, judge};
+
+/// `ktls-trace verify` options.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// The load to verify: ktls-sendfile is the zero-copy path; the others show which
+    /// stage they fail and why.
+    #[arg(long, value_enum, default_value_t = Mode::KtlsSendfile)]
+    pub mode: Mode,
+
+    /// Requests to serve in total, over all connections.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub requests: u64,
+
+    /// Size of the generated file (K/M/G suffixes).
+    #[arg(long, default_value = "4M", value_name = "SIZE")]
+    pub file_size: String,
+
+    /// Parallel client connections.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub connections: u32,
+
+    /// TLS version to negotiate (default: the client's preference, 1.3).
+    #[arg(long, value_enum)]
+    pub tls: Option<TlsVersion>,
+
+    /// Cipher to negotiate.
+    #[arg(long, value_enum)]
+    pub cipher: Option<Cipher>,
+
+    /// Print the verdicts as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Test-only fault injection, passed to the server: flip body byte N (ktls-write and
+    /// userspace-tls modes), so a test can prove stage 5 catches corruption.
+    #[arg(long, hide = true, value_name = "N")]
+    pub corrupt_byte: Option<u64>,
+}
+
+/// Why verify cannot run here at all (exit code 2).
+fn precondition(facts: &KernelFacts, mode: Mode) -> Option<String> {
+    if !facts.privileges.can_trace() {
+        return Some(crate::kernel::NEED_PRIVILEGES.to_string());
+    }
+    if let Err(why) = &facts.kprobes {
+        return Some(format!(
+            "verify needs kprobes to see kernel TLS, and this kernel has none: {why}"
+        ));
+    }
+    if mode.kernel_tls() {
+        match &facts.tls {
+            TlsState::Loaded | TlsState::Builtin => {}
+            TlsState::Loadable(_) => {
+                return Some(
+                    "kernel TLS is not loaded: run `modprobe tls` (or try --mode userspace-tls / plain-sendfile)"
+                        .to_string(),
+                );
+            }
+            TlsState::Missing(why) => {
+                return Some(format!(
+                    "kernel TLS is not available ({why}); --mode userspace-tls or plain-sendfile can still be verified"
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Runs verify; the exit code is 0 when every stage holds, 1 when one fails, 2 when
+/// verification is impossible on this machine.
+pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
+    let facts = KernelFacts::probe();
+    if let Some(why) = precondition(&facts, args.mode) {
+        eprintln!("ktls-trace: verify: cannot verify here: {why}");
+        return Ok(ExitCode::from(2));
+    }
+    let size = load::args::parse_size(&args.file_size)
+        .map_err(|e| crate::procs::UsageError::Other(format!("--file-size: {e}")))?;
+    if args.requests == 0 {
+        return Err(crate::procs::UsageError::Other("--requests must be at least 1".into()).into());
+    }
+
+    // 1. The server, as its own process.
+    let exe = std::env::current_exe().context("locating the ktls-trace binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "load",
+        "--server-only",
+        "--listen",
+        "127.0.0.1:0",
+        "--mode",
+        args.mode.name(),
+        "--requests",
+        &args.requests.to_string(),
+        "--file-size",
+        &size.to_string(),
+        "--json",
+    ]);
+    if let Some(v) = args.tls {
+        cmd.args(["--tls", v.name()]);
+    }
+    if let Some(c) = args.cipher {
+        cmd.args(["--cipher", c.name()]);
+    }
+    if let Some(b) = args.corrupt_byte {
+        cmd.args(["--corrupt-byte", &b.to_string()]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut server = cmd.spawn().context("starting the load server")?;
+    let stdout = server.stdout.take().context("server stdout")?;
+    let stderr = server.stderr.take().context("server stderr")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let err_task = tokio::spawn(async move {
+        let mut all = Vec::new();
+        let mut l = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = l.next_line().await {
+            all.push(line);
+        }
+        all
+    });
+    let ready: ReadyLine = match tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+        .await
+    {
+        Ok(Ok(Some(line))) => serde_json::from_str(&line)
+            .with_context(|| format!("unexpected first line from the load server: {line}"))?,
+        _ => {
+            let _ = server.kill().await;
+            let err = err_task.await.unwrap_or_default();
+            anyhow::bail!(
+                "the load server did not start: {}",
+                err.last().map(String::as_str).unwrap_or("no message")
+            );
+        }
+    };
+
+    // 2. Trace it, and only it (plus kernel work on its sockets).
+    let opts = TraceOptions {
+        backend: BackendChoice::Kprobe,
+        pids: vec![ready.pid],
+        comm: None,
+        debug: verbose >= 2,
+        ring_bytes: Some(32 << 20),
+    };
+    let mut tracer = Tracer::start(facts.clone(), &opts)?;
+    eprintln!(
+        "ktls-trace: verify: tracing the {} server (pid {}) on {}; {} request(s) of {} bytes",
+        args.mode.name(),
+        ready.pid,
+        ready.listen,
+        args.requests,
+        size
+    );
+
+    // 3. The client, here; collect events meanwhile.
+    let mut cfg = ClientConfig::new(
+        ready.listen.clone(),
+        args.mode.tls().then_some(load::TlsChoice {
+            version: args.tls,
+            cipher: args.cipher,
+        }),
+        Limit::Requests(args.requests),
+    );
+    cfg.connections = args.connections;
+    cfg.expect = match load::file::parse_hex_sha256(&ready.file_sha256) {
+        Some(sha256) => Expect::Content {
+            size: ready.file_size,
+            sha256,
+        },
+        None => Expect::Unknown,
+    };
+    let client = tokio::spawn(load::run_client(cfg, std::future::pending()));
+    tokio::pin!(client);
+    let mut events: Vec<TraceEvent> = Vec::new();
+    let mut batch = Vec::new();
+    let mut undecodable = 0u64;
+    let mut client_result = None;
+    let mut server_status = None;
+    let deadline = tokio::time::sleep(Duration::from_secs(600));
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            r = tracer.next_batch(&mut batch) => {
+                r?;
+                take(&mut batch, &mut events, &mut undecodable);
+            }
+            res = &mut client, if client_result.is_none() => {
+                client_result = Some(res);
+            }
+            st = server.wait(), if server_status.is_none() => {
+                server_status = Some(st);
+            }
+            _ = tick.tick() => {
+                if client_result.is_some() && server_status.is_some() {
+                    break;
+                }
+            }
+            _ = &mut deadline => anyhow::bail!("verify timed out after 10 minutes"),
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        }
+    }
+    // Records the kernel's tx worker flushes after the last send still count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tracer.drain(&mut batch);
+    take(&mut batch, &mut events, &mut undecodable);
+    let drops = tracer.drops();
+    drop(tracer);
+
+    let mut last = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        last = Some(line);
+    }
+    let server_err = err_task.await.unwrap_or_default();
+    let report: ServerReport = match last.as_deref().map(serde_json::from_str) {
+        Some(Ok(r)) => r,
+        _ => anyhow::bail!(
+            "the load server ended without a report: {}",
+            server_err.last().map(String::as_str).unwrap_or("no message")
+        ),
+    };
+    let client = match client_result {
+        Some(Ok(Ok(c))) => c,
+        Some(Ok(Err(e))) => return Err(anyhow::Error::new(e).context("the load client failed")),
+        _ => anyhow::bail!("the load client did not finish"),
+    };
+    if drops > 0 || undecodable > 0 {
+        anyhow::bail!(
+            "{drops} events were dropped and {undecodable} undecodable: the proof would be incomplete (retry on a quieter machine)"
+        );
+    }
+
+    let served = Served {
+        body_bytes: report.body_bytes,
+        header_bytes: report.header_bytes,
+        requests: report.requests,
+        connections: report.connections,
+        tls_version: report.tls_version.clone(),
+        cipher: report.cipher.clone(),
+        client_verified: client.verified,
+        client_body_bytes: client.body_bytes,
+        client_requests: client.requests,
+        client_errors: client.error_messages.clone(),
+    };
+    let verdict = judge(&events, &served);
+    if args.json {
+        println!("{}", to_json(&verdict, &args, &report, &facts));
+    } else {
+        print!("{}", render(&verdict, &args, &report, &facts));
+    }
+    Ok(if verdict.pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn take(
+    batch: &mut Vec<Result<TraceEvent, crate::event::DecodeError>>,
+    events: &mut Vec<TraceEvent>,
+    undecodable: &mut u64,
+) {
+    for item in batch.drain(..) {
+        match item {
+            Ok(e) => events.push(e),
+            Err(_) => *undecodable += 1,
+        }
+    }
+}
+
+fn negotiated(report: &ServerReport) -> String {
+    match (&report.tls_version, &report.cipher) {
+        (Some(v), Some(c)) => format!("TLS {v} {c}"),
+        _ => "no TLS".to_string(),
+    }
+}
+
+/// The text form.
+pub fn render(v: &Verdict, args: &VerifyArgs, report: &ServerReport, facts: &KernelFacts) -> String {
+    let mut s = format!(
+        "ktls-trace verify: mode {}, {}, {} request(s) x {} bytes, kernel {}\n",
+        args.mode.name(),
+        negotiated(report),
+        report.requests,
+        report.file_size,
+        facts.release
+    );
+    for st in &v.stages {
+        s.push_str(&format!(
+            "  [{}] {}. {:<13} {}\n",
+            if st.pass { "PASS" } else { "FAIL" },
+            st.stage,
+            st.name,
+            st.detail
+        ));
+    }
+    s.push_str(&format!(
+        "  path: {}\n  verdict: {}\n",
+        v.path.name(),
+        if v.pass {
+            "PASS: encrypted in the kernel, no user-space copy"
+        } else {
+            "FAIL: not the zero-copy kernel TLS path (see the failed stages)"
+        }
+    ));
+    s
+}
+
+/// The `--json` form.
+pub fn to_json(
+    v: &Verdict,
+    args: &VerifyArgs,
+    report: &ServerReport,
+    facts: &KernelFacts,
+) -> serde_json::Value {
+    serde_json::json!({
+        "verdict": if v.pass { "pass" } else { "fail" },
+        "path": v.path.name(),
+        "mode": args.mode.name(),
+        "kernel": facts.release,
+        "tls_version": report.tls_version,
+        "cipher": report.cipher,
+        "requests": report.requests,
+        "body_bytes": report.body_bytes,
+        "header_bytes": report.header_bytes,
+        "stages": v.stages,
+        "numbers": v.numbers,
+    })
+}

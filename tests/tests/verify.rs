@@ -1,0 +1,132 @@
+//! `ktls-trace verify`: on the host (no kprobes, no kTLS) it must refuse with exit 2 and
+//! the reason; inside the kTLS guests it must prove the zero-copy path and classify the
+//! other three load modes correctly.
+
+use ktls_trace_tests::{has_kprobes, require_root, run_ktls_trace};
+use serde_json::Value;
+
+fn verify(args: &[&str]) -> (i32, Value, String) {
+    let mut all = vec!["verify", "--json"];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = run_ktls_trace(&all);
+    let v = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (code, v, stderr)
+}
+
+fn stage(v: &Value, n: usize) -> (bool, String) {
+    let s = &v["stages"][n - 1];
+    (
+        s["pass"].as_bool().unwrap_or(false),
+        s["detail"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// Where verify cannot work it exits 2 with one line saying why: on the host because
+/// there are no kprobes; everywhere for a user without tracing privileges.
+#[test]
+fn where_verify_is_impossible_it_exits_2_with_the_reason() {
+    require_root();
+    if !has_kprobes() {
+        let (code, stdout, stderr) = run_ktls_trace(&["verify"]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stdout.is_empty());
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("needs kprobes") && stderr.contains("CONFIG_KPROBES"), "{stderr}");
+    }
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(ktls_trace_tests::bin("ktls-trace"))
+        .arg("verify")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn ktls_sendfile_passes_all_five_stages() {
+    require_root();
+    let (code, v, stderr) = verify(&["--requests", "3", "--file-size", "1M"]);
+    assert_eq!(code, 0, "{v:#}\n{stderr}");
+    assert_eq!(v["verdict"], "pass");
+    assert_eq!(v["path"], "kTLS sendfile (zero-copy)");
+    for n in 1..=5 {
+        assert!(stage(&v, n).0, "stage {n}: {v:#}");
+    }
+    // Exact numbers: 3 x 1 MiB through sendfile and into kTLS on the splice path.
+    let n = &v["numbers"];
+    assert_eq!(n["sendfile_bytes"], 3 * 1024 * 1024);
+    assert_eq!(n["splice_plaintext_bytes"], 3 * 1024 * 1024);
+    assert_eq!(n["user_tcp_payload_bytes"], 0);
+    assert_eq!(n["record_overhead"], 22, "TLS 1.3 by default");
+    let records = n["records"].as_u64().unwrap_or(0);
+    assert!(records >= 3 * 64, "{records} records for 3 MiB");
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn tls12_record_overhead_is_29_bytes() {
+    require_root();
+    let (code, v, stderr) = verify(&[
+        "--requests", "1", "--file-size", "512K", "--tls", "1.2", "--cipher", "aes-256-gcm",
+    ]);
+    assert_eq!(code, 0, "{v:#}\n{stderr}");
+    assert_eq!(v["numbers"]["record_overhead"], 29);
+    assert_eq!(v["tls_version"], "1.2");
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn ktls_write_is_classified_and_fails_the_copy_stages() {
+    require_root();
+    let (code, v, stderr) = verify(&["--mode", "ktls-write", "--requests", "2", "--file-size", "256K"]);
+    assert_eq!(code, 1, "{v:#}\n{stderr}");
+    assert_eq!(v["path"], "kTLS write");
+    assert!(!stage(&v, 1).0 && !stage(&v, 2).0 && !stage(&v, 4).0, "{v:#}");
+    assert!(stage(&v, 3).0, "ciphertext still adds up: {v:#}");
+    assert!(stage(&v, 5).0);
+    assert!(stage(&v, 2).1.contains("write()"), "{v:#}");
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn userspace_tls_is_classified_with_the_reason() {
+    require_root();
+    let (code, v, stderr) =
+        verify(&["--mode", "userspace-tls", "--requests", "2", "--file-size", "256K"]);
+    assert_eq!(code, 1, "{v:#}\n{stderr}");
+    assert_eq!(v["path"], "user-space TLS");
+    assert!(stage(&v, 2).1.contains("tcp_sendmsg from user space"), "{v:#}");
+    assert!(stage(&v, 5).0);
+    assert!(v["numbers"]["user_tcp_payload_bytes"].as_u64().unwrap_or(0) >= 2 * 256 * 1024);
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn plain_sendfile_is_classified_as_unencrypted() {
+    require_root();
+    let (code, v, stderr) =
+        verify(&["--mode", "plain-sendfile", "--requests", "2", "--file-size", "256K"]);
+    assert_eq!(code, 1, "{v:#}\n{stderr}");
+    assert_eq!(v["path"], "plain sendfile");
+    assert!(stage(&v, 1).0, "sendfile is used: {v:#}");
+    assert!(!stage(&v, 2).0 && !stage(&v, 3).0);
+    assert_eq!(v["numbers"]["sendfile_bytes"], 2 * 256 * 1024);
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn corruption_fails_stage_5() {
+    require_root();
+    let (code, v, stderr) = verify(&[
+        "--mode", "ktls-write", "--requests", "1", "--file-size", "64K", "--corrupt-byte", "1000",
+    ]);
+    assert_eq!(code, 1, "{v:#}\n{stderr}");
+    let (ok, detail) = stage(&v, 5);
+    assert!(!ok, "{v:#}");
+    assert!(detail.contains("mismatch") || detail.contains("failed"), "{detail}");
+}
