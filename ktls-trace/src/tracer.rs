@@ -167,8 +167,12 @@ impl Offsets {
                     .member_offset("msghdr", "msg_flags")
                     .unwrap_or(OFF_UNKNOWN);
                 o.socket_sk = btf.member_offset("socket", "sk").unwrap_or(OFF_UNKNOWN);
-                o.msghdr_iter = btf.member_offset("msghdr", "msg_iter").unwrap_or(OFF_UNKNOWN);
-                o.iter_type = btf.member_offset("iov_iter", "iter_type").unwrap_or(OFF_UNKNOWN);
+                o.msghdr_iter = btf
+                    .member_offset("msghdr", "msg_iter")
+                    .unwrap_or(OFF_UNKNOWN);
+                o.iter_type = btf
+                    .member_offset("iov_iter", "iter_type")
+                    .unwrap_or(OFF_UNKNOWN);
                 o.iter_ubuf = btf.member_offset("iov_iter", "ubuf").unwrap_or(OFF_UNKNOWN);
                 // Renamed from `iov` to `__iov` in 6.4 (commit de4f5fed3f23).
                 o.iter_iov = btf
@@ -182,7 +186,9 @@ impl Offsets {
                         .unwrap_or(OFF_UNKNOWN)
                 };
                 for (slot, (member, _)) in o.skc.iter_mut().zip(SKC_MEMBERS) {
-                    *slot = btf.member_offset("sock_common", member).unwrap_or(OFF_UNKNOWN);
+                    *slot = btf
+                        .member_offset("sock_common", member)
+                        .unwrap_or(OFF_UNKNOWN);
                 }
                 o.iter_ubuf_val = val("ITER_UBUF");
                 o.iter_iovec_val = val("ITER_IOVEC");
@@ -437,7 +443,13 @@ impl Tracer {
 
     /// Called periodically: when the tls module has appeared, attach its probes.
     pub fn check_tls_module(&mut self) -> Vec<Notice> {
-        if self.waiting.is_empty() || !std::path::Path::new("/sys/module/tls").exists() {
+        // Attach only once the module is live: /sys/module/tls appears while it is still
+        // initialising (MODULE_STATE_COMING), and a kprobe armed on its text then can be
+        // lost when ftrace enables the module's call sites (seen on 6.12).
+        if self.waiting.is_empty()
+            || !std::path::Path::new("/sys/module/tls").exists()
+            || !kernel_module_live()
+        {
             return Vec::new();
         }
         self.facts.refresh_tls();
@@ -448,9 +460,8 @@ impl Tracer {
                 continue;
             };
             if !self.facts.has_symbol(func) {
-                // Module still initialising, or a function this build lacks: retry next
-                // time only if the module is not fully loaded yet.
-                if self.facts.tls.is_active() && kernel_module_live() {
+                // The module is live, so a missing function is one this build lacks.
+                if self.facts.tls.is_active() {
                     let why = "not in this kernel's tls module".to_string();
                     notices.push(Notice::Skipped(spec.probe, why.clone()));
                     self.skipped.push((spec.probe, why));
@@ -523,10 +534,12 @@ impl Tracer {
     }
 }
 
+/// The tls module has finished initialising (built in: no initstate file, always live).
 fn kernel_module_live() -> bool {
-    std::fs::read_to_string("/sys/module/tls/initstate")
-        .map(|s| s.trim() == "live")
-        .unwrap_or(true)
+    match std::fs::read_to_string("/sys/module/tls/initstate") {
+        Ok(s) => s.trim() == "live",
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 impl Drop for Tracer {
@@ -646,7 +659,10 @@ mod tests {
 
         i.family = 10;
         i.daddr = std::net::Ipv6Addr::LOCALHOST.octets();
-        assert_eq!(SockAddr::from(&i).peer, Some("[::1]:54321".parse().unwrap()));
+        assert_eq!(
+            SockAddr::from(&i).peer,
+            Some("[::1]:54321".parse().unwrap())
+        );
         i.family = 1; // AF_UNIX: no addresses
         assert_eq!(SockAddr::from(&i).peer, None);
     }

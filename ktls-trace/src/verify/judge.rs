@@ -173,6 +173,9 @@ pub fn judge(events: &[TraceEvent], served: &Served) -> Verdict {
                     push_probes.insert(p.name());
                 }
             }
+            // Inside do_sendfile (6.5+: splice_to_socket -> sock_sendmsg) tcp_sendmsg
+            // carries spliced pages, not a user-space write.
+            Probe::TcpSendmsg if e.nested_in(Probe::DoSendfile) => {}
             Probe::TcpSendmsg => {
                 let started = e.sock.and_then(|s| tls_start.get(&s)).copied();
                 match started {
@@ -606,6 +609,22 @@ mod tests {
             "{}",
             verdict.stages[1].detail
         );
+    }
+
+    #[test]
+    fn plain_sendfile_on_6_12_goes_through_tcp_sendmsg_inside_sendfile() {
+        let v = vec![
+            ev(Probe::TcpSendmsg, 10, HEAD, None),
+            ev(Probe::TcpSendmsgLocked, 11, HEAD, Some(Probe::TcpSendmsg)),
+            ev(Probe::TcpSendmsg, 50, BODY, Some(Probe::DoSendfile)),
+            ev(Probe::TcpSendmsgLocked, 51, BODY, Some(Probe::TcpSendmsg)),
+            ev(Probe::DoSendfile, 100, BODY, None),
+        ];
+        let mut s = served(None);
+        s.cipher = None;
+        let verdict = judge(&v, &s);
+        assert_eq!(verdict.path, Path::PlainSendfile);
+        assert_eq!(verdict.numbers.user_tcp_payload_bytes, HEAD);
     }
 
     #[test]
