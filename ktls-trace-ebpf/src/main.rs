@@ -32,8 +32,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use ktls_trace_common::{
-    Active, COMM_LEN, Event, HEAD_LEN, OFF_UNKNOWN, Probe, SockInfo, active_key, has, sock_id,
-    stat,
+    Active, COMM_LEN, Event, HEAD_LEN, OFF_UNKNOWN, Probe, SockInfo, active_key, has, sock_id, stat,
 };
 
 // ---- configuration, patched by userspace at load time (EbpfLoader::set_global) ----
@@ -234,7 +233,7 @@ fn read_at<T>(base: u64, off: u32) -> Option<T> {
 #[inline(always)]
 fn remember_socket(id: u64, sk: u64, tgid: u32) {
     // SAFETY: presence test only.
-    if unsafe { SOCKINFO.get(&id) }.is_some() {
+    if unsafe { SOCKINFO.get(id) }.is_some() {
         return;
     }
     const AF_INET6: u16 = 10;
@@ -476,10 +475,9 @@ fn payload_head(msg: u64) -> Option<[u8; HEAD_LEN]> {
         unsafe { bpf_probe_read_kernel((iter + ITER_UBUF_OFF.load() as u64) as *const u64) }.ok()?
     } else if ty == ITER_IOVEC_VAL.load() && ITER_IOV_OFF.load() != OFF_UNKNOWN {
         // SAFETY: as above; iov_base is the first member of struct iovec.
-        let iov = unsafe {
-            bpf_probe_read_kernel((iter + ITER_IOV_OFF.load() as u64) as *const u64)
-        }
-        .ok()?;
+        let iov =
+            unsafe { bpf_probe_read_kernel((iter + ITER_IOV_OFF.load() as u64) as *const u64) }
+                .ok()?;
         // SAFETY: as above.
         unsafe { bpf_probe_read_kernel(iov as *const u64) }.ok()?
     } else {
@@ -582,7 +580,14 @@ pub fn tls_push_record_entry(ctx: ProbeContext) -> u32 {
     // static int tls_push_record(struct sock *sk, int flags, unsigned char record_type)
     let sk = arg_u64(&ctx, 0);
     let flags = arg_u64(&ctx, 1) as u32;
-    enter(Probe::TlsPushRecord, sk, 0, Some(flags), None, &UNDER_TLS_SEND);
+    enter(
+        Probe::TlsPushRecord,
+        sk,
+        0,
+        Some(flags),
+        None,
+        &UNDER_TLS_SEND,
+    );
     0
 }
 

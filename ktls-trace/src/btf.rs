@@ -182,7 +182,11 @@ impl Btf {
                         let val = u32_at(types_sec, p + 4)?;
                         p += 8;
                         // kind_flag set: signed values.
-                        let v = if kind_flag { val as i32 as i64 } else { val as i64 };
+                        let v = if kind_flag {
+                            val as i32 as i64
+                        } else {
+                            val as i64
+                        };
                         enumerators.entry(str_at(strings, e_name)).or_insert(v);
                     }
                     Type::Other
@@ -381,7 +385,10 @@ mod tests {
         assert_eq!(btf.member_offset("inner", "b").unwrap(), 4);
         assert_eq!(btf.enum_value("ITER_B").unwrap(), 6);
         assert_eq!(btf.enum_value("ITER_A").unwrap(), 0);
-        assert!(matches!(btf.enum_value("ITER_C"), Err(BtfError::NoEnumerator(_))));
+        assert!(matches!(
+            btf.enum_value("ITER_C"),
+            Err(BtfError::NoEnumerator(_))
+        ));
         assert_eq!(btf.member_offset("z", "x").unwrap(), 0);
         // `a` sits in `in`, a named member of the anonymous union: not reachable by
         // name from `outer` in C either.

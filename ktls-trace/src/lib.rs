@@ -14,6 +14,8 @@ pub mod kernel;
 pub mod load;
 pub mod plan;
 pub mod procs;
+pub mod sockdiag;
+pub mod top;
 pub mod trace_cmd;
 pub mod tracer;
 pub mod verify;

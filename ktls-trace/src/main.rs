@@ -66,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Load(args) => ktls_trace::load::run(args).await,
         Command::Verify(args) => ktls_trace::verify::run(args, cli.verbose).await,
+        Command::Top(args) => ktls_trace::top::run(args, cli.verbose).await,
         Command::Doctor(args) => {
             let facts = KernelFacts::probe();
             let check = facts

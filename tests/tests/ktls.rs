@@ -142,9 +142,16 @@ fn ktls_sendfile_is_traced_from_sendfile_through_encryption_to_tcp() {
     assert_eq!(records, N.div_ceil(RECORD), "records on the wire");
     // ...and each of them was encrypted and pushed by one tls_push_record call.
     let pushed: Vec<&Value> = out.of("tls_push_record").collect();
-    assert_eq!(pushed.len() as u64, records, "one tls_push_record per record");
+    assert_eq!(
+        pushed.len() as u64,
+        records,
+        "one tls_push_record per record"
+    );
     for e in &pushed {
-        assert_eq!(e["sock"].to_string(), *tls_socks.iter().next().unwrap_or(&String::new()));
+        assert_eq!(
+            e["sock"].to_string(),
+            *tls_socks.iter().next().unwrap_or(&String::new())
+        );
         assert!(e["latency_ns"].as_u64().is_some_and(|l| l > 0), "{e}");
     }
     // The pushes ran inside the kTLS send (or were flushed later by the kernel's tx

@@ -31,7 +31,10 @@ fn where_verify_is_impossible_it_exits_2_with_the_reason() {
         assert_eq!(code, 2, "{stderr}");
         assert!(stdout.is_empty());
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(stderr.contains("needs kprobes") && stderr.contains("CONFIG_KPROBES"), "{stderr}");
+        assert!(
+            stderr.contains("needs kprobes") && stderr.contains("CONFIG_KPROBES"),
+            "{stderr}"
+        );
     }
     use std::os::unix::process::CommandExt;
     let out = std::process::Command::new(ktls_trace_tests::bin("ktls-trace"))
@@ -72,7 +75,14 @@ fn ktls_sendfile_passes_all_five_stages() {
 fn tls12_record_overhead_is_29_bytes() {
     require_root();
     let (code, v, stderr) = verify(&[
-        "--requests", "1", "--file-size", "512K", "--tls", "1.2", "--cipher", "aes-256-gcm",
+        "--requests",
+        "1",
+        "--file-size",
+        "512K",
+        "--tls",
+        "1.2",
+        "--cipher",
+        "aes-256-gcm",
     ]);
     assert_eq!(code, 0, "{v:#}\n{stderr}");
     assert_eq!(v["numbers"]["record_overhead"], 29);
@@ -83,10 +93,20 @@ fn tls12_record_overhead_is_29_bytes() {
 #[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn ktls_write_is_classified_and_fails_the_copy_stages() {
     require_root();
-    let (code, v, stderr) = verify(&["--mode", "ktls-write", "--requests", "2", "--file-size", "256K"]);
+    let (code, v, stderr) = verify(&[
+        "--mode",
+        "ktls-write",
+        "--requests",
+        "2",
+        "--file-size",
+        "256K",
+    ]);
     assert_eq!(code, 1, "{v:#}\n{stderr}");
     assert_eq!(v["path"], "kTLS write");
-    assert!(!stage(&v, 1).0 && !stage(&v, 2).0 && !stage(&v, 4).0, "{v:#}");
+    assert!(
+        !stage(&v, 1).0 && !stage(&v, 2).0 && !stage(&v, 4).0,
+        "{v:#}"
+    );
     assert!(stage(&v, 3).0, "ciphertext still adds up: {v:#}");
     assert!(stage(&v, 5).0);
     assert!(stage(&v, 2).1.contains("write()"), "{v:#}");
@@ -96,11 +116,20 @@ fn ktls_write_is_classified_and_fails_the_copy_stages() {
 #[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn userspace_tls_is_classified_with_the_reason() {
     require_root();
-    let (code, v, stderr) =
-        verify(&["--mode", "userspace-tls", "--requests", "2", "--file-size", "256K"]);
+    let (code, v, stderr) = verify(&[
+        "--mode",
+        "userspace-tls",
+        "--requests",
+        "2",
+        "--file-size",
+        "256K",
+    ]);
     assert_eq!(code, 1, "{v:#}\n{stderr}");
     assert_eq!(v["path"], "user-space TLS");
-    assert!(stage(&v, 2).1.contains("tcp_sendmsg from user space"), "{v:#}");
+    assert!(
+        stage(&v, 2).1.contains("tcp_sendmsg from user space"),
+        "{v:#}"
+    );
     assert!(stage(&v, 5).0);
     assert!(v["numbers"]["user_tcp_payload_bytes"].as_u64().unwrap_or(0) >= 2 * 256 * 1024);
 }
@@ -109,8 +138,14 @@ fn userspace_tls_is_classified_with_the_reason() {
 #[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn plain_sendfile_is_classified_as_unencrypted() {
     require_root();
-    let (code, v, stderr) =
-        verify(&["--mode", "plain-sendfile", "--requests", "2", "--file-size", "256K"]);
+    let (code, v, stderr) = verify(&[
+        "--mode",
+        "plain-sendfile",
+        "--requests",
+        "2",
+        "--file-size",
+        "256K",
+    ]);
     assert_eq!(code, 1, "{v:#}\n{stderr}");
     assert_eq!(v["path"], "plain sendfile");
     assert!(stage(&v, 1).0, "sendfile is used: {v:#}");
@@ -123,10 +158,20 @@ fn plain_sendfile_is_classified_as_unencrypted() {
 fn corruption_fails_stage_5() {
     require_root();
     let (code, v, stderr) = verify(&[
-        "--mode", "ktls-write", "--requests", "1", "--file-size", "64K", "--corrupt-byte", "1000",
+        "--mode",
+        "ktls-write",
+        "--requests",
+        "1",
+        "--file-size",
+        "64K",
+        "--corrupt-byte",
+        "1000",
     ]);
     assert_eq!(code, 1, "{v:#}\n{stderr}");
     let (ok, detail) = stage(&v, 5);
     assert!(!ok, "{v:#}");
-    assert!(detail.contains("mismatch") || detail.contains("failed"), "{detail}");
+    assert!(
+        detail.contains("mismatch") || detail.contains("failed"),
+        "{detail}"
+    );
 }

@@ -297,7 +297,11 @@ pub fn judge(events: &[TraceEvent], served: &Served) -> Verdict {
             let deficit = expect.saturating_sub(n.ciphertext_bytes);
             let alert_wire = 2 + o;
             let whole_records = deficit % alert_wire == 0;
-            n.unpushed_alerts = if whole_records { deficit / alert_wire } else { 0 };
+            n.unpushed_alerts = if whole_records {
+                deficit / alert_wire
+            } else {
+                0
+            };
             let ok = n.ciphertext_bytes > 0
                 && n.ciphertext_bytes <= expect
                 && whole_records

@@ -150,20 +150,19 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         }
         all
     });
-    let ready: ReadyLine = match tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-        .await
-    {
-        Ok(Ok(Some(line))) => serde_json::from_str(&line)
-            .with_context(|| format!("unexpected first line from the load server: {line}"))?,
-        _ => {
-            let _ = server.kill().await;
-            let err = err_task.await.unwrap_or_default();
-            anyhow::bail!(
-                "the load server did not start: {}",
-                err.last().map(String::as_str).unwrap_or("no message")
-            );
-        }
-    };
+    let ready: ReadyLine =
+        match tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await {
+            Ok(Ok(Some(line))) => serde_json::from_str(&line)
+                .with_context(|| format!("unexpected first line from the load server: {line}"))?,
+            _ => {
+                let _ = server.kill().await;
+                let err = err_task.await.unwrap_or_default();
+                anyhow::bail!(
+                    "the load server did not start: {}",
+                    err.last().map(String::as_str).unwrap_or("no message")
+                );
+            }
+        };
 
     // 2. Trace it, and only it (plus kernel work on its sockets).
     let opts = TraceOptions {
@@ -247,7 +246,10 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         Some(Ok(r)) => r,
         _ => anyhow::bail!(
             "the load server ended without a report: {}",
-            server_err.last().map(String::as_str).unwrap_or("no message")
+            server_err
+                .last()
+                .map(String::as_str)
+                .unwrap_or("no message")
         ),
     };
     let client = match client_result {
@@ -307,7 +309,12 @@ fn negotiated(report: &ServerReport) -> String {
 }
 
 /// The text form.
-pub fn render(v: &Verdict, args: &VerifyArgs, report: &ServerReport, facts: &KernelFacts) -> String {
+pub fn render(
+    v: &Verdict,
+    args: &VerifyArgs,
+    report: &ServerReport,
+    facts: &KernelFacts,
+) -> String {
     let mut s = format!(
         "ktls-trace verify: mode {}, {}, {} request(s) x {} bytes, kernel {}\n",
         args.mode.name(),

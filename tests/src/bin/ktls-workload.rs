@@ -3,7 +3,10 @@
 //! counts what arrives on the wire.
 //!
 //! usage: ktls-workload MODE BYTES [--no-wait]
-//!   MODE: plain-sendfile | ktls-sendfile | ktls-write | plain-write
+//!   MODE: plain-sendfile | ktls-sendfile | ktls-write | plain-write | userspace-tls
+//!   (userspace-tls: plain TCP, the bytes framed as TLS 1.3 application-data records
+//!   `17 03 03 len` by this program, one write() per record, as a user-space TLS library
+//!   sends them; the payload is not encrypted)
 //!
 //! Protocol (so a tracer can attach first): prints `ready PID`, waits for a line on
 //! stdin, sends, then prints one JSON line {"mode","sent","wire_bytes","records"} and exits.
@@ -98,11 +101,12 @@ fn main() -> anyhow::Result<()> {
     let (mode, bytes) = match (args.get(1), args.get(2).and_then(|b| b.parse::<u64>().ok())) {
         (Some(m), Some(b)) => (m.clone(), b),
         _ => bail!(
-            "usage: ktls-workload plain-sendfile|ktls-sendfile|ktls-write|plain-write BYTES [--no-wait]"
+            "usage: ktls-workload plain-sendfile|ktls-sendfile|ktls-write|plain-write|userspace-tls BYTES [--no-wait]"
         ),
     };
     let wait = !args.iter().any(|a| a == "--no-wait");
     let tls = mode.starts_with("ktls");
+    let userspace_tls = mode == "userspace-tls";
     let sendfile = mode.ends_with("sendfile");
 
     // The file to send, with a recognisable pattern.
@@ -116,7 +120,7 @@ fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let receiver = std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
         let (s, _) = listener.accept()?;
-        receive(s, tls)
+        receive(s, tls || userspace_tls)
     });
     let sock = TcpStream::connect(addr)?;
     if tls {
@@ -152,6 +156,15 @@ fn main() -> anyhow::Result<()> {
             }
             sent += n as u64;
         }
+    } else if userspace_tls {
+        let mut s = &sock;
+        for chunk in data.chunks(1 << 14) {
+            let mut record = vec![0x17, 0x03, 0x03];
+            record.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+            record.extend_from_slice(chunk);
+            s.write_all(&record)?;
+        }
+        sent = bytes;
     } else {
         let mut s = &sock;
         s.write_all(&data)?;

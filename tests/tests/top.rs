@@ -1,0 +1,624 @@
+//! `ktls-trace top`: the text snapshot (`--once`), the refusal without a terminal, and
+//! the interactive view in a real terminal (tmux: keys with send-keys, the screen with
+//! capture-pane). On the host these run in the tracepoint fallback; the `#[ignore]`d
+//! ones need kprobes and kernel TLS and run inside the QEMU guests (cargo xtask vm-test).
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use ktls_trace_tests::{bin, guest, require_root, run_ktls_trace};
+
+/// Runs `ktls-workload MODE BYTES --no-wait` again and again until dropped, so that a
+/// snapshot taken at any moment sees it sending.
+struct Looper {
+    stop: Arc<AtomicBool>,
+    runs: Arc<AtomicU64>,
+    handle: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Looper {
+    fn start(mode: &str, bytes: u64) -> Looper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let runs = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), runs.clone());
+        let exe = bin("ktls-workload");
+        let mode = mode.to_string();
+        let handle = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let out = Command::new(&exe)
+                    .args([mode.as_str(), &bytes.to_string(), "--no-wait"])
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| format!("spawn ktls-workload: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "ktls-workload {mode} failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        Looper {
+            stop,
+            runs,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops and checks that every run succeeded; returns the number of runs.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => panic!("workload loop panicked"),
+            }
+        }
+        self.runs.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Looper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One process row of a `--once` snapshot: column title -> cell text.
+type OnceRow = BTreeMap<String, String>;
+
+const COLUMNS: [(&str, usize, bool); 14] = [
+    ("PID", 7, false),
+    ("COMMAND", 15, true),
+    ("PATH", 25, true),
+    ("PAYLOAD/s", 10, false),
+    ("TLS-IN/s", 9, false),
+    ("TLS-OUT/s", 10, false),
+    ("REC/s", 7, false),
+    ("AVG-REC", 8, false),
+    ("SF/s", 7, false),
+    ("SF-p50", 8, false),
+    ("SF-p99", 8, false),
+    ("TLS-p50", 8, false),
+    ("TLS-p99", 8, false),
+    ("ZC%", 4, false),
+];
+
+/// Parses the process table of `top --once` (fixed-width columns, one space apart).
+fn parse_once(stdout: &str) -> Vec<OnceRow> {
+    let lines: Vec<&str> = stdout.lines().collect();
+    let head = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("PID COMMAND"))
+        .unwrap_or_else(|| panic!("no table in:\n{stdout}"));
+    let mut rows = Vec::new();
+    for l in &lines[head + 1..] {
+        if l.trim().is_empty() || l.starts_with('(') {
+            break;
+        }
+        let mut row = OnceRow::new();
+        let mut at = 0usize;
+        for (title, width, _) in COLUMNS {
+            let end = (at + width).min(l.len());
+            let cell = l.get(at..end).unwrap_or("").trim();
+            row.insert(title.to_string(), cell.to_string());
+            at += width + 1;
+        }
+        rows.push(row);
+    }
+    rows
+}
+
+/// "12.3M" -> 12_300_000.
+fn value(cell: &str) -> f64 {
+    let (num, mult) = match cell.chars().last() {
+        Some('K') => (&cell[..cell.len() - 1], 1e3),
+        Some('M') => (&cell[..cell.len() - 1], 1e6),
+        Some('G') => (&cell[..cell.len() - 1], 1e9),
+        Some('T') => (&cell[..cell.len() - 1], 1e12),
+        _ => (cell, 1.0),
+    };
+    num.parse::<f64>().map(|v| v * mult).unwrap_or(0.0)
+}
+
+/// Runs `top --once ARGS` while a workload loops; returns (stdout, rows, stderr).
+fn once_with_load(mode: &str, bytes: u64, args: &[&str]) -> (String, Vec<OnceRow>, String) {
+    let looper = Looper::start(mode, bytes);
+    // Let the first run start sending.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut all = vec!["top", "--once"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run_ktls_trace(&all);
+    let runs = looper.finish();
+    assert_eq!(code, 0, "top --once failed: {err}\n{out}");
+    assert!(runs > 0, "the workload never finished a run");
+    let rows = parse_once(&out);
+    (out, rows, err)
+}
+
+/// The busiest row of the workload processes.
+fn workload_row<'a>(rows: &'a [OnceRow], out: &str) -> &'a OnceRow {
+    rows.iter()
+        .filter(|r| r["COMMAND"] == "ktls-workload")
+        .max_by(|a, b| value(&a["PAYLOAD/s"]).total_cmp(&value(&b["PAYLOAD/s"])))
+        .unwrap_or_else(|| panic!("no ktls-workload row:\n{out}"))
+}
+
+#[test]
+fn once_shows_plain_sendfile_in_tracepoint_mode() {
+    require_root();
+    // Small files, many runs: on 6.1 the fallback has only sendfile64, one event at the
+    // end of each call, and inside a TCG guest each run takes a while.
+    let (out, rows, _) = once_with_load(
+        "plain-sendfile",
+        4_000_000,
+        &["--backend", "tracepoint", "--interval", "3"],
+    );
+    assert!(out.contains("mode: reduced mode"), "{out}");
+    assert!(out.contains("interval 3.00s"), "{out}");
+    assert!(out.contains("dropped 0"), "{out}");
+    let r = workload_row(&rows, &out);
+    assert_eq!(r["PATH"], "plain sendfile", "{out}");
+    assert!(value(&r["PAYLOAD/s"]) > 0.0, "{out}");
+    assert!(value(&r["SF/s"]) > 0.0, "sendfile calls/s: {out}");
+    assert_ne!(r["SF-p50"], "-", "{out}");
+    assert_eq!(r["TLS-IN/s"], "0", "reduced mode sees no kernel TLS: {out}");
+    assert_eq!(r["ZC%"], "0", "{out}");
+}
+
+#[test]
+fn once_filters_by_command_name() {
+    require_root();
+    let (out, rows, _) = once_with_load(
+        "plain-sendfile",
+        4_000_000,
+        &[
+            "--backend",
+            "tracepoint",
+            "--interval",
+            "3",
+            "--comm",
+            "ktls-workload",
+        ],
+    );
+    assert!(!rows.is_empty(), "{out}");
+    for r in &rows {
+        assert_eq!(
+            r["COMMAND"], "ktls-workload",
+            "filtered in the kernel: {out}"
+        );
+    }
+}
+
+#[test]
+fn without_a_terminal_top_points_to_once_and_trace_json() {
+    // stdout is a pipe here.
+    let (code, out, err) = run_ktls_trace(&["top"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    assert!(err.contains("not a terminal"), "{err}");
+    assert!(
+        err.contains("top --once") && err.contains("trace --json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    let (code, _, err) = run_ktls_trace(&["top", "--once", "--interval", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--interval"), "{err}");
+    let (code, _, err) = run_ktls_trace(&["top", "--once", "--mode", "plain-sendfile"]);
+    assert_eq!(code, 2, "--mode needs --load: {err}");
+    let (code, _, err) = run_ktls_trace(&["top", "--once", "--pid", "4194305"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn once_with_builtin_load() {
+    require_root();
+    let (code, _, help) = run_ktls_trace(&["load", "--help"]);
+    assert_eq!(code, 0, "the load command is missing: {help}");
+    let (code, out, err) = run_ktls_trace(&[
+        "top",
+        "--once",
+        "--load",
+        "--mode",
+        "plain-sendfile",
+        "--backend",
+        "tracepoint",
+        "--interval",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}\n{out}");
+    let status = out
+        .lines()
+        .find(|l| l.starts_with("load: plain-sendfile"))
+        .unwrap_or_else(|| panic!("no load status line:\n{out}"));
+    assert!(status.contains("running (pid "), "{out}");
+    let pid: u32 = status
+        .rsplit_once("(pid ")
+        .and_then(|(_, p)| p.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {status:?}"));
+    let rows = parse_once(&out);
+    let r = rows
+        .iter()
+        .find(|r| r["PID"] == pid.to_string())
+        .unwrap_or_else(|| panic!("no row of the load process {pid}:\n{out}"));
+    assert_eq!(r["PATH"], "plain sendfile", "{out}");
+    assert!(value(&r["PAYLOAD/s"]) > 0.0, "{out}");
+    // The load is stopped with top.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the load process {pid} outlived top"
+    );
+}
+
+// ---- a real terminal: tmux ----
+
+/// A private tmux server with one fixed-size window running a shell.
+struct Tmux {
+    socket: String,
+    dir: PathBuf,
+}
+
+impl Tmux {
+    fn available() -> bool {
+        Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// `name` keeps tests that run at the same time apart.
+    fn start(name: &str, width: u16, height: u16) -> Tmux {
+        let socket = format!("ktls-trace-test-{}-{name}", std::process::id());
+        let dir = std::env::temp_dir().join(&socket);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let t = Tmux { socket, dir };
+        t.cmd(&[
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            &width.to_string(),
+            "-y",
+            &height.to_string(),
+            "env PS1='$ ' bash --norc --noprofile",
+        ]);
+        t
+    }
+
+    fn cmd(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tmux");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types a shell command line.
+    fn line(&self, text: &str) {
+        self.cmd(&["send-keys", "-t", "top", "-l", text]);
+        self.cmd(&["send-keys", "-t", "top", "Enter"]);
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.cmd(&["send-keys", "-t", "top", k]);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    fn screen(&self) -> String {
+        self.cmd(&["capture-pane", "-t", "top", "-p"])
+    }
+
+    fn alternate_screen(&self) -> bool {
+        self.cmd(&["display-message", "-t", "top", "-p", "#{alternate_on}"])
+            .trim()
+            == "1"
+    }
+
+    /// Waits until `pred` holds for the screen; panics with the screen after `secs`.
+    fn wait_for(&self, what: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; the screen:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The screen line of the busiest ktls-workload row with a non-zero payload rate.
+fn busy_workload_line(screen: &str, path: &str) -> Option<String> {
+    screen
+        .lines()
+        .filter(|l| l.contains("ktls-workload") && l.contains(path))
+        .find(|l| {
+            l.split_once(path)
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|payload| value(payload) > 0.0)
+        })
+        .map(str::to_string)
+}
+
+/// tmux is installed on the build machines (cargo xtask setup); the QEMU guests have
+/// none, and there the `--once` tests stand in.
+fn tmux_or_skip() -> bool {
+    if Tmux::available() {
+        return true;
+    }
+    assert!(
+        guest().is_some(),
+        "tmux is not installed (cargo xtask setup installs it)"
+    );
+    eprintln!("no tmux in this guest: the terminal test runs on the host only");
+    false
+}
+
+#[test]
+fn interactive_view_in_a_real_terminal() {
+    require_root();
+    if !tmux_or_skip() {
+        return;
+    }
+    let looper = Looper::start("plain-sendfile", 20_000_000);
+    let t = Tmux::start("interactive", 200, 50);
+    let top = bin("ktls-trace");
+    // The terminal settings before, to compare after quitting.
+    t.line(&format!("stty -g > {}", t.file("before").display()));
+    t.line(&format!(
+        "{} top --backend tracepoint --comm ktls-workload",
+        top.display()
+    ));
+    let s = t.wait_for("the workload row", 60, |s| {
+        busy_workload_line(s, "plain sendfile").is_some()
+    });
+    assert!(t.alternate_screen(), "top draws on the alternate screen");
+    assert!(
+        s.contains("ktls-trace top") && s.contains("reduced mode"),
+        "{s}"
+    );
+    assert!(s.contains("PAYLOAD/s▼"), "default sort: {s}");
+    assert!(s.contains("dropped 0"), "{s}");
+
+    // Help overlay, and closing it.
+    t.keys(&["?"]);
+    let s = t.wait_for("the help overlay", 10, |s| s.contains("help: keys"));
+    for k in [
+        "q, Ctrl-C",
+        "reverse the sort direction",
+        "filter:",
+        "pause",
+        "interval",
+    ] {
+        assert!(s.contains(k), "help lacks {k:?}:\n{s}");
+    }
+    t.keys(&["Escape"]);
+    t.wait_for("help closed", 10, |s| !s.contains("help: keys"));
+
+    // Sort: next column, then reverse.
+    t.keys(&["s"]);
+    t.wait_for("sort by TLS-IN/s", 10, |s| s.contains("TLS-IN/s▼"));
+    t.keys(&["r"]);
+    t.wait_for("ascending sort", 10, |s| s.contains("TLS-IN/s▲"));
+    t.keys(&["Left"]);
+    t.wait_for("sort by PAYLOAD/s again", 10, |s| s.contains("PAYLOAD/s▼"));
+
+    // Filter: typed at the bottom, applied with Enter.
+    t.keys(&["f", "w", "o", "r", "k"]);
+    t.wait_for("the filter prompt", 10, |s| {
+        s.contains("filter (command or PID): work_")
+    });
+    t.keys(&["Enter"]);
+    t.wait_for("the filter applied", 10, |s| s.contains("filter \"work\""));
+    t.keys(&["f", "Escape"]);
+    t.wait_for("the filter cleared", 10, |s| !s.contains("filter \"work\""));
+
+    // Interval.
+    t.keys(&["+"]);
+    t.wait_for("interval 2s", 10, |s| s.contains("interval 2.00s"));
+    t.keys(&["d", "1", "Enter"]);
+    t.wait_for("interval 1s", 10, |s| s.contains("interval 1.00s"));
+
+    // Pause.
+    t.keys(&["p"]);
+    t.wait_for("paused", 10, |s| s.contains("PAUSED"));
+    t.keys(&["p"]);
+    t.wait_for("running again", 10, |s| !s.contains("PAUSED"));
+
+    // Drill into the busiest row, and back.
+    t.wait_for("a busy row", 30, |s| {
+        busy_workload_line(s, "plain sendfile").is_some()
+    });
+    t.keys(&["Home", "Enter"]);
+    let s = t.wait_for("the connections view", 10, |s| {
+        s.contains("payload B/s over the last minute")
+    });
+    assert!(s.contains("SOCKET") && s.contains("PEER"), "{s}");
+    // The loopback connection's addresses: from the tracer's socket table, or from
+    // sock_diag's list of the process's sockets where an id could not be resolved.
+    assert!(s.contains("127.0.0.1:"), "{s}");
+    t.keys(&["Escape"]);
+    t.wait_for("the process list", 10, |s| s.contains("processes:"));
+
+    // Resizing: narrower drops columns, too small shows a message, back to normal.
+    t.cmd(&["resize-window", "-t", "top", "-x", "80", "-y", "24"]);
+    t.wait_for("the narrow table", 10, |s| {
+        s.contains("PAYLOAD/s") && !s.contains("TLS-p50")
+    });
+    t.cmd(&["resize-window", "-t", "top", "-x", "40", "-y", "10"]);
+    t.wait_for("the too-small message", 10, |s| {
+        s.contains("terminal too small")
+    });
+    t.cmd(&["resize-window", "-t", "top", "-x", "200", "-y", "50"]);
+    t.wait_for("the full table", 10, |s| s.contains("TLS-p50"));
+
+    // Quit: the shell is usable and the terminal as before.
+    t.keys(&["q"]);
+    t.wait_for("the shell prompt", 20, |s| {
+        s.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .is_some_and(|l| l.trim() == "$")
+    });
+    assert!(!t.alternate_screen(), "the alternate screen was left");
+    t.line(&format!("stty -g > {}", t.file("after").display()));
+    t.line("echo OK-$((40+2))");
+    t.wait_for("the shell answering", 10, |s| s.contains("OK-42"));
+    let before = std::fs::read_to_string(t.file("before")).expect("stty before");
+    let after = std::fs::read_to_string(t.file("after")).expect("stty after");
+    assert_eq!(before, after, "terminal settings restored");
+    looper.finish();
+}
+
+#[test]
+fn sigterm_restores_the_terminal() {
+    require_root();
+    if !tmux_or_skip() {
+        return;
+    }
+    let t = Tmux::start("sigterm", 120, 30);
+    let pidfile = t.file("pid");
+    t.line(&format!("stty -g > {}", t.file("before").display()));
+    t.line(&format!(
+        "sh -c 'echo $$ > {}; exec {} top --backend tracepoint'",
+        pidfile.display(),
+        bin("ktls-trace").display()
+    ));
+    // "mode:" is on top's screen, not in the command line typed above.
+    t.wait_for("top running", 60, |s| s.contains("mode: "));
+    assert!(t.alternate_screen());
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    // SAFETY: kill(2) with a valid signal on the process the test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    t.wait_for("the shell prompt", 20, |s| {
+        s.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .is_some_and(|l| l.trim() == "$")
+    });
+    assert!(!t.alternate_screen());
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "top exited"
+    );
+    t.line(&format!("stty -g > {}", t.file("after").display()));
+    t.line("echo OK-$((40+2))");
+    t.wait_for("the shell answering", 10, |s| s.contains("OK-42"));
+    assert_eq!(
+        std::fs::read_to_string(t.file("before")).expect("before"),
+        std::fs::read_to_string(t.file("after")).expect("after"),
+        "terminal settings restored"
+    );
+}
+
+// ---- kernel TLS: the QEMU guests ----
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn once_classifies_ktls_sendfile_as_zero_copy() {
+    require_root();
+    let (out, rows, _) = once_with_load("ktls-sendfile", 8_000_000, &["--interval", "3"]);
+    assert!(out.contains("mode: full mode"), "{out}");
+    let r = workload_row(&rows, &out);
+    assert_eq!(r["PATH"], "kTLS sendfile (zero-copy)", "{out}");
+    assert!(value(&r["TLS-IN/s"]) > 0.0, "{out}");
+    assert!(
+        value(&r["TLS-OUT/s"]) > 0.0,
+        "ciphertext pushed into TCP: {out}"
+    );
+    assert!(value(&r["REC/s"]) > 0.0, "{out}");
+    let rec = value(&r["AVG-REC"]);
+    assert!(
+        rec > 1000.0 && rec <= 16_384.0 * 1.01,
+        "mean record size: {out}"
+    );
+    assert_eq!(r["ZC%"], "100", "{out}");
+    assert_ne!(r["TLS-p50"], "-", "{out}");
+    assert_ne!(r["SF-p99"], "-", "{out}");
+    assert!(out.contains("tls_stat: TlsCurrTxSw"), "{out}");
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn once_classifies_ktls_write() {
+    require_root();
+    let (out, rows, _) = once_with_load("ktls-write", 8_000_000, &["--interval", "3"]);
+    let r = workload_row(&rows, &out);
+    assert_eq!(r["PATH"], "kTLS write", "{out}");
+    assert!(value(&r["TLS-IN/s"]) > 0.0, "{out}");
+    assert!(value(&r["TLS-OUT/s"]) > 0.0, "{out}");
+    assert_eq!(r["ZC%"], "0", "{out}");
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn once_classifies_userspace_tls() {
+    require_root();
+    let (out, rows, _) = once_with_load("userspace-tls", 8_000_000, &["--interval", "3"]);
+    let r = workload_row(&rows, &out);
+    assert_eq!(r["PATH"], "user-space TLS", "{out}");
+    assert!(value(&r["PAYLOAD/s"]) > 0.0, "{out}");
+    assert_eq!(r["TLS-IN/s"], "0", "not kernel TLS: {out}");
+    assert_eq!(r["ZC%"], "0", "{out}");
+}
+
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn once_classifies_plain_sendfile_with_kprobes() {
+    require_root();
+    let (out, rows, _) = once_with_load("plain-sendfile", 8_000_000, &["--interval", "3"]);
+    assert!(out.contains("mode: full mode"), "{out}");
+    let r = workload_row(&rows, &out);
+    assert_eq!(r["PATH"], "plain sendfile", "{out}");
+    assert!(value(&r["PAYLOAD/s"]) > 0.0, "{out}");
+    assert_eq!(r["TLS-IN/s"], "0", "{out}");
+}
