@@ -443,8 +443,7 @@ pub fn do_sendfile_entry(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn do_sendfile_ret(ctx: RetProbeContext) -> u32 {
-    let ret: i64 = ctx.ret();
-    leave(&ctx, Probe::DoSendfile, Some(ret));
+    leave(&ctx, Probe::DoSendfile, long_ret(&ctx));
     0
 }
 
@@ -506,29 +505,48 @@ fn int_ret(ctx: &RetProbeContext) -> Option<i64> {
     Some(r as u32 as i32 as i64)
 }
 
-#[kprobe]
-pub fn tls_sw_sendmsg_entry(ctx: ProbeContext) -> u32 {
-    enter_sendmsg(&ctx, Probe::TlsSwSendmsg, &UNDER_SENDFILE);
-    0
+/// Return value of a function declared `ssize_t` / `long`.
+#[inline(always)]
+fn long_ret(ctx: &RetProbeContext) -> Option<i64> {
+    Some(ctx.ret())
 }
 
-#[kretprobe]
-pub fn tls_sw_sendmsg_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, Probe::TlsSwSendmsg, int_ret(&ctx));
-    0
+/// A kprobe + kretprobe pair: the entry runs `$enter(&ctx, probe, &parents)`, the return
+/// reads the return value with `$ret`. The function names are the program names
+/// userspace attaches (plan.rs).
+macro_rules! probe_pair {
+    ($entry:ident, $exit:ident, $probe:expr, $enter:ident, $parents:ident, $ret:ident) => {
+        #[kprobe]
+        pub fn $entry(ctx: ProbeContext) -> u32 {
+            $enter(&ctx, $probe, &$parents);
+            0
+        }
+
+        #[kretprobe]
+        pub fn $exit(ctx: RetProbeContext) -> u32 {
+            leave(&ctx, $probe, $ret(&ctx));
+            0
+        }
+    };
 }
 
-#[kprobe]
-pub fn tls_sw_sendpage_entry(ctx: ProbeContext) -> u32 {
-    enter_sendpage(&ctx, Probe::TlsSwSendpage, &UNDER_SENDFILE);
-    0
-}
+probe_pair!(
+    tls_sw_sendmsg_entry,
+    tls_sw_sendmsg_ret,
+    Probe::TlsSwSendmsg,
+    enter_sendmsg,
+    UNDER_SENDFILE,
+    int_ret
+);
 
-#[kretprobe]
-pub fn tls_sw_sendpage_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, Probe::TlsSwSendpage, int_ret(&ctx));
-    0
-}
+probe_pair!(
+    tls_sw_sendpage_entry,
+    tls_sw_sendpage_ret,
+    Probe::TlsSwSendpage,
+    enter_sendpage,
+    UNDER_SENDFILE,
+    int_ret
+);
 
 #[kprobe]
 pub fn tls_sw_splice_eof_entry(ctx: ProbeContext) -> u32 {
@@ -551,29 +569,23 @@ pub fn tls_sw_splice_eof_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
-#[kprobe]
-pub fn tls_device_sendmsg_entry(ctx: ProbeContext) -> u32 {
-    enter_sendmsg(&ctx, Probe::TlsDeviceSendmsg, &UNDER_SENDFILE);
-    0
-}
+probe_pair!(
+    tls_device_sendmsg_entry,
+    tls_device_sendmsg_ret,
+    Probe::TlsDeviceSendmsg,
+    enter_sendmsg,
+    UNDER_SENDFILE,
+    int_ret
+);
 
-#[kretprobe]
-pub fn tls_device_sendmsg_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, Probe::TlsDeviceSendmsg, int_ret(&ctx));
-    0
-}
-
-#[kprobe]
-pub fn tls_device_sendpage_entry(ctx: ProbeContext) -> u32 {
-    enter_sendpage(&ctx, Probe::TlsDeviceSendpage, &UNDER_SENDFILE);
-    0
-}
-
-#[kretprobe]
-pub fn tls_device_sendpage_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, Probe::TlsDeviceSendpage, int_ret(&ctx));
-    0
-}
+probe_pair!(
+    tls_device_sendpage_entry,
+    tls_device_sendpage_ret,
+    Probe::TlsDeviceSendpage,
+    enter_sendpage,
+    UNDER_SENDFILE,
+    int_ret
+);
 
 #[kprobe]
 pub fn tls_push_record_entry(ctx: ProbeContext) -> u32 {
@@ -624,31 +636,23 @@ pub fn tcp_sendmsg_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
-#[kprobe]
-pub fn tcp_sendmsg_locked_entry(ctx: ProbeContext) -> u32 {
-    enter_sendmsg(&ctx, Probe::TcpSendmsgLocked, &UNDER_TLS);
-    0
-}
+probe_pair!(
+    tcp_sendmsg_locked_entry,
+    tcp_sendmsg_locked_ret,
+    Probe::TcpSendmsgLocked,
+    enter_sendmsg,
+    UNDER_TLS,
+    int_ret
+);
 
-#[kretprobe]
-pub fn tcp_sendmsg_locked_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, Probe::TcpSendmsgLocked, int_ret(&ctx));
-    0
-}
-
-#[kprobe]
-pub fn do_tcp_sendpages_entry(ctx: ProbeContext) -> u32 {
-    enter_sendpage(&ctx, Probe::DoTcpSendpages, &UNDER_TLS);
-    0
-}
-
-#[kretprobe]
-pub fn do_tcp_sendpages_ret(ctx: RetProbeContext) -> u32 {
-    // ssize_t do_tcp_sendpages(...)
-    let ret: i64 = ctx.ret();
-    leave(&ctx, Probe::DoTcpSendpages, Some(ret));
-    0
-}
+probe_pair!(
+    do_tcp_sendpages_entry,
+    do_tcp_sendpages_ret,
+    Probe::DoTcpSendpages,
+    enter_sendpage,
+    UNDER_TLS,
+    long_ret
+);
 
 // ---- tracepoints: the fallback for kernels without kprobes ----
 

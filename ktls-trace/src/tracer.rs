@@ -267,6 +267,25 @@ fn load_object(offsets: &Offsets, opts: &TraceOptions) -> Result<Ebpf, TracerErr
     })
 }
 
+/// The program `name` of the object, as type `P` (KProbe, TracePoint).
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e: ProgramError| explain(&e))
+}
+
+/// One load or attach step: the full error goes to the debug log, words to the user.
+fn step<T>(what: std::fmt::Arguments<'_>, r: Result<T, ProgramError>) -> Result<T, String> {
+    r.map_err(|e| {
+        log::debug!("{what}: {e:?}");
+        explain(&e)
+    })
+}
+
 /// Loads (verifies) and attaches the programs of one spec.
 fn attach_spec(ebpf: &mut Ebpf, spec: &Spec) -> Result<(), String> {
     // Return side first: a return without a recorded entry is simply ignored, while an
@@ -274,19 +293,12 @@ fn attach_spec(ebpf: &mut Ebpf, spec: &Spec) -> Result<(), String> {
     match spec.attach {
         Attach::Kfunc { func, entry, ret } => {
             for prog in [ret, entry] {
-                let p: &mut KProbe = ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| format!("program {prog} missing from the eBPF object"))?
-                    .try_into()
-                    .map_err(|e: ProgramError| explain(&e))?;
-                p.load().map_err(|e| {
-                    log::debug!("loading {prog}: {e}");
-                    explain(&e)
-                })?;
-                p.attach(func, 0).map_err(|e| {
-                    log::debug!("attaching {prog} to {func}: {e:?}");
-                    explain(&e)
-                })?;
+                let p: &mut KProbe = program(ebpf, prog)?;
+                step(format_args!("loading {prog}"), p.load())?;
+                step(
+                    format_args!("attaching {prog} to {func}"),
+                    p.attach(func, 0),
+                )?;
             }
         }
         Attach::Tracepoint {
@@ -295,19 +307,12 @@ fn attach_spec(ebpf: &mut Ebpf, spec: &Spec) -> Result<(), String> {
             exit,
         } => {
             for (prog, tp) in exit.into_iter().chain([enter]) {
-                let p: &mut TracePoint = ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| format!("program {prog} missing from the eBPF object"))?
-                    .try_into()
-                    .map_err(|e: ProgramError| explain(&e))?;
-                p.load().map_err(|e| {
-                    log::debug!("loading {prog}: {e}");
-                    explain(&e)
-                })?;
-                p.attach(category, tp).map_err(|e| {
-                    log::debug!("attaching {prog} to {category}:{tp}: {e:?}");
-                    explain(&e)
-                })?;
+                let p: &mut TracePoint = program(ebpf, prog)?;
+                step(format_args!("loading {prog}"), p.load())?;
+                step(
+                    format_args!("attaching {prog} to {category}:{tp}"),
+                    p.attach(category, tp),
+                )?;
             }
         }
     }

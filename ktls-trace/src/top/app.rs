@@ -308,21 +308,11 @@ pub async fn run(mut s: Session, mut load: Option<LoadChild>) -> anyhow::Result<
         tokio::select! {
             r = s.tracer.next_batch(&mut batch) => {
                 r?;
-                for item in batch.drain(..) {
-                    match item {
-                        Ok(e) => model.ingest(&e),
-                        Err(_) => model.undecodable(),
-                    }
-                }
+                model.ingest_batch(&mut batch);
             }
             _ = window.tick() => {
                 s.tracer.drain(&mut batch);
-                for item in batch.drain(..) {
-                    match item {
-                        Ok(e) => model.ingest(&e),
-                        Err(_) => model.undecodable(),
-                    }
-                }
+                model.ingest_batch(&mut batch);
                 model.set_drops(s.tracer.drops());
                 let mut fresh = model.close_window(super::now_ns());
                 // The process being looked at stays (its charts) until Esc.

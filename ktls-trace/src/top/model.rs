@@ -309,6 +309,16 @@ impl Model {
     }
 
     /// Records that a ring-buffer record could not be decoded.
+    /// Takes in a batch from the tracer (decoded events and undecodable records).
+    pub fn ingest_batch(&mut self, batch: &mut Vec<Result<TraceEvent, crate::event::DecodeError>>) {
+        for item in batch.drain(..) {
+            match item {
+                Ok(e) => self.ingest(&e),
+                Err(_) => self.undecodable(),
+            }
+        }
+    }
+
     pub fn undecodable(&mut self) {
         self.undecodable_total += 1;
     }

@@ -69,12 +69,7 @@ pub async fn run(mut s: Session, mut load: Option<LoadChild>) -> anyhow::Result<
         tokio::select! {
             r = s.tracer.next_batch(&mut batch) => {
                 r?;
-                for item in batch.drain(..) {
-                    match item {
-                        Ok(e) => model.ingest(&e),
-                        Err(_) => model.undecodable(),
-                    }
-                }
+                model.ingest_batch(&mut batch);
             }
             _ = tokio::time::sleep_until(deadline) => break,
             _ = sigint.recv() => break,
@@ -82,12 +77,7 @@ pub async fn run(mut s: Session, mut load: Option<LoadChild>) -> anyhow::Result<
         }
     }
     s.tracer.drain(&mut batch);
-    for item in batch.drain(..) {
-        match item {
-            Ok(e) => model.ingest(&e),
-            Err(_) => model.undecodable(),
-        }
-    }
+    model.ingest_batch(&mut batch);
     model.set_drops(s.tracer.drops());
     let snap = model.close_window(super::now_ns());
     s.header.tls_stat = std::fs::read_to_string("/proc/net/tls_stat")
