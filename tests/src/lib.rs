@@ -194,6 +194,28 @@ impl Trace {
         self.child.id()
     }
 
+    /// Waits until the tracer printed a stderr line containing `needle`.
+    pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .stderr
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ktls-trace never printed {needle:?}: {:?}",
+                self.stderr.lock().expect("lock")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGINT and collects the output.
     pub fn stop(self) -> TraceOutput {
         // SAFETY: kill with a valid signal number on our own child's pid.

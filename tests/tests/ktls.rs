@@ -251,9 +251,17 @@ fn tls_probes_attach_when_the_module_is_loaded_later() {
         .status()
         .expect("modprobe");
     assert!(probe.success());
-    // The tracer polls twice a second; give it time in the emulator.
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // The tracer polls twice a second and then loads and attaches the tls programs, which
+    // takes seconds in the emulator: wait until it says the era's probe is attached.
     let (tls_probe, _) = era_probes();
+    trace.wait_for_stderr(
+        &format!("attached {tls_probe}"),
+        std::time::Duration::from_secs(60),
+    );
+    trace.wait_for_stderr(
+        "attached tls_push_record",
+        std::time::Duration::from_secs(60),
+    );
     let mut w = Workload::start("ktls-sendfile", 100_000);
     w.go();
     w.finish();

@@ -1,1 +1,65 @@
-fn main() {}
+//! `cargo xtask`: the project's developer tasks, one module per concern.
+//!
+//! - `setup`   installs the build's toolchain pieces and Debian packages when missing;
+//! - `build`   builds the workspace (with the eBPF object) and the test executables;
+//! - `test`    fmt, clippy, host tests, then every test again inside QEMU guests;
+//! - `vm-test` / `vm-shell` run the real kTLS kernels (see docs/testing.md);
+//! - `demo`    shows the tool working, on the host and inside a kTLS guest.
+
+mod build;
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks for ktls-trace (setup, build, test, vm-test, vm-shell, demo)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what the build needs (nightly rust-src, bpf-linker, Debian packages) when missing.
+    Setup(setup::SetupArgs),
+    /// Run setup, build the workspace and the test executables, list the test executables.
+    Build(build::BuildArgs),
+    /// Everything CI runs: fmt, clippy, host tests (as root), then vm-test on 6.1 and 6.12.
+    Test(test::TestArgs),
+    /// Run every test executable inside QEMU guests booting Debian's kTLS kernels.
+    VmTest(vm::VmTestArgs),
+    /// Boot a guest with the freshly built binaries and give an interactive shell (Ctrl-A X quits).
+    VmShell(vm::VmShellArgs),
+    /// Build release binaries and show `doctor` and a few seconds of `trace` (host and guest).
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup(args) => setup::setup_cmd(&args),
+        Command::Build(args) => build::build_cmd(&args),
+        Command::Test(args) => test::test_cmd(&args),
+        Command::VmTest(args) => vm::vm_test_cmd(&args),
+        Command::VmShell(args) => vm::vm_shell_cmd(&args),
+        Command::Demo(args) => demo::demo_cmd(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` keeps the whole context chain on one line.
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

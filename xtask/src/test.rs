@@ -1,0 +1,191 @@
+//! `cargo xtask test`: everything CI checks, in one command, with one table at the end.
+//!
+//! Steps keep going after a failure where they are independent (a formatting slip must
+//! not hide a failing kernel test); steps that need the build are skipped if it failed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::{
+    build, cmd, setup,
+    vm::{self, GuestRun, KernelChoice, VmOptions},
+};
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Skip the QEMU guests (fmt, clippy and host tests only).
+    #[arg(long, conflicts_with = "only_vm")]
+    pub no_vm: bool,
+
+    /// Only the QEMU guests (skip fmt, clippy and host tests).
+    #[arg(long)]
+    pub only_vm: bool,
+
+    /// Which kernel series to boot.
+    #[arg(long, value_enum, default_value = "all")]
+    pub kernel: KernelChoice,
+
+    #[command(flatten)]
+    pub vm: VmOptions,
+}
+
+#[derive(Debug)]
+struct Step {
+    name: String,
+    /// None: skipped.
+    ok: Option<bool>,
+    time: Duration,
+    note: String,
+}
+
+#[derive(Default)]
+struct Steps(Vec<Step>);
+
+impl Steps {
+    /// Runs one step, recording its result; returns whether it passed.
+    fn run(&mut self, name: &str, f: impl FnOnce() -> Result<String>) -> bool {
+        eprintln!("\n==> {name}");
+        let started = Instant::now();
+        let result = f();
+        let time = started.elapsed();
+        let (ok, note) = match result {
+            Ok(note) => (true, note),
+            Err(e) => {
+                eprintln!("xtask: {name}: {e:#}");
+                (false, format!("{e:#}"))
+            }
+        };
+        self.0.push(Step {
+            name: name.to_string(),
+            ok: Some(ok),
+            time,
+            note,
+        });
+        ok
+    }
+
+    fn skip(&mut self, name: &str, why: &str) {
+        self.0.push(Step {
+            name: name.to_string(),
+            ok: None,
+            time: Duration::ZERO,
+            note: why.to_string(),
+        });
+    }
+
+    fn print(&self, total: Duration) {
+        eprintln!("\n{:<12} {:<8} {:>8}  notes", "step", "result", "time");
+        for s in &self.0 {
+            let result = match s.ok {
+                Some(true) => "ok",
+                Some(false) => "FAILED",
+                None => "skipped",
+            };
+            let note: String = s.note.chars().take(110).collect();
+            eprintln!(
+                "{:<12} {:<8} {:>8}  {note}",
+                s.name,
+                result,
+                cmd::fmt_duration(s.time)
+            );
+        }
+        eprintln!("{:<12} {:<8} {:>8}", "total", "", cmd::fmt_duration(total));
+    }
+
+    fn failures(&self) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|s| s.ok == Some(false))
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+}
+
+pub fn test_cmd(args: &TestArgs) -> Result<()> {
+    let started = Instant::now();
+    let root = cmd::workspace_root();
+    let mut steps = Steps::default();
+    let mut runs: Vec<GuestRun> = Vec::new();
+
+    let ready = steps.run("setup", || setup::setup(false).map(|()| String::new()));
+    let host = !args.only_vm;
+    if ready && host {
+        steps.run("fmt", || {
+            cmd::run(
+                cmd::cargo()
+                    .args(["fmt", "--all", "--check"])
+                    .current_dir(&root),
+            )
+            .map(|()| String::new())
+        });
+        steps.run("clippy", || {
+            cmd::run(
+                cmd::cargo()
+                    .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+                    .current_dir(&root),
+            )
+            .map(|()| String::new())
+        });
+    }
+    // One build for both: the host tests find the binaries next to their executables
+    // (target/<profile>/ktls-trace), which `cargo test` alone does not build.
+    let mut artifacts = None;
+    if ready {
+        steps.run("build", || {
+            let a = build::build(false)?;
+            let note = format!("{} test executables", a.tests.len());
+            artifacts = Some(a);
+            Ok(note)
+        });
+    } else {
+        steps.skip("build", "setup failed");
+    }
+    if host {
+        match &artifacts {
+            Some(_) => {
+                steps.run("host tests", || {
+                    if !cmd::is_root() {
+                        bail!("the integration tests load eBPF programs: run as root");
+                    }
+                    cmd::run(
+                        cmd::cargo()
+                            .args(["test", "--workspace", "--exclude", "ktls-trace-ebpf"])
+                            .current_dir(&root),
+                    )?;
+                    Ok(String::new())
+                });
+            }
+            None => steps.skip("host tests", "no build"),
+        }
+    }
+    if !args.no_vm {
+        for series in args.kernel.series() {
+            let name = format!("vm {}", series.label());
+            match &artifacts {
+                Some(a) => {
+                    steps.run(&name, || {
+                        let run = vm::run_tests(series, a, &args.vm)?;
+                        let note = format!("{}: {}", run.package, run.summary());
+                        let passed = run.passed();
+                        runs.push(run);
+                        if passed { Ok(note) } else { bail!("{note}") }
+                    });
+                }
+                None => steps.skip(&name, "no build"),
+            }
+        }
+    }
+
+    if !runs.is_empty() {
+        vm::print_summary(&runs);
+    }
+    steps.print(started.elapsed());
+    let failed = steps.failures();
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    eprintln!("all checks passed");
+    Ok(())
+}

@@ -1,0 +1,480 @@
+//! `cargo xtask vm-test` and `cargo xtask vm-shell`: the project's tests on real kTLS
+//! kernels (Debian's 6.1 and 6.12 cloud kernels) under QEMU/TCG, because the build
+//! machines' own kernel has neither kprobes nor kernel TLS. docs/testing.md explains it.
+//!
+//! - kernel.rs     resolve / download / unpack / depmod, cached under target/vm/cache/
+//! - initramfs.rs  busybox + modules + binaries + tests + generated /init
+//! - qemu.rs       boot, console capture, deadline
+//! - report.rs     console -> per-test results
+
+mod initramfs;
+mod kernel;
+mod qemu;
+mod report;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, ValueEnum};
+
+pub use initramfs::Plan;
+use report::{GuestReport, Outcome};
+
+use crate::{
+    build::{self, Artifacts},
+    cmd, setup,
+};
+
+/// A kernel series the guests run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Series {
+    /// 6.1: tls_sw_sendpage + do_tcp_sendpages (before sendpage was removed).
+    #[value(name = "6.1")]
+    V6_1,
+    /// 6.12: tls_sw_sendmsg with MSG_SPLICE_PAGES + tcp_sendmsg_locked.
+    #[value(name = "6.12")]
+    V6_12,
+}
+
+impl Series {
+    pub const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Series::V6_1 => "6.1",
+            Series::V6_12 => "6.12",
+        }
+    }
+}
+
+/// `--kernel` of vm-test: one series or all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelChoice {
+    #[value(name = "6.1")]
+    V6_1,
+    #[value(name = "6.12")]
+    V6_12,
+    All,
+}
+
+impl KernelChoice {
+    pub fn series(self) -> Vec<Series> {
+        match self {
+            KernelChoice::V6_1 => vec![Series::V6_1],
+            KernelChoice::V6_12 => vec![Series::V6_12],
+            KernelChoice::All => Series::ALL.to_vec(),
+        }
+    }
+}
+
+/// Options shared by `vm-test` and `test`.
+#[derive(Debug, Clone, Args)]
+pub struct VmOptions {
+    /// Seconds one guest may take (boot + every test) before qemu is killed.
+    #[arg(long, value_name = "SECS", default_value_t = 1200)]
+    pub timeout: u64,
+
+    /// Seconds one test executable may run inside the guest before it is killed.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub exe_timeout: u64,
+
+    /// Only run test executables whose label (`package/target (kind)`) contains this.
+    #[arg(long, value_name = "TEXT")]
+    pub exe: Option<String>,
+
+    /// Print the whole guest console live, not only markers and test verdicts.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmTestArgs {
+    /// Which kernel series to boot.
+    #[arg(long, value_enum, default_value = "all")]
+    pub kernel: KernelChoice,
+
+    /// Build with the release profile.
+    #[arg(long)]
+    pub release: bool,
+
+    #[command(flatten)]
+    pub vm: VmOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct VmShellArgs {
+    /// Which kernel series to boot.
+    #[arg(long, value_enum, default_value = "6.12")]
+    pub kernel: Series,
+
+    /// Build with the release profile.
+    #[arg(long)]
+    pub release: bool,
+}
+
+/// The outcome of one guest run, for summaries.
+#[derive(Debug)]
+pub struct GuestRun {
+    pub series: Series,
+    pub package: String,
+    pub report: GuestReport,
+    /// qemu start -> KT-BOOTED (host clock).
+    pub boot: Option<Duration>,
+    /// KT-BOOTED -> KT-DONE: the test plan itself.
+    pub tests: Option<Duration>,
+    pub total: Duration,
+    pub log: PathBuf,
+    /// Console tail for failures that need context.
+    pub tail: Vec<String>,
+}
+
+impl GuestRun {
+    pub fn passed(&self) -> bool {
+        self.report.passed()
+    }
+
+    /// `12 passed, 0 failed, 0 ignored in 3 executables; boot 4.1s, tests 1m28s, total 1m32s`
+    pub fn summary(&self) -> String {
+        let r = &self.report;
+        let time = |d: Option<Duration>| d.map(cmd::fmt_duration).unwrap_or_else(|| "-".into());
+        format!(
+            "{} passed, {} failed, {} ignored in {} executables; boot {}, tests {}, total {}",
+            r.count(Outcome::Passed),
+            r.count(Outcome::Failed),
+            r.count(Outcome::Ignored),
+            r.exes.len(),
+            time(self.boot),
+            time(self.tests),
+            cmd::fmt_duration(self.total),
+        )
+    }
+}
+
+pub fn vm_test_cmd(args: &VmTestArgs) -> Result<()> {
+    setup::setup(false)?;
+    let artifacts = build::build(args.release)?;
+    let mut runs = Vec::new();
+    for series in args.kernel.series() {
+        runs.push(run_tests(series, &artifacts, &args.vm)?);
+    }
+    print_summary(&runs);
+    let failed: Vec<&str> = runs
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.series.label())
+        .collect();
+    if !failed.is_empty() {
+        bail!("vm-test failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+pub fn vm_shell_cmd(args: &VmShellArgs) -> Result<()> {
+    setup::setup(false)?;
+    let artifacts = build::build(args.release)?;
+    let kernel = kernel::prepare(args.kernel, &cache_dir()?)?;
+    let work = work_dir(args.kernel)?;
+    let initrd = initramfs::build(
+        &initramfs::Contents {
+            kernel: &kernel,
+            ktls_trace: &artifacts.ktls_trace,
+            ktls_workload: &artifacts.ktls_workload,
+            tests: &artifacts.tests,
+            plan: Plan::Shell,
+            exe_timeout_secs: 600,
+        },
+        &work,
+        "shell",
+    )?;
+    qemu::run_interactive(qemu::command(&kernel.vmlinuz, &initrd, true))
+}
+
+/// Boots one kernel with every test executable and parses the results. Errors only for
+/// harness problems (no kernel, no qemu); test failures are in the returned report.
+pub fn run_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Result<GuestRun> {
+    let label = series.label();
+    let kernel = kernel::prepare(series, &cache_dir()?)?;
+    let tests: Vec<_> = artifacts
+        .tests
+        .iter()
+        .filter(|t| {
+            opts.exe
+                .as_ref()
+                .is_none_or(|f| t.label.contains(f.as_str()))
+        })
+        .cloned()
+        .collect();
+    if tests.is_empty() {
+        bail!("no test executables to run in the guest");
+    }
+    let work = work_dir(series)?;
+    let initrd = initramfs::build(
+        &initramfs::Contents {
+            kernel: &kernel,
+            ktls_trace: &artifacts.ktls_trace,
+            ktls_workload: &artifacts.ktls_workload,
+            tests: &tests,
+            plan: Plan::Tests,
+            exe_timeout_secs: opts.exe_timeout,
+        },
+        &work,
+        "test",
+    )?;
+    let size = std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "vm {label}: booting {} with {} test executables (initramfs {} MB)",
+        kernel.package,
+        tests.len(),
+        size / 1_000_000
+    );
+    let names: std::collections::BTreeMap<String, String> = tests
+        .iter()
+        .map(|t| (t.file_name(), t.label.clone()))
+        .collect();
+    let log = work.join("console.log");
+    let verbose = opts.verbose;
+    let captured = qemu::run_captured(
+        qemu::command(&kernel.vmlinuz, &initrd, false),
+        &log,
+        Duration::from_secs(opts.timeout),
+        |at, line| {
+            if verbose || is_progress_line(line) {
+                let shown = match line.split_once("KT-BEGIN ").or(line.split_once("KT-END ")) {
+                    Some(_) => label_markers(line, &names),
+                    None => line.to_string(),
+                };
+                eprintln!("[{label} {:>6}] {shown}", cmd::fmt_duration(at));
+            }
+        },
+    )?;
+    let marker_time = |m: &str| {
+        captured
+            .lines
+            .iter()
+            .find(|(_, l)| l.contains(m))
+            .map(|(at, _)| *at)
+    };
+    let boot = marker_time("KT-BOOTED");
+    let tests_time = boot
+        .zip(marker_time("KT-DONE"))
+        .map(|(b, d)| d.saturating_sub(b));
+    let lines: Vec<&str> = captured.lines.iter().map(|(_, l)| l.as_str()).collect();
+    let plan: Vec<String> = tests.iter().map(|t| t.file_name()).collect();
+    let mut report = report::parse(&lines, &plan, captured.timed_out);
+    note_qemu_failure(&mut report, &captured);
+    // Show the cargo labels instead of hashed file names from here on.
+    for e in &mut report.exes {
+        if let Some(l) = names.get(&e.exe) {
+            e.exe = l.clone();
+        }
+    }
+    let tail = lines
+        .iter()
+        .rev()
+        .take(40)
+        .rev()
+        .map(|l| l.to_string())
+        .collect();
+    Ok(GuestRun {
+        series,
+        package: kernel.package,
+        report,
+        boot,
+        tests: tests_time,
+        total: captured.elapsed,
+        log,
+        tail,
+    })
+}
+
+/// Boots one kernel with the binaries (no tests) and runs `script` as the plan, showing
+/// the whole console live. For the demo.
+pub fn run_script(
+    series: Series,
+    artifacts: &Artifacts,
+    script: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let label = series.label();
+    let kernel = kernel::prepare(series, &cache_dir()?)?;
+    let work = work_dir(series)?;
+    let initrd = initramfs::build(
+        &initramfs::Contents {
+            kernel: &kernel,
+            ktls_trace: &artifacts.ktls_trace,
+            ktls_workload: &artifacts.ktls_workload,
+            tests: &[],
+            plan: Plan::Script(script.to_string()),
+            exe_timeout_secs: 600,
+        },
+        &work,
+        "demo",
+    )?;
+    eprintln!(
+        "vm {label}: booting {} (TCG emulation: give it a few seconds)",
+        kernel.package
+    );
+    let log = work.join("console-demo.log");
+    let captured = qemu::run_captured(
+        qemu::command(&kernel.vmlinuz, &initrd, false),
+        &log,
+        timeout,
+        |_, line| println!("[{label}] {line}"),
+    )?;
+    let lines: Vec<&str> = captured.lines.iter().map(|(_, l)| l.as_str()).collect();
+    let mut report = report::parse(&lines, &[], captured.timed_out);
+    note_qemu_failure(&mut report, &captured);
+    if !report.problems.is_empty() {
+        bail!(
+            "the {label} demo guest failed: {} (console: {})",
+            report.problems.join("; "),
+            log.display()
+        );
+    }
+    Ok(())
+}
+
+/// qemu itself failing (bad option, unreadable kernel) is a harness failure; after a
+/// guest power-off or a panic with -no-reboot it exits 0.
+fn note_qemu_failure(report: &mut GuestReport, captured: &qemu::Captured) {
+    if let Some(status) = captured.status
+        && !status.success()
+        && !captured.timed_out
+    {
+        report.problems.push(format!("qemu exited with {status}"));
+    }
+}
+
+/// Lines worth showing live without --verbose: markers, verdicts, kernel trouble.
+fn is_progress_line(line: &str) -> bool {
+    line.starts_with("KT-")
+        || line.starts_with("test ")
+        || line.starts_with("qemu: ")
+        || ["Kernel panic", "Oops:", "BUG: ", "KT-WARN"]
+            .iter()
+            .any(|w| line.contains(w))
+}
+
+/// `KT-BEGIN trace-38ac...` -> `KT-BEGIN ktls-trace-tests/trace (test)`.
+fn label_markers(line: &str, names: &std::collections::BTreeMap<String, String>) -> String {
+    let mut out = line.to_string();
+    for (file, label) in names {
+        if out.contains(file.as_str()) {
+            out = out.replace(file.as_str(), label);
+        }
+    }
+    out
+}
+
+/// Per-kernel results and every failure with its details.
+pub fn print_summary(runs: &[GuestRun]) {
+    eprintln!();
+    for run in runs {
+        let verdict = if run.passed() { "PASSED" } else { "FAILED" };
+        eprintln!(
+            "vm {} ({}): {verdict}: {}",
+            run.series.label(),
+            run.package,
+            run.summary()
+        );
+        print_failures(run);
+    }
+}
+
+fn print_failures(run: &GuestRun) {
+    let label = run.series.label();
+    let r = &run.report;
+    let mut need_tail = false;
+    for p in &r.problems {
+        eprintln!("  FAILED [{label}] {p}");
+        need_tail = true;
+    }
+    for e in &r.exes {
+        if let Some(p) = &e.problem {
+            eprintln!("  FAILED [{label}] {}: {p}", e.exe);
+            need_tail = true;
+        }
+        for t in e.tests.iter().filter(|t| t.outcome == Outcome::Failed) {
+            eprintln!("  FAILED [{label}] {} :: {}", e.exe, t.name);
+            for d in &t.details {
+                eprintln!("      {d}");
+            }
+        }
+    }
+    if need_tail {
+        eprintln!(
+            "  --- last {} console lines ({}) ---",
+            run.tail.len(),
+            run.log.display()
+        );
+        for l in &run.tail {
+            eprintln!("  | {l}");
+        }
+    } else if !run.passed() {
+        eprintln!("  console: {}", run.log.display());
+    }
+}
+
+/// target/ as cargo sees it (honours CARGO_TARGET_DIR and config).
+fn target_dir() -> Result<PathBuf> {
+    let out = cmd::stdout(
+        cmd::cargo()
+            .args(["metadata", "--no-deps", "--format-version", "1"])
+            .current_dir(cmd::workspace_root()),
+    )?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&out).context("parsing `cargo metadata` output")?;
+    let dir = meta
+        .get("target_directory")
+        .and_then(|d| d.as_str())
+        .context("`cargo metadata` reported no target_directory")?;
+    Ok(PathBuf::from(dir))
+}
+
+fn cache_dir() -> Result<PathBuf> {
+    Ok(target_dir()?.join("vm/cache"))
+}
+
+fn work_dir(series: Series) -> Result<PathBuf> {
+    let dir = target_dir()?.join("vm").join(series.label());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Whether this host can show the real thing itself (kprobes and kernel TLS).
+pub fn host_has_kprobes_and_ktls() -> bool {
+    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    let ktls = Path::new("/proc/net/tls_stat").exists()
+        || cmd::succeeds(Command::new("modprobe").args(["-n", "tls"]));
+    kprobes && ktls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_choice_expands() {
+        assert_eq!(
+            KernelChoice::All.series(),
+            vec![Series::V6_1, Series::V6_12]
+        );
+        assert_eq!(KernelChoice::V6_12.series(), vec![Series::V6_12]);
+        assert_eq!(
+            <Series as ValueEnum>::from_str("6.12", false).ok(),
+            Some(Series::V6_12)
+        );
+    }
+
+    #[test]
+    fn progress_lines() {
+        assert!(is_progress_line("KT-BEGIN x"));
+        assert!(is_progress_line("test a ... ok"));
+        assert!(is_progress_line("[ 3.2] Kernel panic - not syncing"));
+        assert!(!is_progress_line("running 3 tests"));
+    }
+}

@@ -1,0 +1,419 @@
+//! The guest's initramfs: busybox, the kernel module subset, the project's binaries and
+//! test executables with their shared libraries, and a generated `/init`.
+//!
+//! Layout (tests rely on it: they find the binaries next to their own parent directory,
+//! or through `KTLS_TRACE_BIN_DIR`):
+//!
+//! ```text
+//! /init                    generated shell script (see `init_script`)
+//! /bin/busybox + applets   /sbin/modprobe too: the kernel's request_module runs it
+//! /lib/modules/<release>/  module subset with its depmod index
+//! /opt/kt/ktls-trace       stripped copies of the binaries
+//! /opt/kt/ktls-workload
+//! /opt/kt/deps/<exe>       every test executable (cargo's `name-hash` file names)
+//! /opt/kt/plan             the test executables to run, one per line
+//! /opt/kt/run-tests        runs the plan with KT-BEGIN / KT-END markers
+//! /lib*/...                the glibc libraries `ldd` names, at their host paths
+//! ```
+//!
+//! The archive is an uncompressed newc cpio: it is built in a second and the emulated
+//! guest does not spend time decompressing it.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{Series, kernel::Kernel};
+use crate::{build::TestExe, cmd};
+
+/// What the guest does after booting.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// Run every test executable, then power off.
+    Tests,
+    /// An interactive shell on the serial console; power off when it exits.
+    Shell,
+    /// Run this shell script (e.g. the demo), then power off.
+    Script(String),
+}
+
+pub struct Contents<'a> {
+    pub kernel: &'a Kernel,
+    pub ktls_trace: &'a Path,
+    pub ktls_workload: &'a Path,
+    pub tests: &'a [TestExe],
+    pub plan: Plan,
+    /// Seconds one test executable may run in the guest before it is killed, so one hang
+    /// does not eat the whole guest's time budget.
+    pub exe_timeout_secs: u64,
+}
+
+/// Builds `<work>/initramfs-<name>.cpio` from a fresh `<work>/root-<name>/`.
+pub fn build(contents: &Contents<'_>, work: &Path, name: &str) -> Result<PathBuf> {
+    let root = work.join(format!("root-{name}"));
+    if root.exists() {
+        fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+    }
+    for dir in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "root",
+        "etc",
+        "run",
+        "lib/modules",
+        "opt/kt/deps",
+    ] {
+        mkdir(&root.join(dir))?;
+    }
+
+    let busybox = install_busybox(&root)?;
+    let mut elves = vec![busybox];
+
+    // Modules: the prepared subset, copied as is (cp -a keeps the tree and is quick).
+    let modules = contents
+        .kernel
+        .initrd_modules
+        .join("lib/modules")
+        .join(&contents.kernel.release);
+    cmd::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&modules)
+            .arg(root.join("lib/modules")),
+    )
+    .context("copying the kernel modules")?;
+
+    let kt = root.join("opt/kt");
+    strip_copy(contents.ktls_trace, &kt.join("ktls-trace"))?;
+    strip_copy(contents.ktls_workload, &kt.join("ktls-workload"))?;
+    elves.push(contents.ktls_trace.to_path_buf());
+    elves.push(contents.ktls_workload.to_path_buf());
+    let mut plan = String::new();
+    for t in contents.tests {
+        strip_copy(&t.path, &kt.join("deps").join(t.file_name()))?;
+        elves.push(t.path.clone());
+        plan.push_str(&t.file_name());
+        plan.push('\n');
+    }
+    write(&kt.join("plan"), &plan, false)?;
+    write(
+        &kt.join("run-tests"),
+        &run_tests_script(contents.exe_timeout_secs),
+        true,
+    )?;
+    copy_shared_libraries(&elves, &root)?;
+
+    // Enough of /etc for glibc: `localhost` resolves from /etc/hosts without DNS, and
+    // uid 0 has a name and a home.
+    write(
+        &root.join("etc/hosts"),
+        "127.0.0.1 localhost\n::1 localhost\n",
+        false,
+    )?;
+    write(
+        &root.join("etc/nsswitch.conf"),
+        "hosts: files\npasswd: files\ngroup: files\n",
+        false,
+    )?;
+    write(
+        &root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\n",
+        false,
+    )?;
+    write(&root.join("etc/group"), "root:x:0:\n", false)?;
+
+    let plan_cmd = match &contents.plan {
+        Plan::Tests => "/opt/kt/run-tests </dev/null".to_string(),
+        Plan::Shell => SHELL_PLAN.to_string(),
+        Plan::Script(script) => {
+            write(&kt.join("plan.sh"), script, true)?;
+            "sh /opt/kt/plan.sh </dev/null".to_string()
+        }
+    };
+    write(
+        &root.join("init"),
+        &init_script(contents.kernel.series, &plan_cmd),
+        true,
+    )?;
+
+    let archive = work.join(format!("initramfs-{name}.cpio"));
+    pack_cpio(&root, &archive)?;
+    Ok(archive)
+}
+
+const SHELL_PLAN: &str = r#"echo
+echo "ktls-trace guest $KTLS_TRACE_GUEST: binaries in /opt/kt, tests in /opt/kt/deps."
+echo "  /opt/kt/run-tests [libtest args]   runs the test plan (e.g. /opt/kt/run-tests --nocapture)"
+echo "  exit (or Ctrl-A X) powers the guest off"
+setsid cttyhack sh -l"#;
+
+/// `/init`: mounts, `lo`, `modprobe tls`, the plan, power off. Lines starting with `KT-`
+/// are markers for the host (vm/report.rs parses them).
+pub fn init_script(series: Series, plan_cmd: &str) -> String {
+    format!(
+        r#"#!/bin/sh
+# /init of a ktls-trace test guest, generated by `cargo xtask` (xtask/src/vm/initramfs.rs).
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1
+export KTLS_TRACE_BIN_DIR=/opt/kt KTLS_TRACE_GUEST={guest}
+mnt() {{ mkdir -p "$3"; mount -t "$1" "$2" "$3" || echo "KT-WARN mount -t $1 $3 failed"; }}
+mnt proc proc /proc
+mnt sysfs sysfs /sys
+mnt devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+mnt tmpfs tmpfs /tmp
+mnt tracefs tracefs /sys/kernel/tracing
+mnt debugfs debugfs /sys/kernel/debug
+mnt bpf bpf /sys/fs/bpf
+ip link set lo up || echo "KT-WARN cannot bring lo up"
+echo "KT-BOOTED guest={guest} kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)s"
+if modprobe tls; then echo "KT-TLS loaded"; else echo "KT-TLS-FAILED modprobe tls exited $?"; fi
+cd /tmp
+{plan_cmd}
+echo "KT-DONE uptime=$(cut -d' ' -f1 /proc/uptime)s"
+sync
+poweroff -f
+"#,
+        guest = series.label(),
+    )
+}
+
+/// `/opt/kt/run-tests`: every executable of /opt/kt/plan with `--include-ignored` (the
+/// guest-only tests are `#[ignore]`d on the host) and one test at a time (they trace the
+/// whole guest). Extra arguments go to every executable.
+pub fn run_tests_script(exe_timeout_secs: u64) -> String {
+    format!(
+        r#"#!/bin/sh
+# Runs the test plan with markers the host parses: KT-BEGIN <exe> / KT-END <exe> rc=<n>.
+# usage: /opt/kt/run-tests [libtest args...]
+limit=${{KT_EXE_TIMEOUT:-{exe_timeout_secs}}}
+cd /tmp
+while read -r exe; do
+    [ -n "$exe" ] || continue
+    echo "KT-BEGIN $exe"
+    timeout "$limit" "/opt/kt/deps/$exe" --include-ignored --test-threads=1 "$@"
+    echo "KT-END $exe rc=$?"
+done < /opt/kt/plan
+"#
+    )
+}
+
+/// The static busybox and a symlink per applet (all of them: the list is cheap and a
+/// developer in vm-shell gets a complete toolbox). Returns the host path of busybox.
+fn install_busybox(root: &Path) -> Result<PathBuf> {
+    let host = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .or_else(|| cmd::which("busybox"))
+        .context("busybox not found; run `cargo xtask setup` (package busybox-static)")?;
+    let dest = root.join("bin/busybox");
+    fs::copy(&host, &dest).with_context(|| format!("copying {}", host.display()))?;
+    let list = cmd::stdout(Command::new(&host).arg("--list"))?;
+    for applet in list.lines().map(str::trim) {
+        if applet.is_empty() || applet == "busybox" || applet.contains('/') {
+            continue;
+        }
+        symlink("busybox", &root.join("bin").join(applet))?;
+    }
+    for applet in [
+        "sh", "mount", "modprobe", "ip", "poweroff", "cat", "setsid", "cttyhack", "timeout",
+    ] {
+        if !root.join("bin").join(applet).exists() {
+            bail!(
+                "{} lacks the `{applet}` applet the guest needs",
+                host.display()
+            );
+        }
+    }
+    // The kernel runs /sbin/modprobe (CONFIG_MODPROBE_PATH) to load crypto on demand.
+    for applet in ["modprobe", "insmod", "poweroff", "init"] {
+        symlink("/bin/busybox", &root.join("sbin").join(applet))?;
+    }
+    Ok(host)
+}
+
+/// `strip --strip-debug` into the initramfs: debug builds carry tens of MB of DWARF each.
+fn strip_copy(src: &Path, dest: &Path) -> Result<()> {
+    cmd::stdout(
+        Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(dest)
+            .arg(src),
+    )
+    .with_context(|| format!("stripping {} (package binutils)", src.display()))?;
+    Ok(())
+}
+
+/// Copies the shared libraries of every ELF (and the dynamic loader) to the same absolute
+/// paths inside the root. Static executables have none.
+fn copy_shared_libraries(elves: &[PathBuf], root: &Path) -> Result<()> {
+    let mut libs = BTreeSet::new();
+    for elf in elves {
+        let out = Command::new("ldd")
+            .arg(elf)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running ldd on {}", elf.display()))?;
+        // ldd exits 1 for static executables ("not a dynamic executable").
+        if out.status.success() {
+            libs.extend(parse_ldd(&String::from_utf8_lossy(&out.stdout)));
+        }
+    }
+    for lib in libs {
+        let dest = root.join(lib.strip_prefix("/").unwrap_or(&lib));
+        if let Some(parent) = dest.parent() {
+            mkdir(parent)?;
+        }
+        // fs::copy follows symlinks: the guest gets the real file under the linked name.
+        fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
+    }
+    Ok(())
+}
+
+/// Absolute library paths in `ldd` output:
+/// `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` and the loader line
+/// `/lib64/ld-linux-x86-64.so.2 (0x...)`; the vDSO has no file.
+pub fn parse_ldd(output: &str) -> BTreeSet<PathBuf> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// `cpio -o -H newc` of the whole tree, owned by root. The file list is produced here
+/// (parents before children) so no shell pipeline is needed.
+fn pack_cpio(root: &Path, archive: &Path) -> Result<()> {
+    let mut entries = Vec::new();
+    walk(root, Path::new("."), &mut entries)?;
+    let out =
+        fs::File::create(archive).with_context(|| format!("creating {}", archive.display()))?;
+    let mut child = Command::new("cpio")
+        .args(["-o", "-H", "newc", "-R", "0:0", "--quiet"])
+        .current_dir(root)
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .spawn()
+        .context("cannot start cpio (package cpio)")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let mut list = String::new();
+        for e in &entries {
+            list.push_str(&e.to_string_lossy());
+            list.push('\n');
+        }
+        stdin
+            .write_all(list.as_bytes())
+            .context("feeding cpio its file list")?;
+    }
+    let status = child.wait().context("waiting for cpio")?;
+    if !status.success() {
+        bail!("cpio failed ({status}) packing {}", root.display());
+    }
+    Ok(())
+}
+
+fn walk(base: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let dir = base.join(rel);
+    let mut children: Vec<_> = fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<Result<_, _>>()?;
+    children.sort_by_key(|e| e.file_name());
+    for child in children {
+        let child_rel = rel.join(child.file_name());
+        out.push(child_rel.clone());
+        // file_type() does not follow symlinks: applet links are stored as links.
+        if child.file_type()?.is_dir() {
+            walk(base, &child_rel, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn mkdir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+fn symlink(target: &str, link: &Path) -> Result<()> {
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("linking {} -> {target}", link.display()))
+}
+
+fn write(path: &Path, text: &str, executable: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    let mode = if executable { 0o755 } else { 0o644 };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_parsing() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd4b9e4000)
+\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f910a5d8000)
+\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f9109b3e000)
+\tlibmissing.so => not found
+\t/lib64/ld-linux-x86-64.so.2 (0x00007f910a60e000)
+";
+        let libs: Vec<PathBuf> = parse_ldd(out).into_iter().collect();
+        assert_eq!(
+            libs,
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+        assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
+    }
+
+    #[test]
+    fn init_exports_what_the_tests_need_and_powers_off() {
+        let init = init_script(Series::V6_12, "/opt/kt/run-tests </dev/null");
+        assert!(init.starts_with("#!/bin/sh\n"));
+        for needle in [
+            "KTLS_TRACE_BIN_DIR=/opt/kt",
+            "KTLS_TRACE_GUEST=6.12",
+            "HOME=/root",
+            "mnt bpf bpf /sys/fs/bpf",
+            "mnt tracefs tracefs /sys/kernel/tracing",
+            "modprobe tls",
+            "ip link set lo up",
+            "/opt/kt/run-tests </dev/null\n",
+        ] {
+            assert!(init.contains(needle), "missing {needle:?}");
+        }
+        assert!(init.trim_end().ends_with("poweroff -f"));
+    }
+
+    #[test]
+    fn run_tests_marks_every_executable() {
+        let s = run_tests_script(600);
+        assert!(s.contains("limit=${KT_EXE_TIMEOUT:-600}"));
+        assert!(s.contains("echo \"KT-BEGIN $exe\""));
+        assert!(s.contains("--include-ignored --test-threads=1"));
+        assert!(s.contains("echo \"KT-END $exe rc=$?\""));
+    }
+}
