@@ -4,7 +4,7 @@
 //! - `build`   builds the workspace (with the eBPF object) and the test executables;
 //! - `test`    fmt, clippy, host tests, then every test again inside QEMU guests;
 //! - `vm-test` / `vm-shell` run the real kTLS kernels (see docs/testing.md);
-//! - `demo`    shows the tool working, on the host and inside a kTLS guest.
+//! - `demo`    `ktls-trace top --load` on a kTLS kernel (this host, or a QEMU guest).
 
 mod build;
 mod cmd;
@@ -40,7 +40,7 @@ enum Command {
     VmTest(vm::VmTestArgs),
     /// Boot a guest with the freshly built binaries and give an interactive shell (Ctrl-A X quits).
     VmShell(vm::VmShellArgs),
-    /// Build release binaries and show `doctor` and a few seconds of `trace` (host and guest).
+    /// The main job: `ktls-trace top` with the built-in load on a kTLS kernel (here, or in a QEMU guest).
     Demo(demo::DemoArgs),
 }
 

@@ -338,6 +338,31 @@ pub fn run_script(
     Ok(())
 }
 
+/// Boots one kernel and runs `script` with the serial console as the guest's terminal,
+/// attached to this terminal (the demo's `top`). Ctrl-A X leaves qemu.
+pub fn run_script_interactive(series: Series, artifacts: &Artifacts, script: &str) -> Result<()> {
+    let kernel = kernel::prepare(series, &cache_dir()?)?;
+    let work = work_dir(series)?;
+    let initrd = initramfs::build(
+        &initramfs::Contents {
+            kernel: &kernel,
+            ktls_trace: &artifacts.ktls_trace,
+            ktls_workload: &artifacts.ktls_workload,
+            tests: &[],
+            plan: Plan::Interactive(script.to_string()),
+            exe_timeout_secs: 600,
+        },
+        &work,
+        "demo-tty",
+    )?;
+    eprintln!(
+        "vm {}: booting {} (TCG emulation: give it a few seconds)",
+        series.label(),
+        kernel.package
+    );
+    qemu::run_interactive(qemu::command(&kernel.vmlinuz, &initrd, true))
+}
+
 /// qemu itself failing (bad option, unreadable kernel) is a harness failure; after a
 /// guest power-off or a panic with -no-reboot it exits 0.
 fn note_qemu_failure(report: &mut GuestReport, captured: &qemu::Captured) {

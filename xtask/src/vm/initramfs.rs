@@ -41,6 +41,9 @@ pub enum Plan {
     Shell,
     /// Run this shell script (e.g. the demo), then power off.
     Script(String),
+    /// Run this shell script with the serial console as its controlling terminal (for a
+    /// TUI: `top`), then power off.
+    Interactive(String),
 }
 
 pub struct Contents<'a> {
@@ -140,6 +143,11 @@ pub fn build(contents: &Contents<'_>, work: &Path, name: &str) -> Result<PathBuf
         Plan::Script(script) => {
             write(&kt.join("plan.sh"), script, true)?;
             "sh /opt/kt/plan.sh </dev/null".to_string()
+        }
+        Plan::Interactive(script) => {
+            write(&kt.join("plan.sh"), script, true)?;
+            // cttyhack makes the console the controlling tty: keys reach the program.
+            "setsid cttyhack sh /opt/kt/plan.sh".to_string()
         }
     };
     write(
