@@ -20,6 +20,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Live per-process view of the kernel TLS transmit path (interactive; --once for text).
+    Top(crate::top::TopArgs),
     /// Stream one line (or JSON object) per completed call on the traced path.
     Trace(TraceArgs),
     /// Explain what this kernel supports and which mode `trace`/`top` will run in.
@@ -32,8 +34,6 @@ pub enum Command {
     /// file went page cache -> sendfile -> kernel TLS -> TCP with no user-space copy.
     /// Exit 0: proven; 1: a stage failed (the path taken is named); 2: not possible here.
     Verify(crate::verify::VerifyArgs),
-    /// Live per-process view of the kernel TLS transmit path (interactive; --once for text).
-    Top(crate::top::TopArgs),
 }
 
 /// Which processes to trace; filtering happens in the kernel.

@@ -79,7 +79,9 @@ impl std::fmt::Display for Notice {
 pub fn explain(err: &ProgramError) -> String {
     fn errno_words(e: &io::Error) -> String {
         match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => "permission denied by the kernel".to_string(),
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                "permission denied, even with this process's privileges".to_string()
+            }
             Some(libc::ENOENT) => "the kernel has no such function or event".to_string(),
             Some(libc::EINVAL) => "the kernel rejected the request as invalid".to_string(),
             Some(libc::EBUSY) => "the probe point is busy".to_string(),
@@ -89,11 +91,20 @@ pub fn explain(err: &ProgramError) -> String {
         }
     }
     match err {
-        ProgramError::LoadError { io_error, .. } => {
-            format!(
-                "the kernel's verifier rejected the program ({})",
-                errno_words(io_error)
-            )
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if verifier_log.to_string().trim().is_empty() {
+                // No verifier output: the kernel refused before verifying (e.g. fentry
+                // without the ftrace support it needs).
+                format!("the kernel refused to load it ({})", errno_words(io_error))
+            } else {
+                format!(
+                    "the kernel's verifier rejected the program ({}; -vv shows its log)",
+                    errno_words(io_error)
+                )
+            }
         }
         ProgramError::SyscallError(e) => errno_words(&e.io_error),
         other => {
