@@ -20,6 +20,9 @@ use crate::{
 /// Turns the filter flags into tracer options, checking the PIDs exist.
 pub fn options(filter: &FilterArgs, verbose: u8) -> anyhow::Result<TraceOptions> {
     let pids = procs::resolve_pids(&filter.pids)?;
+    if filter.comm.as_deref() == Some("") {
+        return Err(procs::UsageError::Other("--comm needs a command name".into()).into());
+    }
     Ok(TraceOptions {
         backend: filter.backend,
         pids,
@@ -59,7 +62,10 @@ enum Stop {
 pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     let mut opts = options(&args.filter, verbose)?;
     if !args.ring_mib.is_power_of_two() || args.ring_mib > 1024 {
-        anyhow::bail!("--ring-mib must be a power of two between 1 and 1024");
+        return Err(procs::UsageError::Other(
+            "--ring-mib must be a power of two between 1 and 1024".into(),
+        )
+        .into());
     }
     opts.ring_bytes = Some(args.ring_mib << 20);
     // Handlers first: a signal that arrives once we said "tracing" must end the trace
