@@ -4,8 +4,10 @@
 //! - `build`   builds the workspace (with the eBPF object) and the test executables;
 //! - `test`    fmt, clippy, host tests, then every test again inside QEMU guests;
 //! - `vm-test` / `vm-shell` run the real kTLS kernels (see docs/testing.md);
-//! - `demo`    `ktls-trace top --load` on a kTLS kernel (this host, or a QEMU guest).
+//! - `demo`    `ktls-trace top --load` on a kTLS kernel (this host, or a QEMU guest);
+//! - `bench`   transmit paths and tracing overhead, as ratios, in a kTLS guest.
 
+mod bench;
 mod build;
 mod cmd;
 mod demo;
@@ -21,7 +23,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Developer tasks for ktls-trace (setup, build, test, vm-test, vm-shell, demo)"
+    about = "Developer tasks for ktls-trace (setup, build, test, vm-test, vm-shell, demo, bench)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,6 +44,8 @@ enum Command {
     VmShell(vm::VmShellArgs),
     /// The main job: `ktls-trace top` with the built-in load on a kTLS kernel (here, or in a QEMU guest).
     Demo(demo::DemoArgs),
+    /// Benchmarks in a kTLS guest: the four transmit paths and the tracers' overhead, as ratios.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::VmTest(args) => vm::vm_test_cmd(&args),
         Command::VmShell(args) => vm::vm_shell_cmd(&args),
         Command::Demo(args) => demo::demo_cmd(&args),
+        Command::Bench(args) => bench::bench_cmd(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

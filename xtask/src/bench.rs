@@ -1,0 +1,919 @@
+//! `cargo xtask bench`: what the transmit paths cost, and what tracing costs, measured on
+//! a real kernel TLS kernel — in the QEMU/TCG guest on the build machines.
+//!
+//! One guest run per kernel measures, with `ktls-trace load` (4 MiB file, 1 connection,
+//! TLS 1.3 AES-128-GCM where there is TLS):
+//!
+//! - the four transmit paths side by side: ktls-sendfile, ktls-write, userspace-tls,
+//!   plain-sendfile (server throughput and server-thread CPU seconds per GiB);
+//! - tracing overhead on ktls-sendfile: no tracer, `trace --json` of the whole system,
+//!   `top --once` of the whole system, `trace --json --comm ktls-load-srv` (filtered in the
+//!   kernel); plus each tracer's events/s, drops, own CPU time and wake-ups.
+//!
+//! Every configuration runs `--runs` times, interleaved (one round of every configuration,
+//! then the next round), and each ratio is taken within a round, against that round's
+//! untraced ktls-sendfile run, then the median over the rounds is reported. TCG makes
+//! absolute numbers meaningless; ratios from one guest run are what count
+//! (docs/performance.md).
+//!
+//! The guest prints `KT-BENCH <run id> ...` lines on the console; the host reads them back
+//! from the console log `vm::run_script` writes, prints a table and writes the raw results
+//! to `target/bench/<kernel>.json`. A failed measurement (load or tracer error, missing
+//! line) fails the command after the table; slow numbers never do.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::{
+    build, cmd, setup,
+    vm::{self, KernelChoice, Series},
+};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which kernel series to boot.
+    #[arg(long, value_enum, default_value = "6.12")]
+    pub kernel: KernelChoice,
+
+    /// Seconds of load in each run.
+    #[arg(long, value_name = "N", default_value_t = 6,
+          value_parser = clap::value_parser!(u32).range(2..=30))]
+    pub seconds: u32,
+
+    /// Rounds: every configuration runs this many times, the median is reported.
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub runs: u32,
+}
+
+/// One measured configuration: a load mode, with or without a tracer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Name in the guest lines and the JSON.
+    pub name: &'static str,
+    /// `ktls-trace load --mode`.
+    pub mode: &'static str,
+    /// Which tracer runs during the load.
+    pub tracer: Tracer,
+    /// What the table calls it.
+    pub label: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracer {
+    None,
+    /// `ktls-trace trace --json` of the whole system.
+    TraceAll,
+    /// `ktls-trace top --once` of the whole system (aggregation only, no output per event).
+    TopAll,
+    /// `ktls-trace trace --json --comm ktls-load-srv`: filtered in the kernel.
+    TraceComm,
+}
+
+/// The untraced ktls-sendfile run every ratio of a round is taken against.
+pub const BASELINE: &str = "ktls-sendfile";
+
+/// In the order each round runs them: the tracer runs sit between untraced ones, so a
+/// drift of the guest's speed during a round spreads over both sides.
+pub const CONFIGS: [Config; 7] = [
+    Config {
+        name: BASELINE,
+        mode: "ktls-sendfile",
+        tracer: Tracer::None,
+        label: "ktls-sendfile",
+    },
+    Config {
+        name: "trace-all",
+        mode: "ktls-sendfile",
+        tracer: Tracer::TraceAll,
+        label: "trace --json (whole system)",
+    },
+    Config {
+        name: "ktls-write",
+        mode: "ktls-write",
+        tracer: Tracer::None,
+        label: "ktls-write",
+    },
+    Config {
+        name: "top-all",
+        mode: "ktls-sendfile",
+        tracer: Tracer::TopAll,
+        label: "top --once (whole system)",
+    },
+    Config {
+        name: "userspace-tls",
+        mode: "userspace-tls",
+        tracer: Tracer::None,
+        label: "userspace-tls",
+    },
+    Config {
+        name: "trace-comm",
+        mode: "ktls-sendfile",
+        tracer: Tracer::TraceComm,
+        label: "trace --json --comm ktls-load-srv",
+    },
+    Config {
+        name: "plain-sendfile",
+        mode: "plain-sendfile",
+        tracer: Tracer::None,
+        label: "plain-sendfile",
+    },
+];
+
+const PATHS: [&str; 4] = [
+    "ktls-sendfile",
+    "ktls-write",
+    "userspace-tls",
+    "plain-sendfile",
+];
+const TRACED: [&str; 4] = [BASELINE, "trace-all", "top-all", "trace-comm"];
+
+fn config(name: &str) -> Option<&'static Config> {
+    CONFIGS.iter().find(|c| c.name == name)
+}
+
+pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
+    setup::setup(false)?;
+    let artifacts = build::build(true)?;
+    let out_dir = target_dir()?.join("bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let mut failed = Vec::new();
+    for series in args.kernel.series() {
+        let label = series.label();
+        let run_id = run_id();
+        let script = guest_script(&run_id, args.seconds, args.runs);
+        // Per run: the load, plus up to ~30 s of tracer attach and detach under TCG.
+        let per_run = u64::from(args.seconds) + 40;
+        let timeout =
+            Duration::from_secs(180 + per_run * CONFIGS.len() as u64 * u64::from(args.runs));
+        let started = std::time::Instant::now();
+        vm::run_script(series, &artifacts, &script, timeout)
+            .with_context(|| format!("the {label} bench guest"))?;
+        let elapsed = started.elapsed();
+        let log = target_dir()?
+            .join("vm")
+            .join(label)
+            .join("console-demo.log");
+        let text =
+            std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+        let results = parse(&text, &run_id, args.runs);
+        let report = report_json(series, args, &results, elapsed);
+        let path = out_dir.join(format!("{label}.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!();
+        print!("{}", render_table(&report));
+        println!("raw results: {}", path.display());
+        if !results.problems.is_empty() {
+            for p in &results.problems {
+                eprintln!("  FAILED [{label}] {p}");
+            }
+            failed.push(label);
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "bench: measurements failed on {} (console: target/vm/<kernel>/console-demo.log)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A token that marks this run's lines (the console log is shared with `demo`).
+fn run_id() -> String {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{:x}{:x}", t.as_secs(), std::process::id())
+}
+
+/// The guest plan. Every measurement prints one `KT-BENCH <id> ...` line (formats in
+/// [`parse`]).
+pub fn guest_script(run_id: &str, seconds: u32, runs: u32) -> String {
+    let configs: Vec<String> = CONFIGS
+        .iter()
+        .map(|c| {
+            let tracer = match c.tracer {
+                Tracer::None => "none",
+                Tracer::TraceAll => "trace",
+                Tracer::TopAll => "top",
+                Tracer::TraceComm => "trace-comm",
+            };
+            format!("{}:{}:{}", c.name, c.mode, tracer)
+        })
+        .collect();
+    format!(
+        r#"dmesg -n 1
+KT=/opt/kt/ktls-trace
+ID={run_id}
+D={seconds}
+RUNS={runs}
+say() {{ echo "KT-BENCH $ID $*"; }}
+now() {{ cut -d' ' -f1 /proc/uptime; }}
+ticks() {{ awk '{{print $14 + $15}}' "/proc/$1/stat" 2>/dev/null || echo 0; }}
+# Voluntary context switches of all of a process's threads: about one per wake-up.
+cswitches() {{ cat /proc/$1/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {{s += $2}} END {{print s + 0}}'; }}
+say start kernel=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo) runs=$RUNS seconds=$D
+
+# load MODE: one `ktls-trace load --json` report on stdout; rc in LOAD_RC, wall time in LOAD_WALL.
+load() {{
+    opts="--tls 1.3 --cipher aes-128-gcm"
+    [ "$1" = plain-sendfile ] && opts=""
+    LT0=$(now)
+    timeout $((D * 3 + 60)) "$KT" load --mode "$1" --duration "$D" --json $opts \
+        >/tmp/load.out 2>/tmp/load.err
+    LOAD_RC=$?
+    LOAD_WALL=$(awk "BEGIN {{print $(now) - $LT0}}")
+}}
+
+# tracer KIND: starts it in the background (TP) and waits until its probes are attached.
+tracer() {{
+    rm -f /tmp/tr.out /tmp/tr.err
+    case "$1" in
+        trace) "$KT" trace --json >/tmp/tr.out 2>/tmp/tr.err & ;;
+        top) "$KT" top --once --interval 60 >/tmp/tr.out 2>/tmp/tr.err & ;;
+        trace-comm) "$KT" trace --json --comm ktls-load-srv >/tmp/tr.out 2>/tmp/tr.err & ;;
+    esac
+    TP=$!
+    AT0=$(now)
+    n=0
+    until grep -q "ktls-trace: attached" /tmp/tr.err 2>/dev/null; do
+        n=$((n + 1))
+        if [ $n -gt 1200 ] || ! kill -0 $TP 2>/dev/null; then
+            say "error tracer $1 did not attach: $(tail -n 3 /tmp/tr.err | tr '\n' ' ')"
+            kill -KILL $TP 2>/dev/null; wait $TP 2>/dev/null
+            TP=""
+            return 1
+        fi
+        sleep 0.1
+    done
+    ATTACH=$(awk "BEGIN {{print $(now) - $AT0}}")
+}}
+
+# stop: SIGTERM (trace and top end with their summary / snapshot), at most 60 s.
+stop() {{
+    kill -TERM $TP 2>/dev/null
+    ( sleep 60; kill -KILL $TP 2>/dev/null ) &
+    wd=$!
+    wait $TP
+    TRC=$?
+    kill $wd 2>/dev/null
+    wait $wd 2>/dev/null
+}}
+
+measure() {{ # NAME MODE TRACER ROUND
+    if [ "$3" != none ]; then
+        tracer "$3" || return
+        TK0=$(ticks $TP)
+        CS0=$(cswitches $TP)
+    fi
+    load "$2"
+    if [ "$3" != none ]; then
+        TK1=$(ticks $TP)
+        CS1=$(cswitches $TP)
+        alive=1; kill -0 $TP 2>/dev/null || alive=0
+        stop
+        if [ "$3" = top ]; then
+            summary=$(head -n 1 /tmp/tr.out)
+        else
+            summary=$(tail -n 1 /tmp/tr.out)
+        fi
+        say "tracer $1 $4 rc=$TRC alive=$alive ticks=$((TK1 - TK0)) wakeups=$((CS1 - CS0)) attach_s=$ATTACH $summary"
+        [ $TRC -eq 0 ] || say "error tracer $1 round $4 exited $TRC: $(tail -n 3 /tmp/tr.err | tr '\n' ' ')"
+        rm -f /tmp/tr.out
+    fi
+    say "load $1 $4 rc=$LOAD_RC wall_s=$LOAD_WALL $(head -n 1 /tmp/load.out)"
+    [ $LOAD_RC -eq 0 ] || say "error load $1 round $4 exited $LOAD_RC: $(tail -n 3 /tmp/load.err | tr '\n' ' ')"
+}}
+
+# On a real machine udev loads the AES-NI module from the CPU's modalias; the guest has
+# no udev, and without it 6.1's kernel TLS gets gcm(aes) from C AES (aes-generic).
+modprobe aesni_intel 2>/dev/null
+# Warm-up (page cache, crypto modules, first handshake, qemu's code cache); not measured.
+load ktls-sendfile
+say warmup rc=$LOAD_RC
+# Which AES-GCM implementation kernel TLS got, and whether the (emulated) CPU offers AES-NI.
+gcm=$(awk '/^name/ {{n = $3}} /^driver/ {{if (n == "gcm(aes)") print $3}}' /proc/crypto | sort -u | tr '\n' ' ')
+say "crypto aesni=$(grep -q -w aes /proc/cpuinfo && echo yes || echo no) gcm_aes_drivers=$gcm"
+
+r=1
+while [ $r -le $RUNS ]; do
+    for c in {configs}; do
+        name=${{c%%:*}}; rest=${{c#*:}}
+        measure "$name" "${{rest%%:*}}" "${{rest#*:}}" $r
+    done
+    r=$((r + 1))
+done
+say done uptime=$(now)
+"#,
+        configs = configs.join(" ")
+    )
+}
+
+/// One run of one configuration, as the guest reported it.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub load: Option<Value>,
+    pub load_rc: Option<i64>,
+    pub wall_s: Option<f64>,
+    pub tracer: Option<TracerSample>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TracerSample {
+    pub rc: i64,
+    /// The tracer was still running when the load ended.
+    pub alive: bool,
+    /// utime + stime of the tracer during the load, in clock ticks (USER_HZ = 100).
+    pub ticks: u64,
+    /// Voluntary context switches of the tracer's threads during the load (its wake-ups).
+    pub wakeups: Option<u64>,
+    pub attach_s: Option<f64>,
+    pub events: Option<u64>,
+    pub drops: Option<u64>,
+}
+
+/// Everything parsed from one guest run.
+#[derive(Debug, Default)]
+pub struct Results {
+    pub kernel: Option<String>,
+    /// `aesni=yes|no gcm_aes_drivers=...`: the crypto kernel TLS ran on.
+    pub crypto: Option<String>,
+    pub samples: BTreeMap<(String, u32), Sample>,
+    pub problems: Vec<String>,
+    pub done: bool,
+}
+
+/// Reads the `KT-BENCH <run id> ...` lines:
+///
+/// ```text
+/// start kernel=<uname -r> cpus=N runs=N seconds=N
+/// tracer <config> <round> rc=N alive=0|1 ticks=N attach_s=X <summary JSON | top header>
+/// load <config> <round> rc=N wall_s=X <load report JSON>
+/// error <words>
+/// done uptime=X
+/// ```
+pub fn parse(console: &str, run_id: &str, runs: u32) -> Results {
+    let mut r = Results::default();
+    let marker = format!("KT-BENCH {run_id} ");
+    for line in console.lines() {
+        let Some(pos) = line.find(&marker) else {
+            continue;
+        };
+        let rest = &line[pos + marker.len()..];
+        let (kind, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        match kind {
+            "start" => {
+                r.kernel = field(rest, "kernel").map(str::to_string);
+            }
+            "load" | "tracer" => {
+                let mut it = rest.splitn(3, ' ');
+                let (Some(name), Some(round), Some(rest)) = (it.next(), it.next(), it.next())
+                else {
+                    r.problems.push(format!("unreadable line: {line}"));
+                    continue;
+                };
+                let Ok(round) = round.parse::<u32>() else {
+                    r.problems.push(format!("unreadable line: {line}"));
+                    continue;
+                };
+                let s = r.samples.entry((name.to_string(), round)).or_default();
+                if kind == "load" {
+                    s.load_rc = field(rest, "rc").and_then(|v| v.parse().ok());
+                    s.wall_s = field(rest, "wall_s").and_then(|v| v.parse().ok());
+                    s.load = json_tail(rest);
+                    if s.load_rc == Some(0) && s.load.is_none() {
+                        r.problems.push(format!(
+                            "{name} round {round}: the load report is not readable JSON"
+                        ));
+                    }
+                } else {
+                    s.tracer = Some(tracer_sample(rest));
+                }
+            }
+            "crypto" => r.crypto = Some(rest.trim().to_string()),
+            "error" => r.problems.push(rest.to_string()),
+            "done" => r.done = true,
+            _ => {}
+        }
+    }
+    if r.kernel.is_none() {
+        r.problems
+            .push("the guest never started the bench (no start line)".into());
+    }
+    if !r.done {
+        r.problems
+            .push("the guest did not finish the bench (no done line)".into());
+    }
+    for c in &CONFIGS {
+        for round in 1..=runs {
+            match r.samples.get(&(c.name.to_string(), round)) {
+                None => r
+                    .problems
+                    .push(format!("{} round {round}: no result", c.name)),
+                Some(s) => {
+                    if s.load.is_none() {
+                        r.problems
+                            .push(format!("{} round {round}: no load report", c.name));
+                    }
+                    if c.tracer != Tracer::None {
+                        match &s.tracer {
+                            None => r
+                                .problems
+                                .push(format!("{} round {round}: no tracer result", c.name)),
+                            Some(t) if !t.alive => r.problems.push(format!(
+                                "{} round {round}: the tracer ended before the load did",
+                                c.name
+                            )),
+                            Some(t) if t.events.is_none() => r.problems.push(format!(
+                                "{} round {round}: no event count from the tracer",
+                                c.name
+                            )),
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    r
+}
+
+/// `key=value` among space-separated words.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+/// The JSON object that ends a line.
+fn json_tail(text: &str) -> Option<Value> {
+    let start = text.find('{')?;
+    serde_json::from_str(text[start..].trim()).ok()
+}
+
+fn tracer_sample(text: &str) -> TracerSample {
+    let num = |k: &str| field(text, k).and_then(|v| v.parse::<i64>().ok());
+    let mut t = TracerSample {
+        rc: num("rc").unwrap_or(-1),
+        alive: num("alive") == Some(1),
+        ticks: num("ticks").unwrap_or(0).max(0) as u64,
+        wakeups: num("wakeups").and_then(|w| u64::try_from(w).ok()),
+        attach_s: field(text, "attach_s").and_then(|v| v.parse().ok()),
+        events: None,
+        drops: None,
+    };
+    if let Some(v) = json_tail(text) {
+        // trace --json: {"summary":{"events":N,"drops":N,...}}
+        t.events = v.pointer("/summary/events").and_then(Value::as_u64);
+        t.drops = v.pointer("/summary/drops").and_then(Value::as_u64);
+    } else {
+        // top --once: "ktls-trace top - kernel K - interval 60.00s - events N (R/s) - dropped N"
+        t.events = after_word(text, "events");
+        t.drops = after_word(text, "dropped");
+    }
+    t
+}
+
+fn after_word(text: &str, word: &str) -> Option<u64> {
+    let mut it = text.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == word {
+            return it.next().and_then(|n| n.parse().ok());
+        }
+    }
+    None
+}
+
+/// Median of the values (the mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Median, min and max as JSON (null when there are no values).
+fn stats(v: &[f64]) -> Value {
+    match median(v) {
+        None => Value::Null,
+        Some(m) => json!({
+            "median": m,
+            "min": v.iter().copied().fold(f64::INFINITY, f64::min),
+            "max": v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            "n": v.len(),
+        }),
+    }
+}
+
+/// The measured figures of one sample.
+fn metric(s: &Sample, what: &str) -> Option<f64> {
+    let load = s.load.as_ref()?;
+    let server = load.get("server")?;
+    let gib = server.get("body_bytes")?.as_f64()? / f64::from(1u32 << 30);
+    let t = s.tracer.as_ref();
+    match what {
+        "throughput" => server.get("throughput_bytes_per_sec")?.as_f64(),
+        "server_cpu_per_gib" => server.pointer("/cpu/s_per_gib")?.as_f64(),
+        "process_cpu_per_gib" => load.pointer("/cpu/s_per_gib")?.as_f64(),
+        "events_per_s" => Some(t?.events? as f64 / server.get("seconds")?.as_f64()?),
+        "drops" => Some(t?.drops? as f64),
+        "tracer_cpu_s" => Some(t?.ticks as f64 / 100.0),
+        "tracer_cpu_per_gib" => Some(t?.ticks as f64 / 100.0 / gib),
+        // What the machine pays per GiB served: the server thread plus the tracer (if any).
+        "total_cpu_per_gib" => Some(
+            server.pointer("/cpu/s_per_gib")?.as_f64()?
+                + t.map_or(0.0, |t| t.ticks as f64 / 100.0 / gib),
+        ),
+        // Share of one CPU the tracer used while the load ran.
+        "tracer_cpu_share" => Some(t?.ticks as f64 / 100.0 / s.wall_s?),
+        "tracer_us_per_event" => Some(t?.ticks as f64 * 1e4 / t?.events? as f64),
+        "attach_s" => t?.attach_s,
+        "events_per_wakeup" => Some(t?.events? as f64 / t?.wakeups?.max(1) as f64),
+        _ => None,
+    }
+}
+
+/// Per-round ratios of `what` between config `name` and the round's baseline.
+fn ratios(r: &Results, name: &str, what: &str, runs: u32) -> Vec<f64> {
+    (1..=runs)
+        .filter_map(|round| {
+            let a = metric(r.samples.get(&(name.to_string(), round))?, what)?;
+            let b = metric(r.samples.get(&(BASELINE.to_string(), round))?, what)?;
+            (b > 0.0).then_some(a / b)
+        })
+        .collect()
+}
+
+fn values(r: &Results, name: &str, what: &str, runs: u32) -> Vec<f64> {
+    (1..=runs)
+        .filter_map(|round| metric(r.samples.get(&(name.to_string(), round))?, what))
+        .collect()
+}
+
+/// The JSON written to target/bench/<kernel>.json: summary (medians and ratios) and
+/// every raw report.
+pub fn report_json(series: Series, args: &BenchArgs, r: &Results, elapsed: Duration) -> Value {
+    let runs = args.runs;
+    let cfg_summary = |name: &str, keys: &[&str]| -> Value {
+        let mut m = serde_json::Map::new();
+        let c = config(name);
+        m.insert("config".into(), json!(name));
+        m.insert("label".into(), json!(c.map(|c| c.label)));
+        for k in keys {
+            m.insert((*k).into(), stats(&values(r, name, k, runs)));
+        }
+        for k in ["throughput", "server_cpu_per_gib", "total_cpu_per_gib"] {
+            m.insert(format!("{k}_ratio"), stats(&ratios(r, name, k, runs)));
+        }
+        Value::Object(m)
+    };
+    let raw: Vec<Value> = r
+        .samples
+        .iter()
+        .map(|((name, round), s)| {
+            json!({
+                "config": name,
+                "round": round,
+                "load_rc": s.load_rc,
+                "wall_s": s.wall_s,
+                "tracer": s.tracer.as_ref().map(|t| json!({
+                    "rc": t.rc, "alive": t.alive, "cpu_ticks": t.ticks, "wakeups": t.wakeups,
+                    "attach_s": t.attach_s, "events": t.events, "drops": t.drops,
+                })),
+                "load": s.load,
+            })
+        })
+        .collect();
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json!({
+        "series": series.label(),
+        "kernel": r.kernel,
+        "crypto": r.crypto,
+        "date": utc_date(),
+        "unix_time": unix,
+        "machine": {
+            "host_cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+            "guest": "qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048",
+        },
+        "runs": runs,
+        "seconds": args.seconds,
+        "workload": "ktls-trace load --file-size 4M (default), 1 connection, TLS 1.3 AES-128-GCM (plain-sendfile: no TLS)",
+        "elapsed_s": elapsed.as_secs_f64(),
+        "paths": PATHS.iter().map(|n| cfg_summary(n, &["throughput", "server_cpu_per_gib", "process_cpu_per_gib"])).collect::<Vec<_>>(),
+        "tracing": TRACED.iter().map(|n| cfg_summary(n, &[
+            "throughput", "server_cpu_per_gib", "events_per_s", "drops", "tracer_cpu_s",
+            "tracer_cpu_per_gib", "tracer_cpu_share", "tracer_us_per_event", "events_per_wakeup",
+            "attach_s",
+        ])).collect::<Vec<_>>(),
+        "problems": r.problems,
+        "raw": raw,
+    })
+}
+
+fn utc_date() -> Option<String> {
+    let out = cmd::stdout(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])).ok()?;
+    Some(out.trim().to_string())
+}
+
+/// The table printed after the guest run, from the report JSON.
+pub fn render_table(report: &Value) -> String {
+    let med = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(|s| s.get("median"))
+            .and_then(Value::as_f64)
+    };
+    let ratio = |v: &Value, k: &str| -> String {
+        let s = &v[k];
+        match (
+            s.get("median").and_then(Value::as_f64),
+            s.get("min").and_then(Value::as_f64),
+            s.get("max").and_then(Value::as_f64),
+        ) {
+            (Some(m), Some(lo), Some(hi)) => format!("{m:.2} [{lo:.2}-{hi:.2}]"),
+            _ => "-".into(),
+        }
+    };
+    let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map(f).unwrap_or_else(|| "-".into());
+    let mut s = String::new();
+    s.push_str(&format!(
+        "ktls-trace bench: kernel {} (QEMU/TCG guest, 2 vCPUs), {} round(s) of {} s per configuration\n",
+        report["kernel"].as_str().unwrap_or("?"),
+        report["runs"],
+        report["seconds"],
+    ));
+    if let Some(c) = report["crypto"].as_str() {
+        s.push_str(&format!("guest crypto: {c}\n"));
+    }
+    s.push_str(
+        "median over rounds [min-max]; ratios are taken within a round against that round's untraced ktls-sendfile run\n\n",
+    );
+    s.push_str("Transmit paths (ktls-trace load; ratios to ktls-sendfile)\n");
+    s.push_str(&format!(
+        "  {:<16} {:>12} {:>20} {:>14} {:>20}\n",
+        "mode", "throughput", "throughput ratio", "srv CPU s/GiB", "srv CPU/GiB ratio"
+    ));
+    for p in report["paths"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "  {:<16} {:>12} {:>20} {:>14} {:>20}\n",
+            p["config"].as_str().unwrap_or("?"),
+            opt(med(p, "throughput"), &|b| format!("{:.1} MB/s", b / 1e6)),
+            ratio(p, "throughput_ratio"),
+            opt(med(p, "server_cpu_per_gib"), &|c| format!("{c:.2}")),
+            ratio(p, "server_cpu_per_gib_ratio"),
+        ));
+    }
+    s.push_str("\nTracing overhead on ktls-sendfile (ratios to no tracer)\n");
+    s.push_str(&format!(
+        "  {:<34} {:>18} {:>18} {:>18}\n",
+        "tracer", "throughput ratio", "srv CPU/GiB ratio", "+tracer CPU ratio"
+    ));
+    let tracing: Vec<&Value> = report["tracing"].as_array().into_iter().flatten().collect();
+    let label = |t: &Value| -> String {
+        match t["config"].as_str() {
+            Some(BASELINE) => "none".into(),
+            n => t["label"].as_str().or(n).unwrap_or("?").into(),
+        }
+    };
+    for t in &tracing {
+        s.push_str(&format!(
+            "  {:<34} {:>18} {:>18} {:>18}\n",
+            label(t),
+            ratio(t, "throughput_ratio"),
+            ratio(t, "server_cpu_per_gib_ratio"),
+            ratio(t, "total_cpu_per_gib_ratio"),
+        ));
+    }
+    s.push_str("\nThe tracers themselves (medians)\n");
+    s.push_str(&format!(
+        "  {:<34} {:>9} {:>6} {:>11} {:>9} {:>8} {:>8}\n",
+        "tracer", "events/s", "drops", "tracer CPU", "us/event", "ev/wake", "attach"
+    ));
+    for t in tracing.iter().filter(|t| t["config"] != BASELINE) {
+        s.push_str(&format!(
+            "  {:<34} {:>9} {:>6} {:>11} {:>9} {:>8} {:>8}\n",
+            label(t),
+            opt(med(t, "events_per_s"), &|e| format!("{e:.0}")),
+            opt(t["drops"].get("max").and_then(Value::as_f64), &|d| {
+                format!("{d:.0}")
+            }),
+            opt(med(t, "tracer_cpu_share"), &|c| {
+                format!("{:.0}% of 1", c * 100.0)
+            }),
+            opt(med(t, "tracer_us_per_event"), &|u| format!("{u:.1}")),
+            opt(med(t, "events_per_wakeup"), &|w| format!("{w:.1}")),
+            opt(med(t, "attach_s"), &|a| format!("{a:.1}s")),
+        ));
+    }
+    s.push_str(concat!(
+        "\n  srv CPU: the load's server thread (kprobe handlers run there too); +tracer CPU: server\n",
+        "  thread plus the tracer process, per GiB served; tracer CPU: the tracer's user+sys time\n",
+        "  during the load as a share of one CPU; us/event: that time per event; ev/wake: events\n",
+        "  per voluntary context switch of the tracer's threads (about one per wake-up); drops:\n",
+        "  the largest count of any round; attach: tracer start to probes attached.\n",
+    ));
+    if let Some(p) = report["problems"].as_array().filter(|p| !p.is_empty()) {
+        s.push_str(&format!("\n{} problem(s):\n", p.len()));
+        for x in p {
+            s.push_str(&format!("  {}\n", x.as_str().unwrap_or("?")));
+        }
+    }
+    s
+}
+
+/// target/ as cargo sees it (honours CARGO_TARGET_DIR and config).
+fn target_dir() -> Result<PathBuf> {
+    let out = cmd::stdout(
+        cmd::cargo()
+            .args(["metadata", "--no-deps", "--format-version", "1"])
+            .current_dir(cmd::workspace_root()),
+    )?;
+    let meta: Value = serde_json::from_str(&out).context("parsing `cargo metadata` output")?;
+    let dir = meta
+        .get("target_directory")
+        .and_then(Value::as_str)
+        .context("`cargo metadata` reported no target_directory")?;
+    Ok(Path::new(dir).to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_json(bytes: u64, secs: f64, tput: f64, s_per_gib: f64) -> String {
+        json!({
+            "role": "both",
+            "cpu": {"s_per_gib": s_per_gib * 2.0},
+            "server": {
+                "body_bytes": bytes, "seconds": secs, "throughput_bytes_per_sec": tput,
+                "cpu": {"scope": "server-thread", "s_per_gib": s_per_gib},
+            },
+        })
+        .to_string()
+    }
+
+    /// A console with every configuration in `runs` rounds; the baseline does 100 MB/s
+    /// at 1 s/GiB, the others `factor` times that throughput.
+    fn console(id: &str, runs: u32) -> String {
+        let mut c = format!(
+            "noise\n[   1.0] KT-BENCH {id} start kernel=6.12.1 cpus=2 runs={runs} seconds=6\n"
+        );
+        c.push_str(&format!(
+            "KT-BENCH {id} crypto aesni=yes gcm_aes_drivers=generic-gcm-aesni \n"
+        ));
+        for round in 1..=runs {
+            for cfg in &CONFIGS {
+                let factor = if cfg.name == BASELINE { 1.0 } else { 0.5 };
+                if cfg.tracer == Tracer::TopAll {
+                    c.push_str(&format!(
+                        "KT-BENCH {id} tracer {} {round} rc=0 alive=1 ticks=150 attach_s=1.5 ktls-trace top - kernel 6.12.1 - interval 60.00s - events 6000 (1.00K/s) - dropped 3\n",
+                        cfg.name
+                    ));
+                } else if cfg.tracer != Tracer::None {
+                    c.push_str(&format!(
+                        "KT-BENCH {id} tracer {} {round} rc=0 alive=1 ticks=300 wakeups=600 attach_s=1.0 {{\"summary\":{{\"events\":6000,\"drops\":0}}}}\n",
+                        cfg.name
+                    ));
+                }
+                c.push_str(&format!(
+                    "KT-BENCH {id} load {} {round} rc=0 wall_s=6.5 {}\n",
+                    cfg.name,
+                    load_json(
+                        1 << 30,
+                        6.0,
+                        100e6 * factor,
+                        1.0 / factor * f64::from(round)
+                    )
+                ));
+            }
+        }
+        c.push_str(&format!("KT-BENCH {id} done uptime=99\n"));
+        c
+    }
+
+    #[test]
+    fn a_complete_run_parses_without_problems() {
+        let r = parse(&console("abc", 3), "abc", 3);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!(r.kernel.as_deref(), Some("6.12.1"));
+        assert_eq!(
+            r.crypto.as_deref(),
+            Some("aesni=yes gcm_aes_drivers=generic-gcm-aesni")
+        );
+        assert_eq!(r.samples.len(), CONFIGS.len() * 3);
+        let top = r.samples[&("top-all".to_string(), 2)]
+            .tracer
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (top.events, top.drops, top.ticks),
+            (Some(6000), Some(3), 150)
+        );
+        assert_eq!(top.wakeups, None);
+        let tr = r.samples[&("trace-all".to_string(), 1)]
+            .tracer
+            .clone()
+            .unwrap();
+        assert_eq!((tr.events, tr.drops, tr.alive), (Some(6000), Some(0), true));
+    }
+
+    #[test]
+    fn ratios_are_paired_per_round() {
+        let r = parse(&console("abc", 3), "abc", 3);
+        // CPU per GiB grows with the round on both sides: the paired ratio stays 2.
+        assert_eq!(
+            ratios(&r, "ktls-write", "server_cpu_per_gib", 3),
+            [2.0, 2.0, 2.0]
+        );
+        assert_eq!(ratios(&r, "trace-all", "throughput", 3), [0.5, 0.5, 0.5]);
+        let s = r.samples[&("trace-all".to_string(), 1)].clone();
+        assert_eq!(metric(&s, "events_per_s"), Some(1000.0));
+        assert_eq!(metric(&s, "tracer_cpu_s"), Some(3.0));
+        assert_eq!(metric(&s, "tracer_us_per_event"), Some(500.0));
+        assert_eq!(metric(&s, "events_per_wakeup"), Some(10.0));
+        // 2 s/GiB (server) + 3 s of tracer for 1 GiB.
+        assert_eq!(metric(&s, "total_cpu_per_gib"), Some(5.0));
+    }
+
+    #[test]
+    fn other_runs_and_missing_results_are_problems() {
+        let c = console("old", 1);
+        let r = parse(&c, "new", 1);
+        assert!(r.samples.is_empty());
+        assert!(r.problems.iter().any(|p| p.contains("no start line")));
+        assert!(r.problems.iter().any(|p| p.contains("no done line")));
+
+        let cut: String = c
+            .lines()
+            .filter(|l| !l.contains("load userspace-tls"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let r = parse(&cut, "old", 1);
+        assert_eq!(r.problems, ["userspace-tls round 1: no result"]);
+
+        let died = c.replace(
+            "tracer trace-comm 1 rc=0 alive=1",
+            "tracer trace-comm 1 rc=1 alive=0",
+        );
+        let r = parse(&died, "old", 1);
+        assert_eq!(
+            r.problems,
+            ["trace-comm round 1: the tracer ended before the load did"]
+        );
+    }
+
+    #[test]
+    fn report_and_table() {
+        let r = parse(&console("abc", 3), "abc", 3);
+        let args = BenchArgs {
+            kernel: KernelChoice::V6_12,
+            seconds: 6,
+            runs: 3,
+        };
+        let rep = report_json(Series::V6_12, &args, &r, Duration::from_secs(100));
+        assert_eq!(rep["paths"][1]["config"], "ktls-write");
+        assert_eq!(rep["paths"][1]["throughput_ratio"]["median"], 0.5);
+        assert_eq!(rep["tracing"][1]["events_per_s"]["median"], 1000.0);
+        let table = render_table(&rep);
+        assert!(table.contains("ktls-write"), "{table}");
+        assert!(table.contains("0.50 [0.50-0.50]"), "{table}");
+        assert!(table.contains("top --once"), "{table}");
+        assert!(!table.contains("problem"), "{table}");
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn script_runs_every_configuration_and_marks_lines() {
+        let s = guest_script("id1", 6, 3);
+        assert!(s.contains("ID=id1") && s.contains("D=6") && s.contains("RUNS=3"));
+        for c in &CONFIGS {
+            assert!(s.contains(&format!("{}:{}:", c.name, c.mode)), "{}", c.name);
+        }
+        assert!(s.contains("trace --json --comm ktls-load-srv"));
+        assert!(s.contains("top --once --interval 60"));
+    }
+}
