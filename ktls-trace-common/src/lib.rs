@@ -231,6 +231,7 @@ pub mod names {
     pub const SOCKET_SK_OFF: &str = "SOCKET_SK_OFF";
     pub const SOCK_KEY: &str = "SOCK_KEY";
     pub const DEBUG: &str = "DEBUG";
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     pub const TP_SSL_SK_OFF: &str = "TP_SSL_SK_OFF";
     pub const TP_SSL_RET_OFF: &str = "TP_SSL_RET_OFF";
     pub const TP_SSL_PROTO_OFF: &str = "TP_SSL_PROTO_OFF";

@@ -54,6 +54,9 @@ static SOCKET_SK_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
 /// Per-run key for socket ids.
 #[unsafe(no_mangle)]
 static SOCK_KEY: Global<u64> = Global::new(0);
+/// Wake the ring-buffer reader only when this many bytes wait (0: on every event).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u64> = Global::new(0);
 /// Non-zero: emit aya-log debug records.
 #[unsafe(no_mangle)]
 static DEBUG: Global<u8> = Global::new(0);
@@ -392,6 +395,23 @@ fn leave<C: EbpfContext>(ctx: &C, probe: Probe, ret: Option<i64>) {
     );
 }
 
+/// `bpf_ringbuf_submit` flags (include/uapi/linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Waking the reader for every record costs a context switch per event; with
+/// `WAKEUP_BYTES` set, the reader is only woken once that much data waits, and drains
+/// the rest on its own timer.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    match WAKEUP_BYTES.load() {
+        0 => 0,
+        limit if EVENTS.query(BPF_RB_AVAIL_DATA) >= limit => BPF_RB_FORCE_WAKEUP,
+        _ => BPF_RB_NO_WAKEUP,
+    }
+}
+
 #[inline(always)]
 fn emit<C: EbpfContext>(ctx: &C, mut ev: Event) {
     if let Ok(comm) = bpf_get_current_comm() {
@@ -400,7 +420,7 @@ fn emit<C: EbpfContext>(ctx: &C, mut ev: Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
             slot.write(ev);
-            slot.submit(0);
+            slot.submit(wakeup_flags());
         }
         None => {
             bump(stat::RINGBUF_FULL);

@@ -17,8 +17,10 @@ pub struct ProbeTotals {
     pub bytes: u64,
     /// Sum of positive return values: bytes the calls really moved.
     pub bytes_done: u64,
-    /// Calls that returned an error.
+    /// Calls that returned an error (EAGAIN not counted: see `would_block`).
     pub errors: u64,
+    /// Calls that returned EAGAIN: a non-blocking socket was full, the caller retries.
+    pub would_block: u64,
 }
 
 /// Everything `trace` counted.
@@ -39,8 +41,10 @@ impl Summary {
         t.events += 1;
         t.bytes += e.bytes;
         t.bytes_done += e.bytes_done();
-        if e.ret.is_some_and(|r| r < 0) {
-            t.errors += 1;
+        match e.ret {
+            Some(r) if r == -(libc::EAGAIN as i64) => t.would_block += 1,
+            Some(r) if r < 0 => t.errors += 1,
+            _ => {}
         }
     }
 
@@ -82,17 +86,18 @@ impl Summary {
             s.push_str("    no events\n");
         } else {
             s.push_str(&format!(
-                "    {:<20} {:>10} {:>16} {:>16} {:>8}\n",
-                "probe", "events", "bytes asked", "bytes done", "errors"
+                "    {:<20} {:>10} {:>16} {:>16} {:>8} {:>8}\n",
+                "probe", "events", "bytes asked", "bytes done", "errors", "EAGAIN"
             ));
             for (p, t) in &self.probes {
                 s.push_str(&format!(
-                    "    {:<20} {:>10} {:>16} {:>16} {:>8}\n",
+                    "    {:<20} {:>10} {:>16} {:>16} {:>8} {:>8}\n",
                     p.name(),
                     t.events,
                     t.bytes,
                     t.bytes_done,
-                    t.errors
+                    t.errors,
+                    t.would_block
                 ));
             }
         }
@@ -141,19 +146,21 @@ mod tests {
         s.add(&ev(Probe::DoSendfile, 100, Some(60)));
         s.add(&ev(Probe::DoSendfile, 40, Some(40)));
         s.add(&ev(Probe::DoSendfile, 10, Some(-11)));
+        s.add(&ev(Probe::DoSendfile, 10, Some(-32)));
         s.add(&ev(Probe::TcpSendmsg, 5, None));
         let t = s.totals(Probe::DoSendfile);
         assert_eq!(
             t,
             ProbeTotals {
-                events: 3,
-                bytes: 150,
+                events: 4,
+                bytes: 160,
                 bytes_done: 100,
-                errors: 1
+                errors: 1,
+                would_block: 1,
             }
         );
         assert_eq!(s.totals(Probe::TcpSendmsg).bytes_done, 0);
-        assert_eq!(s.events, 4);
+        assert_eq!(s.events, 5);
         assert_eq!(s.totals(Probe::TlsSwSendmsg), ProbeTotals::default());
     }
 

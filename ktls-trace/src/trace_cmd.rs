@@ -29,6 +29,7 @@ pub fn options(filter: &FilterArgs, verbose: u8) -> anyhow::Result<TraceOptions>
         comm: filter.comm.clone(),
         debug: verbose >= 2,
         ring_bytes: None,
+        wakeup_bytes: crate::tracer::WAKEUP_BYTES,
     })
 }
 
@@ -82,6 +83,8 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         .duration
         .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // The kernel wakes us only for large batches; small ones are collected on this timer.
+    let mut drain = tokio::time::interval(crate::tracer::DRAIN_EVERY);
     let mut summary = Summary::default();
     let mut batch = Vec::new();
     let mut t0: Option<u64> = None;
@@ -91,6 +94,12 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         tokio::select! {
             r = tracer.next_batch(&mut batch) => {
                 r?;
+                if !printer.emit(&mut batch, &mut summary, &mut t0) {
+                    break Stop::OutputClosed;
+                }
+            }
+            _ = drain.tick() => {
+                tracer.drain(&mut batch);
                 if !printer.emit(&mut batch, &mut summary, &mut t0) {
                     break Stop::OutputClosed;
                 }

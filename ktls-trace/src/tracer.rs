@@ -57,7 +57,17 @@ pub struct TraceOptions {
     pub debug: bool,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_bytes: Option<u32>,
+    /// Wake the reader only when this many bytes wait; the reader must then also drain
+    /// on a timer ([`Tracer::drain`], at least every [`DRAIN_EVERY`]). 0: wake per event.
+    pub wakeup_bytes: u64,
 }
+
+/// Default [`TraceOptions::wakeup_bytes`]: about 3,000 events, a small part of the
+/// default 8 MiB ring, so a burst wakes the reader long before the ring fills.
+pub const WAKEUP_BYTES: u64 = 256 << 10;
+
+/// How often a reader that batches wake-ups drains the ring buffer on its own.
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A change while tracing that the user should hear about (one line each).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +255,7 @@ fn load_object(offsets: &Offsets, opts: &TraceOptions) -> Result<Ebpf, TracerErr
         .override_global(names::SOCKET_SK_OFF, &offsets.socket_sk, true)
         .override_global(names::SOCK_KEY, &key, true)
         .override_global(names::DEBUG, &debug, true)
+        .override_global(names::WAKEUP_BYTES, &opts.wakeup_bytes, true)
         .override_global(names::TP_SSL_SK_OFF, &offsets.ssl_sk, true)
         .override_global(names::TP_SSL_RET_OFF, &offsets.ssl_ret, true)
         .override_global(names::TP_SSL_PROTO_OFF, &offsets.ssl_proto, true)

@@ -171,6 +171,7 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         comm: None,
         debug: verbose >= 2,
         ring_bytes: Some(32 << 20),
+        wakeup_bytes: crate::tracer::WAKEUP_BYTES,
     };
     let mut tracer = Tracer::start(facts.clone(), &opts)?;
     eprintln!(
@@ -222,6 +223,8 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
                 server_status = Some(st);
             }
             _ = tick.tick() => {
+                tracer.drain(&mut batch);
+                take(&mut batch, &mut events, &mut undecodable);
                 if client_result.is_some() && server_status.is_some() {
                     break;
                 }
