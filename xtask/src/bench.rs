@@ -17,7 +17,7 @@
 //! (docs/performance.md).
 //!
 //! The guest prints `KT-BENCH <run id> ...` lines on the console; the host reads them back
-//! from the console log `vm::run_script` writes, prints a table and writes the raw results
+//! from the console lines `vm::run_script` returns, prints a table and writes the raw results
 //! to `target/bench/<kernel>.json`. A failed measurement (load or tracer error, missing
 //! line) fails the command after the table; slow numbers never do.
 
@@ -155,16 +155,10 @@ pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
         let timeout =
             Duration::from_secs(180 + per_run * CONFIGS.len() as u64 * u64::from(args.runs));
         let started = std::time::Instant::now();
-        vm::run_script(series, &artifacts, &script, timeout)
+        let console = vm::run_script(series, &artifacts, &script, timeout)
             .with_context(|| format!("the {label} bench guest"))?;
         let elapsed = started.elapsed();
-        let log = target_dir()?
-            .join("vm")
-            .join(label)
-            .join("console-demo.log");
-        let text =
-            std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
-        let results = parse(&text, &run_id, args.runs);
+        let results = parse(&console.join("\n"), &run_id, args.runs);
         let report = report_json(series, args, &results, elapsed);
         let path = out_dir.join(format!("{label}.json"));
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")

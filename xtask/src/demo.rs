@@ -84,6 +84,7 @@ pub fn demo_cmd(args: &DemoArgs) -> Result<()> {
             &guest_once_script(args.seconds),
             Duration::from_secs(600),
         )
+        .map(|_| ())
     }
 }
 

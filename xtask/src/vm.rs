@@ -293,12 +293,13 @@ pub fn run_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Res
 
 /// Boots one kernel with the binaries (no tests) and runs `script` as the plan, showing
 /// the whole console live. For the demo.
+/// Returns the console lines.
 pub fn run_script(
     series: Series,
     artifacts: &Artifacts,
     script: &str,
     timeout: Duration,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let label = series.label();
     let kernel = kernel::prepare(series, &cache_dir()?)?;
     let work = work_dir(series)?;
@@ -335,7 +336,7 @@ pub fn run_script(
             log.display()
         );
     }
-    Ok(())
+    Ok(lines.into_iter().map(String::from).collect())
 }
 
 /// Boots one kernel and runs `script` with the serial console as the guest's terminal,
