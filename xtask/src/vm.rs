@@ -291,16 +291,13 @@ pub fn run_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Res
     })
 }
 
-/// Boots one kernel with the binaries (no tests) and runs `script` as the plan, showing
-/// the whole console live. For the demo.
-/// Returns the console lines.
-pub fn run_script(
+/// Prepares the kernel and an initramfs with the binaries (no tests) and `plan`.
+fn script_image(
     series: Series,
     artifacts: &Artifacts,
-    script: &str,
-    timeout: Duration,
-) -> Result<Vec<String>> {
-    let label = series.label();
+    plan: Plan,
+    name: &str,
+) -> Result<(kernel::Kernel, std::path::PathBuf, std::path::PathBuf)> {
     let kernel = kernel::prepare(series, &cache_dir()?)?;
     let work = work_dir(series)?;
     let initrd = initramfs::build(
@@ -309,16 +306,32 @@ pub fn run_script(
             ktls_trace: &artifacts.ktls_trace,
             ktls_workload: &artifacts.ktls_workload,
             tests: &[],
-            plan: Plan::Script(script.to_string()),
+            plan,
             exe_timeout_secs: 600,
         },
         &work,
-        "demo",
+        name,
     )?;
     eprintln!(
-        "vm {label}: booting {} (TCG emulation: give it a few seconds)",
+        "vm {}: booting {} (TCG emulation: give it a few seconds)",
+        series.label(),
         kernel.package
     );
+    Ok((kernel, initrd, work))
+}
+
+/// Boots one kernel with the binaries (no tests) and runs `script` as the plan, showing
+/// the whole console live (the demo without a terminal, the bench). Returns the console
+/// lines.
+pub fn run_script(
+    series: Series,
+    artifacts: &Artifacts,
+    script: &str,
+    timeout: Duration,
+) -> Result<Vec<String>> {
+    let label = series.label();
+    let (kernel, initrd, work) =
+        script_image(series, artifacts, Plan::Script(script.to_string()), "demo")?;
     let log = work.join("console-demo.log");
     let captured = qemu::run_captured(
         qemu::command(&kernel.vmlinuz, &initrd, false),
@@ -342,25 +355,12 @@ pub fn run_script(
 /// Boots one kernel and runs `script` with the serial console as the guest's terminal,
 /// attached to this terminal (the demo's `top`). Ctrl-A X leaves qemu.
 pub fn run_script_interactive(series: Series, artifacts: &Artifacts, script: &str) -> Result<()> {
-    let kernel = kernel::prepare(series, &cache_dir()?)?;
-    let work = work_dir(series)?;
-    let initrd = initramfs::build(
-        &initramfs::Contents {
-            kernel: &kernel,
-            ktls_trace: &artifacts.ktls_trace,
-            ktls_workload: &artifacts.ktls_workload,
-            tests: &[],
-            plan: Plan::Interactive(script.to_string()),
-            exe_timeout_secs: 600,
-        },
-        &work,
+    let (kernel, initrd, _) = script_image(
+        series,
+        artifacts,
+        Plan::Interactive(script.to_string()),
         "demo-tty",
     )?;
-    eprintln!(
-        "vm {}: booting {} (TCG emulation: give it a few seconds)",
-        series.label(),
-        kernel.package
-    );
     qemu::run_interactive(qemu::command(&kernel.vmlinuz, &initrd, true))
 }
 
