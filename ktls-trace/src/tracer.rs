@@ -471,8 +471,7 @@ impl Tracer {
     /// Called periodically: when the tls module has appeared, attach its probes.
     pub fn check_tls_module(&mut self) -> Vec<Notice> {
         // Attach only once the module is live: /sys/module/tls appears while it is still
-        // initialising (MODULE_STATE_COMING), and a kprobe armed on its text then can be
-        // lost when ftrace enables the module's call sites (seen on 6.12).
+        // initialising (MODULE_STATE_COMING), before its symbols are all final in kallsyms.
         if self.waiting.is_empty()
             || !std::path::Path::new("/sys/module/tls").exists()
             || !kernel_module_live()
