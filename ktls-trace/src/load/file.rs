@@ -84,6 +84,14 @@ impl Pattern {
 /// SHA-256 of the first `size` bytes of the generated pattern (what a generated file of
 /// that size contains).
 pub fn pattern_sha256(size: u64) -> Sha256 {
+    let no_sink: io::Result<Sha256> = stream_pattern(size, |_| Ok(()));
+    // The sink never fails.
+    no_sink.unwrap_or_default()
+}
+
+/// Streams `size` bytes of the pattern, 1 MiB at a time, into `sink`, and returns their
+/// SHA-256.
+fn stream_pattern(size: u64, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<Sha256> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     let mut pat = Pattern::default();
     let mut buf = vec![0u8; 1 << 20];
@@ -92,9 +100,10 @@ pub fn pattern_sha256(size: u64) -> Sha256 {
         let n = left.min(buf.len() as u64) as usize;
         pat.fill(&mut buf[..n]);
         ctx.update(&buf[..n]);
+        sink(&buf[..n])?;
         left -= n as u64;
     }
-    finish(ctx)
+    Ok(finish(ctx))
 }
 
 pub fn finish(ctx: digest::Context) -> Sha256 {
@@ -135,19 +144,9 @@ impl ServedFile {
         let path = dir.path.join(format!("payload-{size}.bin"));
         let write = || -> io::Result<Sha256> {
             let mut out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
-            let mut ctx = digest::Context::new(&digest::SHA256);
-            let mut pat = Pattern::default();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut left = size;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                pat.fill(&mut buf[..n]);
-                ctx.update(&buf[..n]);
-                out.write_all(&buf[..n])?;
-                left -= n as u64;
-            }
+            let sha256 = stream_pattern(size, |chunk| out.write_all(chunk))?;
             out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
-            Ok(finish(ctx))
+            Ok(sha256)
         };
         let sha256 = write().map_err(|e| {
             LoadError::Generate(format!("writing {}: {}", path.display(), io_reason(&e)))

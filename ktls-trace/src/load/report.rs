@@ -338,22 +338,43 @@ fn errors_lines(count: u64, msgs: &[String], out: &mut String) {
     }
 }
 
+/// "file /tmp/x (4.0 MiB, generated)".
+fn file_words(r: &ServerReport) -> String {
+    format!(
+        "file {} ({}{})",
+        r.file,
+        human_bytes(r.file_size as f64),
+        if r.generated_file { ", generated" } else { "" }
+    )
+}
+
+fn requests_line(out: &mut String, requests: u64, connections: u64, seconds: f64) {
+    let _ = writeln!(
+        out,
+        "  {:<13} {requests} on {connections} connection(s) in {seconds:.1} s",
+        "requests"
+    );
+}
+
+fn throughput_line(out: &mut String, bytes_per_sec: f64) {
+    let _ = writeln!(
+        out,
+        "  {:<13} {}/s",
+        "throughput",
+        human_bytes(bytes_per_sec)
+    );
+}
+
 pub fn render_server(r: &ServerReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "ktls-trace load (server): mode {}, {}, file {} ({}{})",
+        "ktls-trace load (server): mode {}, {}, {}",
         r.mode,
         tls_words(&r.tls_version, &r.cipher_suite),
-        r.file,
-        human_bytes(r.file_size as f64),
-        if r.generated_file { ", generated" } else { "" }
+        file_words(r)
     );
-    let _ = writeln!(
-        out,
-        "  {:<13} {} on {} connection(s) in {:.1} s",
-        "requests", r.requests, r.connections, r.seconds
-    );
+    requests_line(&mut out, r.requests, r.connections, r.seconds);
     let _ = writeln!(
         out,
         "  {:<13} {} body ({} B) + {} B headers",
@@ -362,12 +383,7 @@ pub fn render_server(r: &ServerReport) -> String {
         r.body_bytes,
         r.header_bytes
     );
-    let _ = writeln!(
-        out,
-        "  {:<13} {}/s",
-        "throughput",
-        human_bytes(r.throughput_bytes_per_sec)
-    );
+    throughput_line(&mut out, r.throughput_bytes_per_sec);
     errors_lines(r.errors, &r.error_messages, &mut out);
     cpu_line("CPU", &r.cpu, &mut out);
     out
@@ -399,11 +415,7 @@ pub fn render_client(r: &ClientReport) -> String {
         r.path,
         tls_words(&r.tls_version, &r.cipher_suite)
     );
-    let _ = writeln!(
-        out,
-        "  {:<13} {} on {} connection(s) in {:.1} s",
-        "requests", r.requests, r.connections, r.seconds
-    );
+    requests_line(&mut out, r.requests, r.connections, r.seconds);
     let _ = writeln!(
         out,
         "  {:<13} {} body ({} B) + {} B headers",
@@ -412,12 +424,7 @@ pub fn render_client(r: &ClientReport) -> String {
         r.body_bytes,
         r.header_bytes
     );
-    let _ = writeln!(
-        out,
-        "  {:<13} {}/s",
-        "throughput",
-        human_bytes(r.throughput_bytes_per_sec)
-    );
+    throughput_line(&mut out, r.throughput_bytes_per_sec);
     errors_lines(r.errors, &r.error_messages, &mut out);
     let _ = writeln!(out, "  {:<13} {}", "verified", verified_words(r));
     cpu_line("CPU", &r.cpu, &mut out);
@@ -430,18 +437,12 @@ pub fn render_combined(r: &CombinedReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "ktls-trace load: mode {}, {}, file {} ({}{})",
+        "ktls-trace load: mode {}, {}, {}",
         r.mode,
         tls_words(&s.tls_version, &s.cipher_suite),
-        s.file,
-        human_bytes(s.file_size as f64),
-        if s.generated_file { ", generated" } else { "" }
+        file_words(s)
     );
-    let _ = writeln!(
-        out,
-        "  {:<13} {} on {} connection(s) in {:.1} s",
-        "requests", c.requests, c.connections, c.seconds
-    );
+    requests_line(&mut out, c.requests, c.connections, c.seconds);
     let _ = writeln!(
         out,
         "  {:<13} {} body ({} B) + {} B headers sent; {} B body received",
@@ -451,12 +452,7 @@ pub fn render_combined(r: &CombinedReport) -> String {
         s.header_bytes,
         c.body_bytes
     );
-    let _ = writeln!(
-        out,
-        "  {:<13} {}/s",
-        "throughput",
-        human_bytes(r.throughput_bytes_per_sec)
-    );
+    throughput_line(&mut out, r.throughput_bytes_per_sec);
     let mut msgs: Vec<String> = s
         .error_messages
         .iter()
