@@ -506,6 +506,8 @@ fn server_only_and_client_only_agree() {
     assert_eq!(client["check"], "sha256");
     assert_eq!(u(&client, "requests"), 4);
     assert_eq!(u(&client, "body_bytes"), 4 * MIB);
+    // Both connections are opened even if the first could serve all four requests alone.
+    assert_eq!(u(&client, "connections"), 2);
     let (code, rep, _) = server.finish(60);
     assert_eq!(code, Some(0));
     assert_eq!(rep["role"], "server");

@@ -260,7 +260,13 @@ pub async fn run_client(
     });
     let progress = Progress::start("client", counters.clone(), cfg.progress);
     let mut tasks = JoinSet::new();
+    // Each connection's first request is claimed here, before any connection runs, so that
+    // `--connections N` opens N connections even when the first one could serve every
+    // request before the others are scheduled (fewer requests than connections: fewer open).
     for i in 0..cfg.connections {
+        if !ctx.claim() {
+            break;
+        }
         tasks.spawn(connection(ctx.clone(), i + 1));
     }
     tokio::pin!(shutdown);
@@ -329,9 +335,11 @@ pub async fn run_client(
 }
 
 /// One client connection: (re)connects while requests remain, one request at a time.
+/// Its first request was claimed by the caller.
 async fn connection(ctx: Arc<Ctx>, id: u32) {
     let mut nth = 0u64;
-    'connect: while ctx.claim() {
+    let mut first = true;
+    'connect: while std::mem::take(&mut first) || ctx.claim() {
         let res = match &ctx.connector {
             None => match open(&ctx).await {
                 Ok(s) => requests(&ctx, s, &mut nth).await,
