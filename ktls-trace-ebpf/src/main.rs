@@ -36,6 +36,11 @@ use ktls_trace_common::{
 };
 
 // ---- configuration, patched by userspace at load time (EbpfLoader::set_global) ----
+//
+// SAFETY (every `#[unsafe(no_mangle)]` in this file): an unmangled name could clash with
+// another symbol of the same name; these names (the globals below and LICENSE) are unique
+// in this object, which links nothing else with C names, and they are exactly the names
+// userspace looks up (`ktls_trace_common::names`).
 
 /// Non-zero: only processes in `PIDS` (and sockets in `SOCKS`) are traced.
 #[unsafe(no_mangle)]

@@ -296,13 +296,62 @@ impl TraceOutput {
 
 /// Runs `ktls-trace ARGS` to completion: (exit code, stdout, stderr).
 pub fn run_ktls_trace(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("ktls-trace"))
-        .args(args)
-        .output()
-        .expect("run ktls-trace");
+    // Generous: the slowest use is `verify` or `load` in the emulator.
+    let out = output_within(
+        Command::new(bin("ktls-trace")).args(args),
+        Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `Command::output` with a deadline: a child that hangs is killed and named in the error,
+/// so that a hang fails the test with its command line instead of stalling the whole run
+/// (in the guests, until the executable's timeout kills it without a word).
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<std::process::Output, String> {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn {what}: {e}"))?;
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = err.join().unwrap_or_default();
+                return Err(format!(
+                    "{what} did not finish in {} s (killed); stderr: {}",
+                    limit.as_secs(),
+                    String::from_utf8_lossy(&stderr)
+                ));
+            }
+            Err(e) => return Err(format!("wait for {what}: {e}")),
+        }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }

@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ktls_trace_tests::{bin, guest, require_root, run_ktls_trace};
+use ktls_trace_tests::{bin, guest, output_within, require_root, run_ktls_trace};
 
 /// Runs `ktls-workload MODE BYTES --no-wait` again and again until dropped, so that a
 /// snapshot taken at any moment sees it sending.
@@ -34,11 +34,11 @@ impl Looper {
         let mode = mode.to_string();
         let handle = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                let out = Command::new(&exe)
-                    .args([mode.as_str(), &bytes.to_string(), "--no-wait"])
-                    .stdin(Stdio::null())
-                    .output()
-                    .map_err(|e| format!("spawn ktls-workload: {e}"))?;
+                // One run takes a second or two even in the emulator.
+                let out = output_within(
+                    Command::new(&exe).args([mode.as_str(), &bytes.to_string(), "--no-wait"]),
+                    Duration::from_secs(120),
+                )?;
                 if !out.status.success() {
                     return Err(format!(
                         "ktls-workload {mode} failed: {}",
@@ -306,12 +306,11 @@ impl Tmux {
     }
 
     fn cmd(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run tmux");
+        let out = output_within(
+            Command::new("tmux").arg("-L").arg(&self.socket).args(args),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             out.status.success(),
             "tmux {args:?}: {}",
@@ -365,18 +364,19 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .output();
+        let _ = output_within(
+            Command::new("tmux").args(["-L", &self.socket, "kill-server"]),
+            Duration::from_secs(30),
+        );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// The screen line of the busiest ktls-workload row with a non-zero payload rate.
-fn busy_workload_line(screen: &str, path: &str) -> Option<String> {
+/// The screen line of the built-in load's server (`top --load`) with a non-zero payload rate.
+fn busy_load_line(screen: &str, path: &str) -> Option<String> {
     screen
         .lines()
-        .filter(|l| l.contains("ktls-workload") && l.contains(path))
+        .filter(|l| l.contains(LOAD_COMM) && l.contains(path))
         .find(|l| {
             l.split_once(path)
                 .and_then(|(_, rest)| rest.split_whitespace().next())
@@ -385,43 +385,50 @@ fn busy_workload_line(screen: &str, path: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// tmux is installed on the build machines (cargo xtask setup); the QEMU guests have
-/// none, and there the `--once` tests stand in.
-fn tmux_or_skip() -> bool {
-    if Tmux::available() {
-        return true;
-    }
+/// tmux is installed on the build machines by `cargo xtask setup`, and the QEMU guests
+/// get the host's copy (xtask/src/vm/initramfs.rs): a missing tmux is a failure, not a skip.
+fn require_tmux() {
     assert!(
-        guest().is_some(),
+        Tmux::available(),
         "tmux is not installed (cargo xtask setup installs it)"
     );
-    eprintln!("no tmux in this guest: the terminal test runs on the host only");
-    false
 }
 
 #[test]
 fn interactive_view_in_a_real_terminal() {
     require_root();
-    if !tmux_or_skip() {
-        return;
-    }
-    let looper = Looper::start("plain-sendfile", 20_000_000);
+    require_tmux();
+    // On the build machine (no kprobes, no kTLS) the view runs in reduced mode over plain
+    // sendfile; in the guests it shows what it is for: a kTLS sendfile server, recognised
+    // from the kernel TLS probes.
+    let (mode, backend, path, header) = if guest().is_some() {
+        (
+            "ktls-sendfile",
+            "kprobe",
+            "kTLS sendfile (zero-copy)",
+            "full mode",
+        )
+    } else {
+        (
+            "plain-sendfile",
+            "tracepoint",
+            "plain sendfile",
+            "reduced mode",
+        )
+    };
     let t = Tmux::start("interactive", 200, 50);
     let top = bin("ktls-trace");
     // The terminal settings before, to compare after quitting.
     t.line(&format!("stty -g > {}", t.file("before").display()));
+    // The built-in load is one long-lived server process, so the row drilled into below
+    // stays (a workload started per run would come and go between the keys).
     t.line(&format!(
-        "{} top --backend tracepoint --comm ktls-workload",
+        "{} top --load --mode {mode} --backend {backend} --comm {LOAD_COMM}",
         top.display()
     ));
-    let s = t.wait_for("the workload row", 60, |s| {
-        busy_workload_line(s, "plain sendfile").is_some()
-    });
+    let s = t.wait_for("the load's row", 60, |s| busy_load_line(s, path).is_some());
     assert!(t.alternate_screen(), "top draws on the alternate screen");
-    assert!(
-        s.contains("ktls-trace top") && s.contains("reduced mode"),
-        "{s}"
-    );
+    assert!(s.contains("ktls-trace top") && s.contains(header), "{s}");
     assert!(s.contains("PAYLOAD/s▼"), "default sort: {s}");
     assert!(s.contains("dropped 0"), "{s}");
 
@@ -448,15 +455,27 @@ fn interactive_view_in_a_real_terminal() {
     t.keys(&["Left"]);
     t.wait_for("sort by PAYLOAD/s again", 10, |s| s.contains("PAYLOAD/s▼"));
 
-    // Filter: typed at the bottom, applied with Enter.
-    t.keys(&["f", "w", "o", "r", "k"]);
+    // Filter: typed at the bottom, applied with Enter; a filter nothing matches empties
+    // the list and says so.
+    t.keys(&["f", "s", "r", "v"]);
     t.wait_for("the filter prompt", 10, |s| {
-        s.contains("filter (command or PID): work_")
+        s.contains("filter (command or PID): srv_")
     });
     t.keys(&["Enter"]);
-    t.wait_for("the filter applied", 10, |s| s.contains("filter \"work\""));
+    t.wait_for("the filter applied", 10, |s| {
+        s.contains("filter \"srv\"") && busy_load_line(s, path).is_some()
+    });
+    // f edits the current filter: "srv" becomes "srvxyz", which matches nothing.
+    t.keys(&["f", "x", "y", "z", "Enter"]);
+    t.wait_for("nothing matching", 10, |s| {
+        s.contains("filter \"srvxyz\"")
+            && s.contains("no process matches the filter")
+            && busy_load_line(s, path).is_none()
+    });
     t.keys(&["f", "Escape"]);
-    t.wait_for("the filter cleared", 10, |s| !s.contains("filter \"work\""));
+    t.wait_for("the filter cleared", 10, |s| {
+        !s.contains("filter \"") && busy_load_line(s, path).is_some()
+    });
 
     // Interval.
     t.keys(&["+"]);
@@ -471,9 +490,7 @@ fn interactive_view_in_a_real_terminal() {
     t.wait_for("running again", 10, |s| !s.contains("PAUSED"));
 
     // Drill into the busiest row, and back.
-    t.wait_for("a busy row", 30, |s| {
-        busy_workload_line(s, "plain sendfile").is_some()
-    });
+    t.wait_for("a busy row", 30, |s| busy_load_line(s, path).is_some());
     t.keys(&["Home", "Enter"]);
     let s = t.wait_for("the connections view", 10, |s| {
         s.contains("payload B/s over the last minute")
@@ -512,15 +529,33 @@ fn interactive_view_in_a_real_terminal() {
     let before = std::fs::read_to_string(t.file("before")).expect("stty before");
     let after = std::fs::read_to_string(t.file("after")).expect("stty after");
     assert_eq!(before, after, "terminal settings restored");
-    looper.finish();
+    // The load went with top.
+    let load_gone = Instant::now() + Duration::from_secs(10);
+    while load_running() {
+        assert!(Instant::now() < load_gone, "top left its load running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The thread name of `ktls-trace load`'s server, which the kernel filters `--comm` by.
+const LOAD_COMM: &str = "ktls-load-srv";
+
+/// Whether a `ktls-trace load` process runs (the one `top --load` started).
+fn load_running() -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"load".as_slice()))
+        })
 }
 
 #[test]
 fn sigterm_restores_the_terminal() {
     require_root();
-    if !tmux_or_skip() {
-        return;
-    }
+    require_tmux();
     let t = Tmux::start("sigterm", 120, 30);
     let pidfile = t.file("pid");
     t.line(&format!("stty -g > {}", t.file("before").display()));
