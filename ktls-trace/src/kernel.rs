@@ -323,7 +323,9 @@ fn kernel_config_value(release: &str, key: &str) -> Option<String> {
     None
 }
 
-fn read_tls_stat() -> Option<BTreeMap<String, u64>> {
+/// /proc/net/tls_stat now, parsed; None without kernel TLS (the file exists once the
+/// tls module is loaded).
+pub fn read_tls_stat() -> Option<BTreeMap<String, u64>> {
     let text = fs::read_to_string("/proc/net/tls_stat").ok()?;
     Some(parse_tls_stat(&text))
 }

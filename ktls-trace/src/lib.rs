@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod load;
 pub mod plan;
 pub mod procs;
+pub mod signals;
 pub mod sockdiag;
 pub mod top;
 pub mod trace_cmd;

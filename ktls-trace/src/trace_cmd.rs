@@ -6,7 +6,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     aggregate::Summary,
@@ -71,8 +70,8 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     opts.ring_bytes = Some(args.ring_mib << 20);
     // Handlers first: a signal that arrives once we said "tracing" must end the trace
     // with a summary, not kill the process.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let stop = crate::signals::stop_signals().context("installing the SIGINT/SIGTERM handlers")?;
+    tokio::pin!(stop);
     let facts = KernelFacts::probe();
     let mut tracer = Tracer::start(facts, &opts)?;
     announce(&tracer);
@@ -112,8 +111,7 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
                     break Stop::ProcessesGone;
                 }
             }
-            _ = sigint.recv() => break Stop::Signal,
-            _ = sigterm.recv() => break Stop::Signal,
+            () = &mut stop => break Stop::Signal,
             _ = sleep_until(deadline) => break Stop::Duration,
         }
     };

@@ -601,8 +601,9 @@ fn a_real_tls_client_can_fetch() {
     } else {
         "userspace-tls"
     };
-    if let Some(curl) = which("curl") {
-        let mut server = Server::start(&[
+    // One request of the user's file, then the server exits with its report.
+    let serve_once = || {
+        Server::start(&[
             "--mode",
             mode,
             "--listen",
@@ -612,7 +613,10 @@ fn a_real_tls_client_can_fetch() {
             "--file",
             &p,
             "--json",
-        ]);
+        ])
+    };
+    if let Some(curl) = which("curl") {
+        let mut server = serve_once();
         let addr = listen_addr(&server.ready());
         let got = Command::new(curl)
             .args(["-sSk", "--max-time", "60"])
@@ -632,17 +636,7 @@ fn a_real_tls_client_can_fetch() {
         return;
     }
     if let Some(openssl) = which("openssl") {
-        let mut server = Server::start(&[
-            "--mode",
-            mode,
-            "--listen",
-            "127.0.0.1:0",
-            "--requests",
-            "1",
-            "--file",
-            &p,
-            "--json",
-        ]);
+        let mut server = serve_once();
         let addr = listen_addr(&server.ready());
         let mut child = Command::new(openssl)
             .args(["s_client", "-quiet", "-connect", &addr])

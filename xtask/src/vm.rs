@@ -79,7 +79,7 @@ pub struct VmOptions {
     pub timeout: u64,
 
     /// Seconds one test executable may run inside the guest before it is killed.
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    #[arg(long, value_name = "SECS", default_value_t = EXE_TIMEOUT_SECS)]
     pub exe_timeout: u64,
 
     /// Only run test executables whose label (`package/target (kind)`) contains this.
@@ -176,18 +176,12 @@ pub fn vm_test_cmd(args: &VmTestArgs) -> Result<()> {
 pub fn vm_shell_cmd(args: &VmShellArgs) -> Result<()> {
     setup::setup(false)?;
     let artifacts = build::build(args.release)?;
-    let kernel = kernel::prepare(args.kernel, &cache_dir()?)?;
-    let work = work_dir(args.kernel)?;
-    let initrd = initramfs::build(
-        &initramfs::Contents {
-            kernel: &kernel,
-            ktls_trace: &artifacts.ktls_trace,
-            ktls_workload: &artifacts.ktls_workload,
-            tests: &artifacts.tests,
-            plan: Plan::Shell,
-            exe_timeout_secs: 600,
-        },
-        &work,
+    let (kernel, initrd, _) = image(
+        args.kernel,
+        &artifacts,
+        &artifacts.tests,
+        Plan::Shell,
+        EXE_TIMEOUT_SECS,
         "shell",
     )?;
     qemu::run_interactive(qemu::command(&kernel.vmlinuz, &initrd, true))
@@ -197,7 +191,6 @@ pub fn vm_shell_cmd(args: &VmShellArgs) -> Result<()> {
 /// harness problems (no kernel, no qemu); test failures are in the returned report.
 pub fn run_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Result<GuestRun> {
     let label = series.label();
-    let kernel = kernel::prepare(series, &cache_dir()?)?;
     let tests: Vec<_> = artifacts
         .tests
         .iter()
@@ -211,17 +204,12 @@ pub fn run_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Res
     if tests.is_empty() {
         bail!("no test executables to run in the guest");
     }
-    let work = work_dir(series)?;
-    let initrd = initramfs::build(
-        &initramfs::Contents {
-            kernel: &kernel,
-            ktls_trace: &artifacts.ktls_trace,
-            ktls_workload: &artifacts.ktls_workload,
-            tests: &tests,
-            plan: Plan::Tests,
-            exe_timeout_secs: opts.exe_timeout,
-        },
-        &work,
+    let (kernel, initrd, work) = image(
+        series,
+        artifacts,
+        &tests,
+        Plan::Tests,
+        opts.exe_timeout,
         "test",
     )?;
     let size = std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
@@ -291,11 +279,18 @@ pub fn run_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Res
     })
 }
 
-/// Prepares the kernel and an initramfs with the binaries (no tests) and `plan`.
-fn script_image(
+/// Seconds one test executable may run in the guest unless `--exe-timeout` says otherwise.
+const EXE_TIMEOUT_SECS: u64 = 600;
+
+/// Prepares the kernel and `<work>/initramfs-<name>.cpio` with the binaries, `tests` and
+/// `plan`: the one image builder of the test run, the shell and the scripts. Returns the
+/// kernel, the initramfs and the work directory.
+fn image(
     series: Series,
     artifacts: &Artifacts,
+    tests: &[build::TestExe],
     plan: Plan,
+    exe_timeout_secs: u64,
     name: &str,
 ) -> Result<(kernel::Kernel, std::path::PathBuf, std::path::PathBuf)> {
     let kernel = kernel::prepare(series, &cache_dir()?)?;
@@ -305,19 +300,30 @@ fn script_image(
             kernel: &kernel,
             ktls_trace: &artifacts.ktls_trace,
             ktls_workload: &artifacts.ktls_workload,
-            tests: &[],
+            tests,
             plan,
-            exe_timeout_secs: 600,
+            exe_timeout_secs,
         },
         &work,
         name,
     )?;
+    Ok((kernel, initrd, work))
+}
+
+/// [`image`] with the binaries only (no tests) and `plan`, for the demo and the bench.
+fn script_image(
+    series: Series,
+    artifacts: &Artifacts,
+    plan: Plan,
+    name: &str,
+) -> Result<(kernel::Kernel, std::path::PathBuf, std::path::PathBuf)> {
+    let image = image(series, artifacts, &[], plan, EXE_TIMEOUT_SECS, name)?;
     eprintln!(
         "vm {}: booting {} (TCG emulation: give it a few seconds)",
         series.label(),
-        kernel.package
+        image.0.package
     );
-    Ok((kernel, initrd, work))
+    Ok(image)
 }
 
 /// Boots one kernel with the binaries (no tests) and runs `script` as the plan, showing

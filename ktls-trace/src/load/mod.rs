@@ -24,10 +24,7 @@ pub mod tls;
 use std::{future::Future, io::Write as _, net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::{oneshot, watch},
-};
+use tokio::sync::{oneshot, watch};
 
 pub use args::{Cipher, LoadArgs, Mode, TlsVersion};
 pub use client::{ClientConfig, Expect, Limit, run_client};
@@ -66,14 +63,7 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 
 /// Resolves when SIGINT or SIGTERM arrives.
 fn signals() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    })
+    crate::signals::stop_signals().context("installing the SIGINT/SIGTERM handlers")
 }
 
 fn duration_arg(d: Option<f64>) -> anyhow::Result<Option<Duration>> {

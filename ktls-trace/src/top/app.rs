@@ -14,10 +14,7 @@ use std::{
 
 use anyhow::Context as _;
 use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::mpsc,
-};
+use tokio::sync::mpsc;
 
 use super::{
     LoadChild, Session,
@@ -261,11 +258,6 @@ pub fn drill_facts(pid: u32, snap: &Snapshot, lookup: &dyn SockLookup) -> DrillF
     d
 }
 
-fn read_tls_stat() -> Option<std::collections::BTreeMap<String, u64>> {
-    let text = std::fs::read_to_string("/proc/net/tls_stat").ok()?;
-    Some(crate::kernel::parse_tls_stat(&text))
-}
-
 fn timer(secs: f64) -> tokio::time::Interval {
     let d = Duration::from_secs_f64(secs);
     let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
@@ -275,8 +267,8 @@ fn timer(secs: f64) -> tokio::time::Interval {
 
 /// Runs the interactive view until `q`, Ctrl-C, SIGINT or SIGTERM.
 pub async fn run(mut s: Session, mut load: Option<LoadChild>) -> anyhow::Result<()> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let stop = crate::signals::stop_signals().context("installing the SIGINT/SIGTERM handlers")?;
+    tokio::pin!(stop);
     let start = super::now_ns();
     let mut model = Model::new(s.rules, start);
     model.ignore_before(start);
@@ -319,7 +311,7 @@ pub async fn run(mut s: Session, mut load: Option<LoadChild>) -> anyhow::Result<
                 model.forget_exited(&mut fresh, |pid| st.drill != Some(pid) && !procs::alive(pid));
                 if !st.paused {
                     snap = fresh;
-                    s.header.tls_stat = read_tls_stat();
+                    s.header.tls_stat = crate::kernel::read_tls_stat();
                     if let Some(pid) = st.drill {
                         drill = drill_facts(pid, &snap, &s.tracer);
                     }
@@ -389,8 +381,7 @@ pub async fn run(mut s: Session, mut load: Option<LoadChild>) -> anyhow::Result<
                     None => keys_open = false,
                 }
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            () = &mut stop => break,
         }
     }
     drop(guard);

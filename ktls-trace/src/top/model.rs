@@ -251,14 +251,27 @@ impl Model {
         let known = e.sock.and_then(|s| self.ktls_socks.get(&s));
         let c = classify(e, known.is_some(), &self.rules);
         if let Some(s) = c.ktls_sock {
-            self.ktls_socks.insert(
-                s,
-                SockOwner {
-                    pid: e.pid,
-                    comm: e.comm.clone(),
-                    last_ns: e.ts_ns,
-                },
-            );
+            // Every kTLS send names its socket: update the owner in place, and copy the
+            // command name only when the owner changed (not once per event).
+            match self.ktls_socks.get_mut(&s) {
+                Some(o) => {
+                    if o.pid != e.pid || o.comm != e.comm {
+                        o.pid = e.pid;
+                        o.comm.clone_from(&e.comm);
+                    }
+                    o.last_ns = e.ts_ns;
+                }
+                None => {
+                    self.ktls_socks.insert(
+                        s,
+                        SockOwner {
+                            pid: e.pid,
+                            comm: e.comm.clone(),
+                            last_ns: e.ts_ns,
+                        },
+                    );
+                }
+            }
         } else if let Some(s) = e.sock
             && let Some(o) = self.ktls_socks.get_mut(&s)
         {

@@ -4,7 +4,6 @@
 use std::io::Write as _;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::{
     LoadChild, Session,
@@ -57,8 +56,8 @@ pub fn render_text(snap: &Snapshot, h: &Header) -> String {
 
 /// Traces one interval and prints the snapshot on stdout.
 pub async fn run(mut s: Session, mut load: Option<LoadChild>) -> anyhow::Result<()> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let stop = crate::signals::stop_signals().context("installing the SIGINT/SIGTERM handlers")?;
+    tokio::pin!(stop);
     let start = super::now_ns();
     let mut model = Model::new(s.rules, start);
     model.ignore_before(start);
@@ -72,17 +71,14 @@ pub async fn run(mut s: Session, mut load: Option<LoadChild>) -> anyhow::Result<
                 model.ingest_batch(&mut batch);
             }
             _ = tokio::time::sleep_until(deadline) => break,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            () = &mut stop => break,
         }
     }
     s.tracer.drain(&mut batch);
     model.ingest_batch(&mut batch);
     model.set_drops(s.tracer.drops());
     let snap = model.close_window(super::now_ns());
-    s.header.tls_stat = std::fs::read_to_string("/proc/net/tls_stat")
-        .ok()
-        .map(|t| crate::kernel::parse_tls_stat(&t));
+    s.header.tls_stat = crate::kernel::read_tls_stat();
     if let Some(l) = &mut load {
         l.check();
         s.header.status = Some(l.describe());
