@@ -155,7 +155,7 @@ pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
         let timeout =
             Duration::from_secs(180 + per_run * CONFIGS.len() as u64 * u64::from(args.runs));
         let started = std::time::Instant::now();
-        let console = vm::run_script(series, &artifacts, &script, timeout)
+        let console = vm::run_script(series, &artifacts, &script, timeout, vm::Vcpus::Parallel)
             .with_context(|| format!("the {label} bench guest"))?;
         let elapsed = started.elapsed();
         let results = parse(&console.join("\n"), &run_id, args.runs);

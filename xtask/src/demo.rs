@@ -83,6 +83,7 @@ pub fn demo_cmd(args: &DemoArgs) -> Result<()> {
             &artifacts,
             &guest_once_script(args.seconds),
             Duration::from_secs(600),
+            vm::Vcpus::Serial,
         )
         .map(|_| ())
     }

@@ -22,6 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
 
 pub use initramfs::Plan;
+pub use qemu::Vcpus;
 use report::{GuestReport, Outcome};
 
 use crate::{
@@ -184,7 +185,7 @@ pub fn vm_shell_cmd(args: &VmShellArgs) -> Result<()> {
         EXE_TIMEOUT_SECS,
         "shell",
     )?;
-    qemu::run_interactive(qemu::command(&kernel.vmlinuz, &initrd, true))
+    qemu::run_interactive(qemu::command(&kernel.vmlinuz, &initrd, true, Vcpus::Serial))
 }
 
 /// Boots one kernel with every test executable and parses the results. Errors only for
@@ -226,7 +227,7 @@ pub fn run_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Res
     let log = work.join("console.log");
     let verbose = opts.verbose;
     let captured = qemu::run_captured(
-        qemu::command(&kernel.vmlinuz, &initrd, false),
+        qemu::command(&kernel.vmlinuz, &initrd, false, Vcpus::Serial),
         &log,
         Duration::from_secs(opts.timeout),
         |at, line| {
@@ -334,13 +335,14 @@ pub fn run_script(
     artifacts: &Artifacts,
     script: &str,
     timeout: Duration,
+    vcpus: Vcpus,
 ) -> Result<Vec<String>> {
     let label = series.label();
     let (kernel, initrd, work) =
         script_image(series, artifacts, Plan::Script(script.to_string()), "demo")?;
     let log = work.join("console-demo.log");
     let captured = qemu::run_captured(
-        qemu::command(&kernel.vmlinuz, &initrd, false),
+        qemu::command(&kernel.vmlinuz, &initrd, false, vcpus),
         &log,
         timeout,
         |_, line| println!("[{label}] {line}"),
@@ -367,7 +369,7 @@ pub fn run_script_interactive(series: Series, artifacts: &Artifacts, script: &st
         Plan::Interactive(script.to_string()),
         "demo-tty",
     )?;
-    qemu::run_interactive(qemu::command(&kernel.vmlinuz, &initrd, true))
+    qemu::run_interactive(qemu::command(&kernel.vmlinuz, &initrd, true, Vcpus::Serial))
 }
 
 /// qemu itself failing (bad option, unreadable kernel) is a harness failure; after a
