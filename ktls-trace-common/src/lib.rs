@@ -1,99 +1,30 @@
-//! The event layout shared by the eBPF programs (`ktls-trace-ebpf`) and userspace
-//! (`ktls-trace`). Everything here is `#![no_std]`, `#[repr(C)]` and free of pointers, so
-//! the bytes an eBPF program writes into the ring buffer are the bytes userspace decodes.
+//! The contract between the eBPF programs (`ktls-trace-ebpf`) and userspace (`ktls-trace`).
+//! Everything here is `#![no_std]`, `#[repr(C)]` and free of pointers, so the bytes an eBPF
+//! program writes are the bytes userspace reads:
+//!
+//! - [`probes`]: every probe, declared once (kernel function or tracepoint, program names,
+//!   which kernels have it, what it tells);
+//! - [`Event`]: one completed call, the only record in the ring buffer;
+//! - [`Config`]: the one load-time global (filters, keys, struct offsets from BTF);
+//! - [`TlsLayout`]: where kernel TLS keeps a socket's version, cipher and record sequence
+//!   number (from the `tls` module's BTF, known only once the module is loaded, so it is a
+//!   map value rather than part of [`Config`]).
 //!
 //! One [`Event`] is emitted per *completed* call of a probed kernel function (at its
 //! kretprobe) or syscall (at its exit tracepoint): the entry side stores the arguments in
 //! a per-thread map, the return side adds return value and latency and emits one record.
 #![no_std]
 
+pub mod probes;
+
+pub use probes::{Probe, ProbeSpec};
+
 /// Length of a task's command name (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
-/// Number of payload bytes copied from the start of what a call sends (reserved for
-/// telling TLS records from plain data; zero-filled when not read).
+/// Number of payload bytes copied from the start of what a call sends (to tell TLS
+/// records from plain data; zero-filled when not read).
 pub const HEAD_LEN: usize = 8;
-
-/// The places ktls-trace can observe. The discriminant is what travels in
-/// [`Event::probe`] and [`Event::parent`]; [`Probe::name`] is what users see.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Probe {
-    /// `do_sendfile()`: the kernel side of sendfile(2) (kprobe + kretprobe).
-    DoSendfile = 0,
-    /// `tls_sw_sendmsg()`: plaintext handed to software kTLS (all kernels; on 6.5+ also
-    /// the sendfile/splice path, marked with `MSG_SPLICE_PAGES`).
-    TlsSwSendmsg = 1,
-    /// `tls_sw_sendpage()`: the sendfile/splice path into software kTLS before 6.5.
-    TlsSwSendpage = 2,
-    /// `tls_sw_splice_eof()`: flushes the open record at the end of a splice.
-    TlsSwSpliceEof = 3,
-    /// `tls_device_sendmsg()`: NIC offload (TLS_HW).
-    TlsDeviceSendmsg = 4,
-    /// `tls_device_sendpage()`: NIC offload before 6.5.
-    TlsDeviceSendpage = 5,
-    /// `tcp_sendmsg()`: the socket-level TCP send used by plain and user-space TLS traffic.
-    TcpSendmsg = 6,
-    /// `tcp_sendmsg_locked()`: where kTLS pushes ciphertext on 6.5+.
-    TcpSendmsgLocked = 7,
-    /// `do_tcp_sendpages()`: where kTLS pushes ciphertext before 6.5.
-    DoTcpSendpages = 8,
-    /// `syscalls:sys_enter_sendfile64` / `sys_exit_sendfile64` (tracepoint fallback).
-    Sendfile64 = 9,
-    /// `sock:sock_send_length` (tracepoint fallback: bytes a socket's sendmsg accepted).
-    SockSendLength = 10,
-    /// `tls_push_record()`: software kTLS encrypts one record and pushes it (static in
-    /// net/tls/tls_sw.c but not inlined in the tested kernels): one event per record.
-    TlsPushRecord = 11,
-}
-
-impl Probe {
-    /// Every probe, in discriminant order.
-    pub const ALL: [Probe; 12] = [
-        Probe::DoSendfile,
-        Probe::TlsSwSendmsg,
-        Probe::TlsSwSendpage,
-        Probe::TlsSwSpliceEof,
-        Probe::TlsDeviceSendmsg,
-        Probe::TlsDeviceSendpage,
-        Probe::TcpSendmsg,
-        Probe::TcpSendmsgLocked,
-        Probe::DoTcpSendpages,
-        Probe::Sendfile64,
-        Probe::SockSendLength,
-        Probe::TlsPushRecord,
-    ];
-
-    /// The wire value for "no probe" in [`Event::parent`] / [`Event::root`].
-    pub const NONE: u8 = 0xff;
-
-    /// Decodes a wire value.
-    pub const fn from_u8(v: u8) -> Option<Probe> {
-        if (v as usize) < Self::ALL.len() {
-            Some(Self::ALL[v as usize])
-        } else {
-            None
-        }
-    }
-
-    /// The kernel function or tracepoint name, as attached.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Probe::DoSendfile => "do_sendfile",
-            Probe::TlsSwSendmsg => "tls_sw_sendmsg",
-            Probe::TlsSwSendpage => "tls_sw_sendpage",
-            Probe::TlsSwSpliceEof => "tls_sw_splice_eof",
-            Probe::TlsDeviceSendmsg => "tls_device_sendmsg",
-            Probe::TlsDeviceSendpage => "tls_device_sendpage",
-            Probe::TcpSendmsg => "tcp_sendmsg",
-            Probe::TcpSendmsgLocked => "tcp_sendmsg_locked",
-            Probe::DoTcpSendpages => "do_tcp_sendpages",
-            Probe::Sendfile64 => "sendfile64",
-            Probe::SockSendLength => "sock_send_length",
-            Probe::TlsPushRecord => "tls_push_record",
-        }
-    }
-}
 
 /// Bits of [`Event::has`]: which optional fields carry a value.
 pub mod has {
@@ -109,6 +40,11 @@ pub mod has {
     pub const FDS: u8 = 1 << 4;
     /// `head` holds the first bytes of the payload.
     pub const HEAD: u8 = 1 << 5;
+    /// `tls_version` / `tls_cipher` are the kernel TLS socket's.
+    pub const TLS: u8 = 1 << 6;
+    /// `records` is the number of TLS records the call closed (record sequence number
+    /// after the call minus before it).
+    pub const RECORDS: u8 = 1 << 7;
 }
 
 /// `MSG_*` flag values of `include/linux/socket.h` that ktls-trace names.
@@ -149,6 +85,12 @@ pub struct Event {
     pub fd_out: i32,
     /// sendfile's input fd, when `has::FDS`.
     pub fd_in: i32,
+    /// TLS records this call closed, when `has::RECORDS`.
+    pub records: u32,
+    /// The socket's TLS version (0x0303, 0x0304), when `has::TLS`.
+    pub tls_version: u16,
+    /// The socket's `TLS_CIPHER_*` (51 = AES-GCM-128, ...), when `has::TLS`.
+    pub tls_cipher: u16,
     /// A [`Probe`] discriminant.
     pub probe: u8,
     /// The innermost probed call this one ran inside, or [`Probe::NONE`].
@@ -157,7 +99,7 @@ pub struct Event {
     pub root: u8,
     /// Bit set of [`has`] flags.
     pub has: u8,
-    /// The task's command name, NUL-padded.
+    /// The thread's command name, NUL-padded.
     pub comm: [u8; COMM_LEN],
     /// First payload bytes, when `has::HEAD`.
     pub head: [u8; HEAD_LEN],
@@ -173,13 +115,19 @@ pub struct Active {
     pub ts_ns: u64,
     pub bytes: u64,
     pub sock: u64,
+    /// Address of the socket's kernel TLS context (0: none read).
+    pub tls_ctx: u64,
+    /// Record sequence number at entry (valid with `has::RECORDS`).
+    pub rec_seq: u64,
     pub flags: u32,
     pub fd_out: i32,
     pub fd_in: i32,
+    pub tls_version: u16,
+    pub tls_cipher: u16,
     pub parent: u8,
     pub root: u8,
     pub has: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 5],
     pub head: [u8; HEAD_LEN],
 }
 
@@ -202,6 +150,151 @@ pub struct SockInfo {
     pub daddr: [u8; 16],
 }
 
+/// Value of an offset that is not known for the running kernel.
+pub const OFF_UNKNOWN: u32 = u32::MAX;
+
+/// Byte offsets of the kernel struct members the programs read, from the running kernel's
+/// BTF ([`OFF_UNKNOWN`] when a member does not exist there: the program then leaves the
+/// field out rather than read the wrong bytes). Rust eBPF has no CO-RE (aya-rs/aya#349).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    /// `struct msghdr`: `msg_flags`, `msg_iter`.
+    pub msghdr_flags: u32,
+    pub msghdr_iter: u32,
+    /// `struct iov_iter`: `iter_type` (a u8; before 5.14 the u32 `type`, see
+    /// `iter_type_old`), `ubuf` (6.0+), `__iov` (`iov` before 6.4).
+    pub iter_type: u32,
+    /// Non-zero: `iter_type` is the pre-5.14 `unsigned int type`, whose bit 0 is the
+    /// direction and whose other bits are the ITER_* value.
+    pub iter_type_old: u32,
+    pub iter_ubuf: u32,
+    pub iter_iov: u32,
+    /// Values of `ITER_UBUF` and `ITER_IOVEC` (the enum was reordered in 6.4).
+    pub iter_ubuf_val: u32,
+    pub iter_iovec_val: u32,
+    /// `struct socket`: `sk`.
+    pub socket_sk: u32,
+    /// `struct sock_common` fields for [`SockInfo`].
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// `struct task_struct`: `group_leader`, `comm` (for `--comm` matching the process).
+    pub task_group_leader: u32,
+    pub task_comm: u32,
+    /// `sock:sock_send_length` tracepoint record: `sk`, `ret`, `protocol` (format file).
+    pub tp_ssl_sk: u32,
+    pub tp_ssl_ret: u32,
+    pub tp_ssl_proto: u32,
+    pub _reserved: u32,
+}
+
+impl Offsets {
+    pub const UNKNOWN: Offsets = Offsets {
+        msghdr_flags: OFF_UNKNOWN,
+        msghdr_iter: OFF_UNKNOWN,
+        iter_type: OFF_UNKNOWN,
+        iter_type_old: 0,
+        iter_ubuf: OFF_UNKNOWN,
+        iter_iov: OFF_UNKNOWN,
+        iter_ubuf_val: OFF_UNKNOWN,
+        iter_iovec_val: OFF_UNKNOWN,
+        socket_sk: OFF_UNKNOWN,
+        skc_family: OFF_UNKNOWN,
+        skc_num: OFF_UNKNOWN,
+        skc_dport: OFF_UNKNOWN,
+        skc_daddr: OFF_UNKNOWN,
+        skc_rcv_saddr: OFF_UNKNOWN,
+        skc_v6_daddr: OFF_UNKNOWN,
+        skc_v6_rcv_saddr: OFF_UNKNOWN,
+        task_group_leader: OFF_UNKNOWN,
+        task_comm: OFF_UNKNOWN,
+        tp_ssl_sk: OFF_UNKNOWN,
+        tp_ssl_ret: OFF_UNKNOWN,
+        tp_ssl_proto: OFF_UNKNOWN,
+        _reserved: 0,
+    };
+}
+
+/// The one load-time global of the eBPF object (symbol [`CONFIG_SYMBOL`]), written by
+/// userspace with `EbpfLoader::override_global` before the programs are loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Per-run key for socket ids ([`sock_id`]).
+    pub sock_key: u64,
+    /// Wake the ring-buffer reader only when this many bytes wait (0: on every event).
+    pub wakeup_bytes: u64,
+    /// Non-zero: only processes in `PIDS` (and sockets in `SOCKS`) are traced.
+    pub filter_pids: u8,
+    /// Non-zero: only tasks whose thread or process name equals `comm` are traced.
+    pub filter_comm: u8,
+    /// Non-zero: emit aya-log debug records.
+    pub debug: u8,
+    /// The [`Probe`] that marks "inside sendfile(2)": `DoSendfile`, or `Sendfile64` where
+    /// the kernel has no `do_sendfile` symbol (or no kprobes).
+    pub sendfile_probe: u8,
+    pub _pad: [u8; 4],
+    pub comm: [u8; COMM_LEN],
+    pub off: Offsets,
+}
+
+/// The symbol name of [`Config`] in the eBPF object.
+pub const CONFIG_SYMBOL: &str = "CONFIG";
+
+impl Config {
+    pub const DEFAULT: Config = Config {
+        sock_key: 0,
+        wakeup_bytes: 0,
+        filter_pids: 0,
+        filter_comm: 0,
+        debug: 0,
+        sendfile_probe: Probe::DoSendfile as u8,
+        _pad: [0; 4],
+        comm: [0; COMM_LEN],
+        off: Offsets::UNKNOWN,
+    };
+}
+
+/// Where kernel TLS keeps its per-socket state, from the BTF of the `tls` module (or of
+/// vmlinux where TLS is built in): `tls_get_ctx(sk)` is `inet_csk(sk)->icsk_ulp_data`, and
+/// `struct tls_context` holds `prot_info.version`, `prot_info.cipher_type` and the transmit
+/// record sequence number `tx.rec_seq` (8 bytes, big endian: a `char *` to them in older
+/// kernels, an array inside `struct cipher_context` in newer ones; the BTF says which).
+/// The sequence number advances by one for every record encrypted, wherever that happens
+/// (tls_push_record is static and inlined in 7.2+), so its change across a kTLS send call is
+/// the number of records that call closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsLayout {
+    /// Non-zero once the offsets below are filled in.
+    pub valid: u32,
+    /// `struct inet_connection_sock`: `icsk_ulp_data`.
+    pub icsk_ulp_data: u32,
+    /// `struct tls_context`: `prot_info.version`, `prot_info.cipher_type`.
+    pub version: u32,
+    pub cipher: u32,
+    /// `struct tls_context`: `tx.rec_seq`.
+    pub tx_rec_seq: u32,
+    /// Non-zero: `tx.rec_seq` is a pointer to the bytes (older kernels).
+    pub rec_seq_is_ptr: u32,
+}
+
+impl TlsLayout {
+    pub const UNKNOWN: TlsLayout = TlsLayout {
+        valid: 0,
+        icsk_ulp_data: OFF_UNKNOWN,
+        version: OFF_UNKNOWN,
+        cipher: OFF_UNKNOWN,
+        tx_rec_seq: OFF_UNKNOWN,
+        rec_seq_is_ptr: 0,
+    };
+}
+
 /// Key of a call in flight: thread id in the high bits, probe in the low byte.
 #[inline(always)]
 pub const fn active_key(tid: u32, probe: Probe) -> u64 {
@@ -218,41 +311,19 @@ pub mod stat {
     pub const COUNT: u32 = 2;
 }
 
-/// Names of the maps and globals both sides refer to.
-pub mod names {
+/// Names of the maps both sides refer to.
+pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const STATS: &str = "STATS";
     pub const PIDS: &str = "PIDS";
-    pub const SOCKS: &str = "SOCKS";
-    pub const FILTER_PIDS: &str = "FILTER_PIDS";
-    pub const FILTER_COMM: &str = "FILTER_COMM";
-    pub const COMM: &str = "COMM";
-    pub const MSGHDR_FLAGS_OFF: &str = "MSGHDR_FLAGS_OFF";
-    pub const SOCKET_SK_OFF: &str = "SOCKET_SK_OFF";
-    pub const SOCK_KEY: &str = "SOCK_KEY";
-    pub const DEBUG: &str = "DEBUG";
-    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
-    pub const TP_SSL_SK_OFF: &str = "TP_SSL_SK_OFF";
-    pub const TP_SSL_RET_OFF: &str = "TP_SSL_RET_OFF";
-    pub const TP_SSL_PROTO_OFF: &str = "TP_SSL_PROTO_OFF";
-    pub const MSGHDR_ITER_OFF: &str = "MSGHDR_ITER_OFF";
-    pub const ITER_TYPE_OFF: &str = "ITER_TYPE_OFF";
-    pub const ITER_UBUF_OFF: &str = "ITER_UBUF_OFF";
-    pub const ITER_IOV_OFF: &str = "ITER_IOV_OFF";
-    pub const ITER_UBUF_VAL: &str = "ITER_UBUF_VAL";
-    pub const ITER_IOVEC_VAL: &str = "ITER_IOVEC_VAL";
     pub const SOCKINFO: &str = "SOCKINFO";
-    pub const SKC_FAMILY_OFF: &str = "SKC_FAMILY_OFF";
-    pub const SKC_NUM_OFF: &str = "SKC_NUM_OFF";
-    pub const SKC_DPORT_OFF: &str = "SKC_DPORT_OFF";
-    pub const SKC_DADDR_OFF: &str = "SKC_DADDR_OFF";
-    pub const SKC_RCV_SADDR_OFF: &str = "SKC_RCV_SADDR_OFF";
-    pub const SKC_V6_DADDR_OFF: &str = "SKC_V6_DADDR_OFF";
-    pub const SKC_V6_RCV_SADDR_OFF: &str = "SKC_V6_RCV_SADDR_OFF";
+    pub const PROCS: &str = "PROCS";
+    pub const TLS_LAYOUT: &str = "TLS_LAYOUT";
 }
 
-/// Value of an offset global that is not known for the running kernel.
-pub const OFF_UNKNOWN: u32 = u32::MAX;
+/// A TLS record sequence number moves by at most this much in one call; a bigger change
+/// is a key update (the number restarts at 0) and is not a record count.
+pub const MAX_RECORDS_PER_CALL: u64 = 1 << 20;
 
 /// Mixes a kernel address with a per-run key into a socket id, so that traces do not
 /// publish kernel pointers while one socket keeps one id for the whole run.
@@ -265,7 +336,10 @@ pub const fn sock_id(addr: u64, key: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-// Layout checks: no padding, so every byte pattern is a valid Event.
-const _: () = assert!(EVENT_SIZE == 88);
-const _: () = assert!(core::mem::size_of::<Active>() == 48);
+// Layout checks: no padding, so every byte pattern is a valid value.
+const _: () = assert!(EVENT_SIZE == 96);
+const _: () = assert!(core::mem::size_of::<Active>() == 72);
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 44);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 88);
+const _: () = assert!(core::mem::size_of::<Config>() == 128);
+const _: () = assert!(core::mem::size_of::<TlsLayout>() == 24);

@@ -1,110 +1,72 @@
 //! eBPF side of ktls-trace: kprobes/kretprobes on the kernel TLS transmit path and, for
-//! kernels without kprobes, tracepoints. Every program feeds the one `EVENTS` ring buffer
-//! with fixed-size [`Event`] records (layout in `ktls-trace-common`).
+//! kernels without kprobes (or without a `do_sendfile` symbol), tracepoints. Every program
+//! feeds the one `EVENTS` ring buffer with fixed-size [`Event`] records; which programs
+//! exist is declared in `ktls_trace_common::probes` (a userspace test checks the two agree).
 //!
 //! How a call becomes an event:
-//! 1. the entry probe filters (PID / comm / socket of a traced process), stores the
-//!    arguments in `ACTIVE` keyed by (thread, probe), and records which probed call of the
-//!    same thread it runs inside (`parent`, `root`): that is how a TCP push inside a kTLS
-//!    send inside a sendfile is linked to both;
-//! 2. the return probe takes the entry back out, adds return value and latency and
+//! 1. the entry probe filters (PID / thread or process name / socket of a traced process),
+//!    stores the arguments in `ACTIVE` keyed by (thread, probe), and records which probed
+//!    call of the same thread it runs inside (`parent`, `root`): that is how a TCP push
+//!    inside a kTLS send inside a sendfile is linked to both. A kTLS send also records the
+//!    socket's TLS version, cipher and transmit record sequence number;
+//! 2. the return probe takes the entry back out, adds return value and latency (and, for a
+//!    kTLS send, how far the record sequence number moved: the records it closed) and
 //!    reserves one ring-buffer record; a full ring buffer is counted in `STATS`, never
 //!    silently lost.
 //!
 //! Struct fields are read at offsets computed by userspace from the running kernel's BTF
-//! and set as globals at load time: Rust eBPF gets no CO-RE relocations (aya-rs/aya#349),
-//! and `struct msghdr` moved between 6.1 and 6.12.
+//! and handed over in [`Config`] (and [`TlsLayout`] once the tls module is loaded): Rust
+//! eBPF gets no CO-RE relocations (aya-rs/aya#349), and the structs differ between kernels.
+//!
+//! Every value read from the kernel lands in a zero-initialised local first: 5.10's
+//! verifier rejects a program that may read a stack slot no path wrote (a `None` branch of
+//! an `Option<[u8; N]>` the compiler still copies), newer verifiers are more lenient.
 // On the BPF target this is a no_std, no_main object; built for the host (as part of
 // `cargo build/clippy --workspace`) it is an ordinary binary that does nothing, so the
 // whole workspace builds and lints with one command.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+use core::{ffi::c_void, mem::MaybeUninit};
+
 use aya_ebpf::{
-    EbpfContext, Global,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user_buf,
-    },
+    EbpfContext,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::{fentry, kprobe, kretprobe, map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use ktls_trace_common::{
-    Active, COMM_LEN, Event, HEAD_LEN, OFF_UNKNOWN, Probe, SockInfo, active_key, has, sock_id, stat,
+    Active, COMM_LEN, Config, Event, HEAD_LEN, MAX_RECORDS_PER_CALL, OFF_UNKNOWN, Probe, SockInfo,
+    TlsLayout, active_key, has, sock_id, stat,
 };
 
-// ---- configuration, patched by userspace at load time (EbpfLoader::set_global) ----
-//
-// SAFETY (every `#[unsafe(no_mangle)]` in this file): an unmangled name could clash with
-// another symbol of the same name; these names (the globals below and LICENSE) are unique
-// in this object, which links nothing else with C names, and they are exactly the names
-// userspace looks up (`ktls_trace_common::names`).
+// ---- configuration, written by userspace at load time (EbpfLoader::override_global) ----
 
-/// Non-zero: only processes in `PIDS` (and sockets in `SOCKS`) are traced.
-#[unsafe(no_mangle)]
-static FILTER_PIDS: Global<u8> = Global::new(0);
-/// Non-zero: only tasks whose comm equals `COMM` are traced.
-#[unsafe(no_mangle)]
-static FILTER_COMM: Global<u8> = Global::new(0);
-#[unsafe(no_mangle)]
-static COMM: Global<[u8; COMM_LEN]> = Global::new([0; COMM_LEN]);
-/// Offset of `msg_flags` in `struct msghdr`.
-#[unsafe(no_mangle)]
-static MSGHDR_FLAGS_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-/// Offset of `sk` in `struct socket`.
-#[unsafe(no_mangle)]
-static SOCKET_SK_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-/// Per-run key for socket ids.
-#[unsafe(no_mangle)]
-static SOCK_KEY: Global<u64> = Global::new(0);
-/// Wake the ring-buffer reader only when this many bytes wait (0: on every event).
-#[unsafe(no_mangle)]
-static WAKEUP_BYTES: Global<u64> = Global::new(0);
-/// Non-zero: emit aya-log debug records.
-#[unsafe(no_mangle)]
-static DEBUG: Global<u8> = Global::new(0);
-/// Field offsets of the `sock:sock_send_length` tracepoint record (from its format file).
-#[unsafe(no_mangle)]
-static TP_SSL_SK_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static TP_SSL_RET_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static TP_SSL_PROTO_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+/// The one load-time global. `MaybeUninit` keeps the compiler from assuming the default
+/// value (as aya's `Global` does); fields are read with volatile loads ([`setting!`]).
+#[repr(transparent)]
+struct Settings(MaybeUninit<Config>);
 
-/// `struct iov_iter` inside `struct msghdr`, for reading the first payload bytes of a
-/// send from user memory (the TLS record header test of `top`): offsets of `msg_iter`,
-/// `iter_type`, `ubuf` and `__iov` (`iov` before 6.4), and the values of ITER_UBUF and
-/// ITER_IOVEC (the enum was reordered in 6.4).
-#[unsafe(no_mangle)]
-static MSGHDR_ITER_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static ITER_TYPE_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static ITER_UBUF_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static ITER_IOV_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static ITER_UBUF_VAL: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static ITER_IOVEC_VAL: Global<u32> = Global::new(OFF_UNKNOWN);
+// SAFETY: the programs only read CONFIG; it lives in read-only data that the loader fills
+// before the programs run and the kernel freezes.
+unsafe impl Sync for Settings {}
 
-/// `struct sock_common` fields for [`SockInfo`] (offsets from BTF).
+// SAFETY: an unmangled name could clash with another symbol of the same name; CONFIG and
+// LICENSE are unique in this object, which links nothing else with C names, and CONFIG is
+// exactly the name userspace looks up (`ktls_trace_common::CONFIG_SYMBOL`).
 #[unsafe(no_mangle)]
-static SKC_FAMILY_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static SKC_NUM_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static SKC_DPORT_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static SKC_DADDR_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static SKC_RCV_SADDR_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static SKC_V6_DADDR_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
-#[unsafe(no_mangle)]
-static SKC_V6_RCV_SADDR_OFF: Global<u32> = Global::new(OFF_UNKNOWN);
+static CONFIG: Settings = Settings(MaybeUninit::new(Config::DEFAULT));
+
+/// One field of [`CONFIG`], e.g. `setting!(off.msghdr_flags)`.
+macro_rules! setting {
+    ($($field:ident).+) => {
+        // SAFETY: CONFIG is always initialised (the default above, or the loader's bytes of
+        // the same size); the volatile read only stops constant folding of the default.
+        unsafe { core::ptr::read_volatile(&raw const (*CONFIG.0.as_ptr()).$($field).+) }
+    };
+}
 
 // ---- maps ----
 
@@ -117,7 +79,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 static ACTIVE: LruHashMap<u64, Active> = LruHashMap::with_max_entries(16384, 0);
 
-/// Traced process ids (tgid), when `FILTER_PIDS` is set.
+/// Traced process ids (tgid), when `filter_pids` is set.
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
@@ -130,32 +92,38 @@ static SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static SOCKINFO: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16384, 0);
 
+/// Process names (the thread-group leader's comm) of processes whose other threads sent:
+/// an event carries its thread's name, and the process may be gone before userspace can
+/// look its name up in /proc.
+#[map]
+static PROCS: LruHashMap<u32, [u8; COMM_LEN]> = LruHashMap::with_max_entries(16384, 0);
+
+/// Where kernel TLS keeps a socket's state; written by userspace once the tls module's
+/// BTF is readable (slot 0). Until then kTLS sends carry no version, cipher or records.
+#[map]
+static TLS_LAYOUT: Array<TlsLayout> = Array::with_max_entries(1, 0);
+
 /// Per-CPU counters, indexed by `stat::*`.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
 const IPPROTO_TCP: u16 = 6;
+const NONE: u8 = Probe::NONE;
 
-// Parents a call can run inside, innermost first.
-const UNDER_SENDFILE: [Probe; 1] = [Probe::DoSendfile];
-const UNDER_SENDFILE64: [Probe; 1] = [Probe::Sendfile64];
-const UNDER_TLS: [Probe; 7] = [
-    Probe::TlsSwSendpage,
-    Probe::TlsSwSendmsg,
-    Probe::TlsSwSpliceEof,
-    Probe::TlsDeviceSendpage,
-    Probe::TlsDeviceSendmsg,
-    Probe::TcpSendmsg,
-    Probe::DoSendfile,
+/// Parents a call can run inside, innermost first; `SENDFILE` stands for the configured
+/// sendfile probe (`do_sendfile`, or the `sendfile64` syscall tracepoints).
+const SENDFILE: u8 = 0xfe;
+const UNDER_SENDFILE: [u8; 1] = [SENDFILE];
+const UNDER_TLS: [u8; 7] = [
+    Probe::TlsSwSendpage as u8,
+    Probe::TlsSwSendmsg as u8,
+    Probe::TlsSwSpliceEof as u8,
+    Probe::TlsDeviceSendpage as u8,
+    Probe::TlsDeviceSendmsg as u8,
+    Probe::TcpSendmsg as u8,
+    SENDFILE,
 ];
-/// A record is pushed from inside a kTLS send (or later by the tx worker: no parent).
-const UNDER_TLS_SEND: [Probe; 4] = [
-    Probe::TlsSwSendpage,
-    Probe::TlsSwSendmsg,
-    Probe::TlsSwSpliceEof,
-    Probe::DoSendfile,
-];
-const TOP_LEVEL: [Probe; 0] = [];
+const TOP_LEVEL: [u8; 0] = [];
 
 #[inline(always)]
 fn bump(idx: u32) {
@@ -179,41 +147,105 @@ fn tid_tgid() -> (u32, u32) {
     (v as u32, (v >> 32) as u32)
 }
 
-/// Does the current task pass the PID and comm filters?
+/// Reads `size_of::<T>()` kernel bytes at `addr` into `dst` (zero-filled on failure).
+#[inline(always)]
+fn read_into<T: Copy>(addr: u64, dst: &mut T) -> bool {
+    if addr == 0 {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the source address and fails cleanly; `dst` is
+    // a valid, initialised destination of exactly the size passed.
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            (dst as *mut T).cast::<c_void>(),
+            core::mem::size_of::<T>() as u32,
+            addr as *const c_void,
+        ) == 0
+    }
+}
+
+/// The `T` at `base + off`, or None when the offset is unknown or the read fails.
+#[inline(always)]
+fn read_at<T: Copy + Default>(base: u64, off: u32) -> Option<T> {
+    if off == OFF_UNKNOWN || base == 0 {
+        return None;
+    }
+    let mut v = T::default();
+    read_into(base + off as u64, &mut v).then_some(v)
+}
+
+#[inline(always)]
+fn same_comm(a: &[u8; COMM_LEN], b: &[u8; COMM_LEN]) -> bool {
+    let mut i = 0;
+    while i < COMM_LEN {
+        if a[i] != b[i] {
+            return false;
+        }
+        if a[i] == 0 {
+            return true;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The current task's process name: its thread-group leader's comm.
+#[inline(always)]
+fn process_comm(name: &mut [u8; COMM_LEN]) -> bool {
+    // SAFETY: bpf_get_current_task has no preconditions; the pointer is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { generated::bpf_get_current_task() };
+    let Some(leader) = read_at::<u64>(task, setting!(off.task_group_leader)) else {
+        return false;
+    };
+    let off = setting!(off.task_comm);
+    off != OFF_UNKNOWN && read_into(leader + off as u64, name)
+}
+
+/// Does the current task's thread name, or its process's (the thread-group leader's),
+/// equal `--comm`? Envoy's `wrk:worker_3` and a JVM's pool threads send for a process
+/// whose name the user knows; the load's `ktls-load-srv` thread for `ktls-trace`.
+#[inline(always)]
+fn comm_wanted() -> bool {
+    let want: [u8; COMM_LEN] = setting!(comm);
+    let thread = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    if same_comm(&want, &thread) {
+        return true;
+    }
+    let mut process = [0u8; COMM_LEN];
+    process_comm(&mut process) && same_comm(&want, &process)
+}
+
+/// Remembers the process name of a thread that is not its process's main thread (once per
+/// process; the main thread's events carry the name themselves).
+#[inline(always)]
+fn remember_process(tid: u32, tgid: u32) {
+    // SAFETY: presence test only.
+    if tid == tgid || unsafe { PROCS.get(tgid) }.is_some() {
+        return;
+    }
+    let mut name = [0u8; COMM_LEN];
+    if process_comm(&mut name) {
+        let _ = PROCS.insert(tgid, name, 0);
+    }
+}
+
+/// Does the current task pass the PID and name filters?
 #[inline(always)]
 fn task_wanted(tgid: u32) -> bool {
-    if FILTER_PIDS.load() != 0 {
+    if setting!(filter_pids) != 0 {
         // SAFETY: the value is only tested for presence, never dereferenced.
         if unsafe { PIDS.get(tgid) }.is_none() {
             return false;
         }
     }
-    if FILTER_COMM.load() != 0 {
-        let want = COMM.load();
-        match bpf_get_current_comm() {
-            Ok(comm) => {
-                let mut i = 0;
-                while i < COMM_LEN {
-                    if comm[i] != want[i] {
-                        return false;
-                    }
-                    if comm[i] == 0 {
-                        break;
-                    }
-                    i += 1;
-                }
-            }
-            Err(_) => return false,
-        }
-    }
-    true
+    setting!(filter_comm) == 0 || comm_wanted()
 }
 
 /// Is this call wanted? A call on a socket of a traced process is, whoever runs it.
 #[inline(always)]
 fn wanted(tgid: u32, sk: u64) -> bool {
-    let filtering = FILTER_PIDS.load() != 0 || FILTER_COMM.load() != 0;
-    if !filtering {
+    if setting!(filter_pids) == 0 && setting!(filter_comm) == 0 {
         return true;
     }
     if task_wanted(tgid) {
@@ -227,16 +259,6 @@ fn wanted(tgid: u32, sk: u64) -> bool {
     sk != 0 && unsafe { SOCKS.get(sk) }.is_some()
 }
 
-/// Reads `size_of::<T>()` bytes at `base + off`, or None when the offset is unknown.
-#[inline(always)]
-fn read_at<T>(base: u64, off: u32) -> Option<T> {
-    if off == OFF_UNKNOWN {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
-}
-
 /// Records a socket's addresses the first time it is seen.
 #[inline(always)]
 fn remember_socket(id: u64, sk: u64, tgid: u32) {
@@ -245,118 +267,175 @@ fn remember_socket(id: u64, sk: u64, tgid: u32) {
         return;
     }
     const AF_INET6: u16 = 10;
-    let family: u16 = read_at(sk, SKC_FAMILY_OFF.load()).unwrap_or(0);
+    let family: u16 = read_at(sk, setting!(off.skc_family)).unwrap_or(0);
     let mut info = SockInfo {
         family,
-        sport: read_at(sk, SKC_NUM_OFF.load()).unwrap_or(0),
-        dport_be: read_at(sk, SKC_DPORT_OFF.load()).unwrap_or(0),
+        sport: read_at(sk, setting!(off.skc_num)).unwrap_or(0),
+        dport_be: read_at(sk, setting!(off.skc_dport)).unwrap_or(0),
         _pad: 0,
         owner: tgid,
         saddr: [0; 16],
         daddr: [0; 16],
     };
     if family == AF_INET6 {
-        info.saddr = read_at(sk, SKC_V6_RCV_SADDR_OFF.load()).unwrap_or([0; 16]);
-        info.daddr = read_at(sk, SKC_V6_DADDR_OFF.load()).unwrap_or([0; 16]);
+        let (s, d) = (setting!(off.skc_v6_rcv_saddr), setting!(off.skc_v6_daddr));
+        if s != OFF_UNKNOWN {
+            read_into(sk + s as u64, &mut info.saddr);
+        }
+        if d != OFF_UNKNOWN {
+            read_into(sk + d as u64, &mut info.daddr);
+        }
     } else {
-        let s: [u8; 4] = read_at(sk, SKC_RCV_SADDR_OFF.load()).unwrap_or([0; 4]);
-        let d: [u8; 4] = read_at(sk, SKC_DADDR_OFF.load()).unwrap_or([0; 4]);
-        info.saddr[..4].copy_from_slice(&s);
-        info.daddr[..4].copy_from_slice(&d);
+        let s: u32 = read_at(sk, setting!(off.skc_rcv_saddr)).unwrap_or(0);
+        let d: u32 = read_at(sk, setting!(off.skc_daddr)).unwrap_or(0);
+        info.saddr[..4].copy_from_slice(&s.to_ne_bytes());
+        info.daddr[..4].copy_from_slice(&d.to_ne_bytes());
     }
     let _ = SOCKINFO.insert(id, info, 0);
 }
 
 /// Finds the innermost probed call of this thread that `parents` lists.
 #[inline(always)]
-fn nesting(tid: u32, parents: &[Probe]) -> (u8, u8) {
+fn nesting(tid: u32, parents: &[u8]) -> (u8, u8) {
+    let sendfile = setting!(sendfile_probe);
     for p in parents {
+        let p = if *p == SENDFILE { sendfile } else { *p };
         // SAFETY: the entry is copied out at once; LRU eviction cannot free it while
         // this program runs (map values are RCU-protected).
-        if let Some(outer) = unsafe { ACTIVE.get(active_key(tid, *p)) } {
-            let root = if outer.root != Probe::NONE {
-                outer.root
-            } else {
-                *p as u8
-            };
-            return (*p as u8, root);
+        if let Some(outer) = unsafe { ACTIVE.get(((tid as u64) << 8) | p as u64) } {
+            let root = if outer.root != NONE { outer.root } else { p };
+            return (p, root);
         }
     }
-    (Probe::NONE, Probe::NONE)
+    (NONE, NONE)
 }
 
-/// Reads `msg->msg_flags` at the offset userspace found in BTF.
+/// Reads `msg->msg_flags`.
 #[inline(always)]
 fn msg_flags(msg: u64) -> Option<u32> {
-    let off = MSGHDR_FLAGS_OFF.load();
-    if off == OFF_UNKNOWN || msg == 0 {
+    read_at(msg, setting!(off.msghdr_flags))
+}
+
+/// The kernel TLS state of a socket: its `tls_context` address, version and cipher, and
+/// the transmit record sequence number now.
+#[inline(always)]
+fn tls_state(sk: u64, a: &mut Active) {
+    let Some(layout) = TLS_LAYOUT.get(0) else {
+        return;
+    };
+    if layout.valid == 0 {
+        return;
+    }
+    let Some(ctx) = read_at::<u64>(sk, layout.icsk_ulp_data) else {
+        return;
+    };
+    if ctx == 0 {
+        return;
+    }
+    if let (Some(v), Some(c)) = (
+        read_at::<u16>(ctx, layout.version),
+        read_at::<u16>(ctx, layout.cipher),
+    ) {
+        a.tls_version = v;
+        a.tls_cipher = c;
+        a.has |= has::TLS;
+    }
+    if let Some(seq) = rec_seq(ctx, layout) {
+        a.tls_ctx = ctx;
+        a.rec_seq = seq;
+        a.has |= has::RECORDS;
+    }
+}
+
+/// `tls_context.tx.rec_seq` as a number (big endian on the wire and in memory).
+#[inline(always)]
+fn rec_seq(ctx: u64, layout: &TlsLayout) -> Option<u64> {
+    if layout.tx_rec_seq == OFF_UNKNOWN {
         return None;
     }
-    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly on a bad one.
-    unsafe { bpf_probe_read_kernel((msg + off as u64) as *const u32) }.ok()
+    let at = if layout.rec_seq_is_ptr != 0 {
+        read_at::<u64>(ctx, layout.tx_rec_seq)?
+    } else {
+        ctx + layout.tx_rec_seq as u64
+    };
+    let mut bytes = [0u8; 8];
+    read_into(at, &mut bytes).then(|| u64::from_be_bytes(bytes))
 }
 
-/// Entry side: filter, remember arguments and nesting.
-#[inline(always)]
-fn enter(
+/// What a probe's entry knows about a call.
+struct Call {
     probe: Probe,
     sk: u64,
     bytes: u64,
     flags: Option<u32>,
     fds: Option<(i32, i32)>,
-    parents: &[Probe],
-) {
-    enter_with_head(probe, sk, bytes, flags, fds, parents, None);
+    /// Read the socket's kernel TLS state (a kTLS send).
+    tls: bool,
+    /// Read the first payload bytes from this `struct msghdr` (0: no).
+    head_of: u64,
 }
 
-/// [`enter`] that also keeps the first payload bytes.
+impl Call {
+    #[inline(always)]
+    fn new(probe: Probe, sk: u64, bytes: u64) -> Call {
+        Call {
+            probe,
+            sk,
+            bytes,
+            flags: None,
+            fds: None,
+            tls: false,
+            head_of: 0,
+        }
+    }
+}
+
+/// Entry side: filter, remember arguments, nesting and socket state.
 #[inline(always)]
-fn enter_with_head(
-    probe: Probe,
-    sk: u64,
-    bytes: u64,
-    flags: Option<u32>,
-    fds: Option<(i32, i32)>,
-    parents: &[Probe],
-    head: Option<[u8; HEAD_LEN]>,
-) {
+fn enter(call: &Call, parents: &[u8]) {
     let (tid, tgid) = tid_tgid();
-    if !wanted(tgid, sk) {
+    if !wanted(tgid, call.sk) {
         return;
     }
     let (parent, root) = nesting(tid, parents);
     let mut a = Active {
         ts_ns: now(),
-        bytes,
+        bytes: call.bytes,
         sock: 0,
+        tls_ctx: 0,
+        rec_seq: 0,
         flags: 0,
         fd_out: 0,
         fd_in: 0,
+        tls_version: 0,
+        tls_cipher: 0,
         parent,
         root,
         has: has::LATENCY,
-        _pad: 0,
+        _pad: [0; 5],
         head: [0; HEAD_LEN],
     };
-    if sk != 0 {
-        a.sock = sock_id(sk, SOCK_KEY.load());
+    if call.sk != 0 {
+        a.sock = sock_id(call.sk, setting!(sock_key));
         a.has |= has::SOCK;
-        remember_socket(a.sock, sk, tgid);
+        remember_socket(a.sock, call.sk, tgid);
+        if call.tls {
+            tls_state(call.sk, &mut a);
+        }
     }
-    if let Some(f) = flags {
+    if let Some(f) = call.flags {
         a.flags = f;
         a.has |= has::FLAGS;
     }
-    if let Some((o, i)) = fds {
+    if let Some((o, i)) = call.fds {
         a.fd_out = o;
         a.fd_in = i;
         a.has |= has::FDS;
     }
-    if let Some(h) = head {
-        a.head = h;
+    if call.head_of != 0 && payload_head(call.head_of, &mut a.head) {
         a.has |= has::HEAD;
     }
-    if ACTIVE.insert(active_key(tid, probe), a, 0).is_err() {
+    if ACTIVE.insert(active_key(tid, call.probe), a, 0).is_err() {
         bump(stat::ACTIVE_FULL);
     }
 }
@@ -377,6 +456,19 @@ fn leave<C: EbpfContext>(ctx: &C, probe: Probe, ret: Option<i64>) {
     if ret.is_some() {
         hasf |= has::RET;
     }
+    let mut records = 0u32;
+    if hasf & has::RECORDS != 0 {
+        // The records this call closed: how far the sequence number moved. A key update
+        // restarts it (TLS 1.3, 6.14+): no count then.
+        let moved = TLS_LAYOUT
+            .get(0)
+            .and_then(|layout| rec_seq(a.tls_ctx, layout))
+            .map(|seq| seq.wrapping_sub(a.rec_seq));
+        match moved {
+            Some(n) if n <= MAX_RECORDS_PER_CALL => records = n as u32,
+            _ => hasf &= !has::RECORDS,
+        }
+    }
     emit(
         ctx,
         Event {
@@ -390,6 +482,9 @@ fn leave<C: EbpfContext>(ctx: &C, probe: Probe, ret: Option<i64>) {
             flags: a.flags,
             fd_out: a.fd_out,
             fd_in: a.fd_in,
+            records,
+            tls_version: a.tls_version,
+            tls_cipher: a.tls_cipher,
             probe: probe as u8,
             parent: a.parent,
             root: a.root,
@@ -406,11 +501,11 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Waking the reader for every record costs a context switch per event; with
-/// `WAKEUP_BYTES` set, the reader is only woken once that much data waits, and drains
+/// `wakeup_bytes` set, the reader is only woken once that much data waits, and drains
 /// the rest on its own timer.
 #[inline(always)]
 fn wakeup_flags() -> u64 {
-    match WAKEUP_BYTES.load() {
+    match setting!(wakeup_bytes) {
         0 => 0,
         limit if EVENTS.query(BPF_RB_AVAIL_DATA) >= limit => BPF_RB_FORCE_WAKEUP,
         _ => BPF_RB_NO_WAKEUP,
@@ -422,6 +517,7 @@ fn emit<C: EbpfContext>(ctx: &C, mut ev: Event) {
     if let Ok(comm) = bpf_get_current_comm() {
         ev.comm = comm;
     }
+    remember_process(ev.tid, ev.pid);
     match EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
             slot.write(ev);
@@ -429,7 +525,7 @@ fn emit<C: EbpfContext>(ctx: &C, mut ev: Event) {
         }
         None => {
             bump(stat::RINGBUF_FULL);
-            if DEBUG.load() != 0 {
+            if setting!(debug) != 0 {
                 debug!(ctx, "ring buffer full: event of probe {} dropped", ev.probe);
             }
         }
@@ -441,85 +537,87 @@ fn arg_u64(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
-// ---- kprobes: sendfile ----
-
-#[kprobe]
-pub fn do_sendfile_entry(ctx: ProbeContext) -> u32 {
-    // ssize_t do_sendfile(int out_fd, int in_fd, loff_t *ppos, size_t count, loff_t max)
-    let out_fd = arg_u64(&ctx, 0) as i32;
-    let in_fd = arg_u64(&ctx, 1) as i32;
-    let count = arg_u64(&ctx, 3);
-    if DEBUG.load() != 0 {
-        debug!(
-            &ctx,
-            "do_sendfile out_fd={} in_fd={} count={}", out_fd, in_fd, count
-        );
+/// The first bytes a `sendmsg` carries, when they come from user memory (ITER_UBUF for a
+/// single-buffer write/send, ITER_IOVEC for writev/sendmsg; before 5.14 `iov_iter.type`
+/// carries the direction in bit 0). Kernel-internal sends (pages, kvecs) are left out.
+#[inline(always)]
+fn payload_head(msg: u64, head: &mut [u8; HEAD_LEN]) -> bool {
+    let iter_off = setting!(off.msghdr_iter);
+    if msg == 0 || iter_off == OFF_UNKNOWN {
+        return false;
     }
-    enter(
-        Probe::DoSendfile,
-        0,
-        count,
-        None,
-        Some((out_fd, in_fd)),
-        &TOP_LEVEL,
-    );
-    0
+    let iter = msg + iter_off as u64;
+    let type_off = setting!(off.iter_type);
+    let ty = if setting!(off.iter_type_old) != 0 {
+        // `unsigned int type`: the iter type as a bit, READ/WRITE in bit 0.
+        match read_at::<u32>(iter, type_off) {
+            Some(t) => t & !1,
+            None => return false,
+        }
+    } else {
+        match read_at::<u8>(iter, type_off) {
+            Some(t) => t as u32,
+            None => return false,
+        }
+    };
+    let user_ptr = if ty == setting!(off.iter_ubuf_val) {
+        match read_at::<u64>(iter, setting!(off.iter_ubuf)) {
+            Some(p) => p,
+            None => return false,
+        }
+    } else if ty == setting!(off.iter_iovec_val) {
+        // iov_base is the first member of struct iovec.
+        match read_at::<u64>(iter, setting!(off.iter_iov)).and_then(|iov| read_at::<u64>(iov, 0)) {
+            Some(p) => p,
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    if user_ptr == 0 {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_user checks the user address and fails cleanly (e.g. on a
+    // page that is not resident: then the head is simply unknown); `head` is a valid,
+    // initialised destination of HEAD_LEN bytes.
+    unsafe {
+        generated::bpf_probe_read_user(
+            head.as_mut_ptr().cast::<c_void>(),
+            HEAD_LEN as u32,
+            user_ptr as *const c_void,
+        ) == 0
+    }
 }
-
-#[kretprobe]
-pub fn do_sendfile_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, Probe::DoSendfile, long_ret(&ctx));
-    0
-}
-
-// ---- kprobes: kernel TLS ----
 
 /// `int f(struct sock *sk, struct msghdr *msg, size_t size)`
 #[inline(always)]
-fn enter_sendmsg(ctx: &ProbeContext, probe: Probe, parents: &[Probe]) {
-    let sk = arg_u64(ctx, 0);
-    let flags = msg_flags(arg_u64(ctx, 1));
-    enter(probe, sk, arg_u64(ctx, 2), flags, None, parents);
-}
-
-/// The first bytes a `sendmsg` carries, when they come from user memory (ITER_UBUF for a
-/// single-buffer write/send, ITER_IOVEC for writev/sendmsg). Kernel-internal sends (pages,
-/// kvecs) are left out.
-#[inline(always)]
-fn payload_head(msg: u64) -> Option<[u8; HEAD_LEN]> {
-    let (iter_off, type_off) = (MSGHDR_ITER_OFF.load(), ITER_TYPE_OFF.load());
-    if msg == 0 || iter_off == OFF_UNKNOWN || type_off == OFF_UNKNOWN {
-        return None;
-    }
-    let iter = msg + iter_off as u64;
-    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
-    let ty = unsafe { bpf_probe_read_kernel((iter + type_off as u64) as *const u8) }.ok()? as u32;
-    let user_ptr = if ty == ITER_UBUF_VAL.load() && ITER_UBUF_OFF.load() != OFF_UNKNOWN {
-        // SAFETY: as above.
-        unsafe { bpf_probe_read_kernel((iter + ITER_UBUF_OFF.load() as u64) as *const u64) }.ok()?
-    } else if ty == ITER_IOVEC_VAL.load() && ITER_IOV_OFF.load() != OFF_UNKNOWN {
-        // SAFETY: as above; iov_base is the first member of struct iovec.
-        let iov =
-            unsafe { bpf_probe_read_kernel((iter + ITER_IOV_OFF.load() as u64) as *const u64) }
-                .ok()?;
-        // SAFETY: as above.
-        unsafe { bpf_probe_read_kernel(iov as *const u64) }.ok()?
-    } else {
-        return None;
-    };
-    let mut head = [0u8; HEAD_LEN];
-    // SAFETY: bpf_probe_read_user checks the user address and fails cleanly (e.g. on a
-    // page that is not resident: then the head is simply unknown).
-    unsafe { bpf_probe_read_user_buf(user_ptr as *const u8, &mut head) }.ok()?;
-    Some(head)
+fn sendmsg_call(ctx: &ProbeContext, probe: Probe) -> Call {
+    let msg = arg_u64(ctx, 1);
+    let mut c = Call::new(probe, arg_u64(ctx, 0), arg_u64(ctx, 2));
+    c.flags = msg_flags(msg);
+    c
 }
 
 /// `int f(struct sock *sk, struct page *page, int offset, size_t size, int flags)`
 #[inline(always)]
-fn enter_sendpage(ctx: &ProbeContext, probe: Probe, parents: &[Probe]) {
-    let sk = arg_u64(ctx, 0);
-    let flags = arg_u64(ctx, 4) as u32;
-    enter(probe, sk, arg_u64(ctx, 3), Some(flags), None, parents);
+fn sendpage_call(ctx: &ProbeContext, probe: Probe) -> Call {
+    let mut c = Call::new(probe, arg_u64(ctx, 0), arg_u64(ctx, 3));
+    c.flags = Some(arg_u64(ctx, 4) as u32);
+    c
+}
+
+/// `void f(struct socket *sock)`: the sock is `sock->sk`.
+#[inline(always)]
+fn socket_call(ctx: &ProbeContext, probe: Probe) -> Call {
+    let sk = read_at::<u64>(arg_u64(ctx, 0), setting!(off.socket_sk)).unwrap_or(0);
+    Call::new(probe, sk, 0)
+}
+
+/// A kTLS send: the same, plus the socket's TLS state.
+#[inline(always)]
+fn tls(mut c: Call) -> Call {
+    c.tls = true;
+    c
 }
 
 /// Return value of a function declared `int`: only the low 32 bits of the register are
@@ -536,14 +634,21 @@ fn long_ret(ctx: &RetProbeContext) -> Option<i64> {
     Some(ctx.ret())
 }
 
-/// A kprobe + kretprobe pair: the entry runs `$enter(&ctx, probe, &parents)`, the return
-/// reads the return value with `$ret`. The function names are the program names
-/// userspace attaches (plan.rs).
+/// No return value (`void`).
+#[inline(always)]
+fn no_ret(_ctx: &RetProbeContext) -> Option<i64> {
+    None
+}
+
+/// A kprobe + kretprobe pair for the `Kfunc` probe `$probe`: the programs are named
+/// `<function>_entry` and `<function>_ret` (`ktls_trace_common::probes`). The entry builds
+/// a [`Call`] with `$call`, the return reads the return value with `$ret`.
 macro_rules! probe_pair {
-    ($entry:ident, $exit:ident, $probe:expr, $enter:ident, $parents:ident, $ret:ident) => {
+    ($entry:ident, $exit:ident, $probe:expr, $call:expr, $parents:ident, $ret:ident) => {
         #[kprobe]
         pub fn $entry(ctx: ProbeContext) -> u32 {
-            $enter(&ctx, $probe, &$parents);
+            let call: Call = ($call)(&ctx, $probe);
+            enter(&call, &$parents);
             0
         }
 
@@ -555,11 +660,39 @@ macro_rules! probe_pair {
     };
 }
 
+// ---- kprobes: sendfile ----
+
+/// `ssize_t do_sendfile(int out_fd, int in_fd, loff_t *ppos, size_t count, loff_t max)`
+#[inline(always)]
+fn sendfile_call(ctx: &ProbeContext, probe: Probe) -> Call {
+    let (out_fd, in_fd) = (arg_u64(ctx, 0) as i32, arg_u64(ctx, 1) as i32);
+    let mut c = Call::new(probe, 0, arg_u64(ctx, 3));
+    c.fds = Some((out_fd, in_fd));
+    if setting!(debug) != 0 {
+        debug!(
+            ctx,
+            "do_sendfile out_fd={} in_fd={} count={}", out_fd, in_fd, c.bytes
+        );
+    }
+    c
+}
+
+probe_pair!(
+    do_sendfile_entry,
+    do_sendfile_ret,
+    Probe::DoSendfile,
+    sendfile_call,
+    TOP_LEVEL,
+    long_ret
+);
+
+// ---- kprobes: kernel TLS ----
+
 probe_pair!(
     tls_sw_sendmsg_entry,
     tls_sw_sendmsg_ret,
     Probe::TlsSwSendmsg,
-    enter_sendmsg,
+    |ctx, p| tls(sendmsg_call(ctx, p)),
     UNDER_SENDFILE,
     int_ret
 );
@@ -568,37 +701,25 @@ probe_pair!(
     tls_sw_sendpage_entry,
     tls_sw_sendpage_ret,
     Probe::TlsSwSendpage,
-    enter_sendpage,
+    |ctx, p| tls(sendpage_call(ctx, p)),
     UNDER_SENDFILE,
     int_ret
 );
 
-#[kprobe]
-pub fn tls_sw_splice_eof_entry(ctx: ProbeContext) -> u32 {
-    // void tls_sw_splice_eof(struct socket *sock)
-    let sock = arg_u64(&ctx, 0);
-    let off = SOCKET_SK_OFF.load();
-    let sk = if off == OFF_UNKNOWN || sock == 0 {
-        0
-    } else {
-        // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
-        unsafe { bpf_probe_read_kernel((sock + off as u64) as *const u64) }.unwrap_or(0)
-    };
-    enter(Probe::TlsSwSpliceEof, sk, 0, None, None, &UNDER_SENDFILE);
-    0
-}
-
-#[kretprobe]
-pub fn tls_sw_splice_eof_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, Probe::TlsSwSpliceEof, None);
-    0
-}
+probe_pair!(
+    tls_sw_splice_eof_entry,
+    tls_sw_splice_eof_ret,
+    Probe::TlsSwSpliceEof,
+    |ctx, p| tls(socket_call(ctx, p)),
+    UNDER_SENDFILE,
+    no_ret
+);
 
 probe_pair!(
     tls_device_sendmsg_entry,
     tls_device_sendmsg_ret,
     Probe::TlsDeviceSendmsg,
-    enter_sendmsg,
+    |ctx, p| tls(sendmsg_call(ctx, p)),
     UNDER_SENDFILE,
     int_ret
 );
@@ -607,65 +728,32 @@ probe_pair!(
     tls_device_sendpage_entry,
     tls_device_sendpage_ret,
     Probe::TlsDeviceSendpage,
-    enter_sendpage,
+    |ctx, p| tls(sendpage_call(ctx, p)),
     UNDER_SENDFILE,
     int_ret
 );
 
-#[kprobe]
-pub fn tls_push_record_entry(ctx: ProbeContext) -> u32 {
-    // static int tls_push_record(struct sock *sk, int flags, unsigned char record_type)
-    let sk = arg_u64(&ctx, 0);
-    let flags = arg_u64(&ctx, 1) as u32;
-    enter(
-        Probe::TlsPushRecord,
-        sk,
-        0,
-        Some(flags),
-        None,
-        &UNDER_TLS_SEND,
-    );
-    0
-}
-
-#[kretprobe]
-pub fn tls_push_record_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, Probe::TlsPushRecord, int_ret(&ctx));
-    0
-}
-
 // ---- kprobes: TCP ----
 
-#[kprobe]
-pub fn tcp_sendmsg_entry(ctx: ProbeContext) -> u32 {
-    // int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size): the socket-level
-    // send of user data; its first bytes tell user-space TLS from plain data.
-    let sk = arg_u64(&ctx, 0);
-    let msg = arg_u64(&ctx, 1);
-    let head = payload_head(msg);
-    enter_with_head(
-        Probe::TcpSendmsg,
-        sk,
-        arg_u64(&ctx, 2),
-        msg_flags(msg),
-        None,
-        &UNDER_SENDFILE,
-        head,
-    );
-    0
-}
-
-#[kretprobe]
-pub fn tcp_sendmsg_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, Probe::TcpSendmsg, int_ret(&ctx));
-    0
-}
+probe_pair!(
+    tcp_sendmsg_entry,
+    tcp_sendmsg_ret,
+    Probe::TcpSendmsg,
+    // The socket-level send of user data: its first bytes tell user-space TLS from plain.
+    |ctx: &ProbeContext, p| {
+        let mut c = sendmsg_call(ctx, p);
+        c.head_of = arg_u64(ctx, 1);
+        c
+    },
+    UNDER_SENDFILE,
+    int_ret
+);
 
 probe_pair!(
     tcp_sendmsg_locked_entry,
     tcp_sendmsg_locked_ret,
     Probe::TcpSendmsgLocked,
-    enter_sendmsg,
+    sendmsg_call,
     UNDER_TLS,
     int_ret
 );
@@ -674,12 +762,12 @@ probe_pair!(
     do_tcp_sendpages_entry,
     do_tcp_sendpages_ret,
     Probe::DoTcpSendpages,
-    enter_sendpage,
+    sendpage_call,
     UNDER_TLS,
     long_ret
 );
 
-// ---- tracepoints: the fallback for kernels without kprobes ----
+// ---- tracepoints ----
 
 // The syscall tracepoint records are fixed by the syscall ABI: after the 8-byte common
 // header and `__syscall_nr` (padded to 16), every argument takes an 8-byte slot.
@@ -688,71 +776,62 @@ const SYS_ARG1: usize = 24;
 const SYS_ARG3: usize = 40;
 const SYS_RET: usize = 16;
 
+/// Reads a `T` at `off` of a tracepoint record (zero when the read fails).
+#[inline(always)]
+fn tp_read<T: Copy + Default>(ctx: &TracePointContext, off: usize) -> T {
+    let mut v = T::default();
+    read_into(ctx.as_ptr() as u64 + off as u64, &mut v);
+    v
+}
+
 #[tracepoint]
 pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets inside the syscalls:sys_enter_sendfile64 record (see above).
-    let (out_fd, in_fd, count) = unsafe {
-        (
-            ctx.read_at::<u64>(SYS_ARG0).unwrap_or(0) as i32,
-            ctx.read_at::<u64>(SYS_ARG1).unwrap_or(0) as i32,
-            ctx.read_at::<u64>(SYS_ARG3).unwrap_or(0),
-        )
-    };
-    enter(
-        Probe::Sendfile64,
-        0,
-        count,
-        None,
-        Some((out_fd, in_fd)),
-        &TOP_LEVEL,
+    let (out_fd, in_fd) = (
+        tp_read::<u64>(&ctx, SYS_ARG0) as i32,
+        tp_read::<u64>(&ctx, SYS_ARG1) as i32,
     );
+    let mut c = Call::new(Probe::Sendfile64, 0, tp_read::<u64>(&ctx, SYS_ARG3));
+    c.fds = Some((out_fd, in_fd));
+    enter(&c, &TOP_LEVEL);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset inside the syscalls:sys_exit_sendfile64 record (see above).
-    let ret = unsafe { ctx.read_at::<i64>(SYS_RET) }.unwrap_or(0);
-    leave(&ctx, Probe::Sendfile64, Some(ret));
+    leave(&ctx, Probe::Sendfile64, Some(tp_read::<i64>(&ctx, SYS_RET)));
     0
 }
 
 #[tracepoint]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     let (sk_off, ret_off, proto_off) = (
-        TP_SSL_SK_OFF.load(),
-        TP_SSL_RET_OFF.load(),
-        TP_SSL_PROTO_OFF.load(),
+        setting!(off.tp_ssl_sk),
+        setting!(off.tp_ssl_ret),
+        setting!(off.tp_ssl_proto),
     );
     if sk_off == OFF_UNKNOWN || ret_off == OFF_UNKNOWN || proto_off == OFF_UNKNOWN {
         return 0;
     }
-    // SAFETY: offsets come from this tracepoint's format file on the running kernel.
-    let (sk, ret, proto) = unsafe {
-        (
-            ctx.read_at::<u64>(sk_off as usize).unwrap_or(0),
-            ctx.read_at::<i32>(ret_off as usize).unwrap_or(0),
-            ctx.read_at::<u16>(proto_off as usize).unwrap_or(0),
-        )
-    };
-    if proto != IPPROTO_TCP {
+    // Offsets come from this tracepoint's format file on the running kernel.
+    let sk = tp_read::<u64>(&ctx, sk_off as usize);
+    let ret = tp_read::<i32>(&ctx, ret_off as usize);
+    if tp_read::<u16>(&ctx, proto_off as usize) != IPPROTO_TCP {
         return 0;
     }
     let (tid, tgid) = tid_tgid();
     if !wanted(tgid, sk) {
         return 0;
     }
-    let (parent, root) = nesting(tid, &UNDER_SENDFILE64);
-    let id = sock_id(sk, SOCK_KEY.load());
+    let (parent, root) = nesting(tid, &UNDER_SENDFILE);
+    let id = sock_id(sk, setting!(sock_key));
     remember_socket(id, sk, tgid);
     // The tracepoint fires after sendmsg returned: `ret` is what it accepted.
-    let done = if ret > 0 { ret as u64 } else { 0 };
     emit(
         &ctx,
         Event {
             ts_ns: now(),
             latency_ns: 0,
-            bytes: done,
+            bytes: ret.max(0) as u64,
             ret: ret as i64,
             sock: id,
             pid: tgid,
@@ -760,6 +839,9 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
             flags: 0,
             fd_out: 0,
             fd_in: 0,
+            records: 0,
+            tls_version: 0,
+            tls_cipher: 0,
             probe: Probe::SockSendLength as u8,
             parent,
             root,

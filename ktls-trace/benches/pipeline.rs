@@ -1,30 +1,30 @@
 //! The userspace hot path, per event: ring-buffer record -> `event::decode` ->
-//! `aggregate::Summary::add` (what `trace` counts) / `top::model::Model::ingest` (what `top`
-//! aggregates) / the JSON line `trace --json` writes.
+//! `classify::Classifier` -> `Summary::add` (what `trace` counts) / `Model::ingest` (what
+//! `top` aggregates) / the JSON line `trace --json` writes.
 //!
 //! Run with `cargo bench -p ktls-trace --bench pipeline`; docs/performance.md relates the
 //! events/s reported here to the event rates the kernel produced in `cargo xtask bench`.
 //!
 //! The input is a synthetic stream shaped like kernel TLS + sendfile on 6.12, as the eBPF
-//! programs report it: per 64 KiB splice, four records (`tls_push_record` +
-//! `tcp_sendmsg_locked`, nested in `tls_sw_sendmsg` inside `do_sendfile`), then the
-//! `tls_sw_sendmsg` and the `do_sendfile` themselves: 10 records of 88 bytes per splice,
-//! spread over four connections of two processes.
+//! programs report it: per 64 KiB splice, four TCP pushes (`tcp_sendmsg_locked`, nested in
+//! `tls_sw_sendmsg` inside `do_sendfile`), then the `tls_sw_sendmsg` (with the 4 records it
+//! closed) and the `do_sendfile` themselves: 6 records of 96 bytes per splice, spread over
+//! four connections of two processes.
 
 use std::hint::black_box;
 use std::io::Write as _;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ktls_trace::{
-    aggregate::Summary,
+    Model, Summary,
+    classify::{Classifier, Rules},
     event::{JsonEvent, TraceEvent, decode},
-    top::{classify::Rules, model::Model},
 };
 use ktls_trace_common::{COMM_LEN, EVENT_SIZE, Event, HEAD_LEN, Probe, has, msg, sock_id};
 
-/// Splices in one batch: 10 events each. 4096 events is about what one ring-buffer
-/// wake-up delivers under load.
-const SPLICES: usize = 410;
+/// Splices in one batch: 6 events each. About 2,700 events are what one ring-buffer
+/// wake-up (256 KiB) delivers under load.
+const SPLICES: usize = 450;
 const SPLICE: u64 = 65_536;
 const RECORD: u64 = 16_384;
 
@@ -48,6 +48,9 @@ fn record(ts_ns: u64, pid: u32, sock: u64, probe: Probe, inside: Option<(Probe, 
         flags: 0,
         fd_out: 0,
         fd_in: 0,
+        records: 0,
+        tls_version: 0,
+        tls_cipher: 0,
         probe: probe as u8,
         parent,
         root,
@@ -71,7 +74,7 @@ fn with(mut e: Event, bytes: u64, flags: Option<u32>, latency_ns: u64) -> Event 
 
 /// The synthetic stream, as raw ring-buffer records.
 fn records() -> Vec<[u8; EVENT_SIZE]> {
-    let mut out = Vec::with_capacity(SPLICES * 10);
+    let mut out = Vec::with_capacity(SPLICES * 6);
     let mut ts = 1_000_000_000u64;
     let in_tls = Some((Probe::TlsSwSendmsg, Probe::DoSendfile));
     for i in 0..SPLICES {
@@ -85,14 +88,16 @@ fn records() -> Vec<[u8; EVENT_SIZE]> {
         };
         for _ in 0..SPLICE / RECORD {
             ts += 5_000;
-            let rec = record(ts, pid, sock, Probe::TlsPushRecord, in_tls);
-            push(with(rec, 0, Some(msg::MSG_MORE), 3_000));
             let tcp = record(ts, pid, sock, Probe::TcpSendmsgLocked, in_tls);
             push(with(tcp, RECORD + 22, Some(msg::MSG_SPLICE_PAGES), 1_500));
         }
         ts += 1_000;
         let sf = Some((Probe::DoSendfile, Probe::DoSendfile));
-        let tls = record(ts, pid, sock, Probe::TlsSwSendmsg, sf);
+        let mut tls = record(ts, pid, sock, Probe::TlsSwSendmsg, sf);
+        tls.records = (SPLICE / RECORD) as u32;
+        tls.tls_version = 0x0304;
+        tls.tls_cipher = 51;
+        tls.has |= has::RECORDS | has::TLS;
         let flags = msg::MSG_SPLICE_PAGES | msg::MSG_MORE;
         push(with(
             tls,
@@ -128,20 +133,21 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    g.bench_function("summary_add", |b| {
+    g.bench_function("classify_summary", |b| {
         let mut s = Summary::default();
+        let mut k = Classifier::new(Rules::default());
         b.iter(|| {
             for e in &events {
-                s.add(black_box(e));
+                s.add(black_box(e), &k.classify(e));
             }
         });
-        black_box(s.events);
+        black_box(s.classified.ciphertext);
     });
 
     // A fresh model per batch would measure its first-event allocations over and over;
     // top keeps one model and closes a window once a second, so one model is reused and
     // a window is closed after every batch (about one interval's worth at 4K events/s).
-    g.bench_function("model_ingest", |b| {
+    g.bench_function("classify_model", |b| {
         let mut m = Model::new(Rules::default(), 0);
         let mut now = 0u64;
         b.iter(|| {
@@ -159,8 +165,9 @@ fn bench(c: &mut Criterion) {
         let mut now = 0u64;
         let mut batch = Vec::with_capacity(raw.len());
         b.iter(|| {
-            batch.extend(raw.iter().map(|r| decode(black_box(r))));
-            m.ingest_batch(&mut batch);
+            batch.extend(raw.iter().filter_map(|r| decode(black_box(r)).ok()));
+            m.ingest_all(&batch);
+            batch.clear();
             now += 1_000_000_000;
             black_box(m.close_window(now).events);
         })
@@ -170,12 +177,13 @@ fn bench(c: &mut Criterion) {
     // that is cleared per batch, standing in for the pipe to /dev/null).
     g.bench_function("trace_json_path", |b| {
         let mut s = Summary::default();
+        let mut k = Classifier::new(Rules::default());
         b.iter_batched_ref(
             || Vec::with_capacity(raw.len() * 320),
             |out: &mut Vec<u8>| {
                 for r in &raw {
                     if let Ok(e) = decode(black_box(r)) {
-                        s.add(&e);
+                        s.add(&e, &k.classify(&e));
                         serde_json::to_writer(&mut *out, &JsonEvent::from(&e)).ok();
                         out.write_all(b"\n").ok();
                     }
@@ -183,7 +191,7 @@ fn bench(c: &mut Criterion) {
             },
             BatchSize::LargeInput,
         );
-        black_box(s.events);
+        black_box(s.classified.ciphertext);
     });
     g.finish();
 }

@@ -1,9 +1,12 @@
-//! A minimal reader of the kernel's BTF (`/sys/kernel/btf/vmlinux`): just enough to find
-//! the byte offset of a struct member, so the eBPF programs can read `msghdr.msg_flags`
-//! and `socket.sk` on whatever kernel they run on. Rust eBPF gets no CO-RE relocations
-//! (aya-rs/aya#349), so offsets are computed here and passed in as load-time globals.
+//! A minimal reader of the kernel's BTF (`/sys/kernel/btf/vmlinux`, and a module's split
+//! BTF such as `/sys/kernel/btf/tls` on top of it): just enough to find the byte offset of
+//! a struct member, so the eBPF programs can read `msghdr.msg_flags` or a kernel TLS
+//! socket's record sequence number on whatever kernel they run on. Rust eBPF gets no CO-RE
+//! relocations (aya-rs/aya#349), so offsets are computed here and handed to the programs.
 //!
-//! Format: include/uapi/linux/btf.h and Documentation/bpf/btf.rst.
+//! Format: include/uapi/linux/btf.h and Documentation/bpf/btf.rst. Split BTF (a module's)
+//! numbers its types after the base's last one and its strings after the base's string
+//! section, so a split blob is parsed as an extension of the parsed base.
 
 use std::{collections::HashMap, path::Path};
 
@@ -69,16 +72,28 @@ enum Type {
     Alias {
         type_id: u32,
     },
+    Pointer,
+    Array,
+    Other,
+}
+
+/// What a struct member is, as far as reading it from eBPF matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberKind {
+    Pointer,
+    Array,
     Other,
 }
 
 /// Parsed BTF: types by id, and struct ids by name.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Btf {
     types: Vec<Type>,
     structs: HashMap<String, u32>,
     /// Enumerator name -> value (C enumerator names are global).
     enumerators: HashMap<String, i64>,
+    /// The string section (a split blob's string offsets continue after it).
+    strings: Vec<u8>,
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
@@ -108,8 +123,23 @@ impl Btf {
         Self::parse(&data)
     }
 
+    /// Reads a module's split BTF (`/sys/kernel/btf/<module>`) on top of this (vmlinux) BTF.
+    pub fn with_module(&self, module: &str) -> Result<Btf, BtfError> {
+        let path = Path::new("/sys/kernel/btf").join(module);
+        let data = std::fs::read(&path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse_with_base(&data, Some(self))
+    }
+
     /// Parses a little-endian BTF blob.
     pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
+        Self::parse_with_base(data, None)
+    }
+
+    /// Parses a blob; with `base`, as split BTF extending it.
+    pub fn parse_with_base(data: &[u8], base: Option<&Btf>) -> Result<Btf, BtfError> {
         let magic = data
             .get(0..2)
             .map(|m| u16::from_le_bytes([m[0], m[1]]))
@@ -125,14 +155,19 @@ impl Btf {
         let types_sec = data
             .get(hdr_len + type_off..hdr_len + type_off + type_len)
             .ok_or(BtfError::Truncated)?;
-        let strings = data
+        let own_strings = data
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
             .ok_or(BtfError::Truncated)?;
+        // A split blob's string offsets continue after the base's strings.
+        let mut strings = base.map(|b| b.strings.clone()).unwrap_or_default();
+        strings.extend_from_slice(own_strings);
+        let strings = strings;
 
-        // Type id 0 is void.
-        let mut types = vec![Type::Other];
-        let mut structs = HashMap::new();
-        let mut enumerators = HashMap::new();
+        // Type id 0 is void; a split blob's ids continue after the base's.
+        let (mut types, mut structs, mut enumerators) = match base {
+            Some(b) => (b.types.clone(), b.structs.clone(), b.enumerators.clone()),
+            None => (vec![Type::Other], HashMap::new(), HashMap::new()),
+        };
         let mut p = 0usize;
         while p < types_sec.len() {
             let name_off = u32_at(types_sec, p)?;
@@ -148,10 +183,11 @@ impl Btf {
                     p += 4;
                     Type::Other
                 }
-                KIND_PTR | KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
+                KIND_PTR => Type::Pointer,
+                KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
                 KIND_ARRAY => {
                     p += 12;
-                    Type::Other
+                    Type::Array
                 }
                 KIND_STRUCT | KIND_UNION => {
                     let mut members = Vec::with_capacity(vlen);
@@ -161,7 +197,7 @@ impl Btf {
                         let m_off = u32_at(types_sec, p + 8)?;
                         p += 12;
                         members.push(Member {
-                            name: str_at(strings, m_name),
+                            name: str_at(&strings, m_name),
                             type_id: m_type,
                             // With kind_flag the top 8 bits hold a bitfield size.
                             bit_offset: if kind_flag {
@@ -172,7 +208,7 @@ impl Btf {
                         });
                     }
                     if kind == KIND_STRUCT && name_off != 0 {
-                        structs.entry(str_at(strings, name_off)).or_insert(id);
+                        structs.entry(str_at(&strings, name_off)).or_insert(id);
                     }
                     Type::Composite { members }
                 }
@@ -187,7 +223,7 @@ impl Btf {
                         } else {
                             val as i64
                         };
-                        enumerators.entry(str_at(strings, e_name)).or_insert(v);
+                        enumerators.entry(str_at(&strings, e_name)).or_insert(v);
                     }
                     Type::Other
                 }
@@ -198,7 +234,7 @@ impl Btf {
                         let hi = u32_at(types_sec, p + 8)? as u64;
                         p += 12;
                         enumerators
-                            .entry(str_at(strings, e_name))
+                            .entry(str_at(&strings, e_name))
                             .or_insert(((hi << 32) | lo) as i64);
                     }
                     Type::Other
@@ -224,6 +260,7 @@ impl Btf {
             types,
             structs,
             enumerators,
+            strings,
         })
     }
 
@@ -238,9 +275,9 @@ impl Btf {
         None
     }
 
-    /// Bit offset of `member` inside the composite `id`, looking into anonymous
+    /// Bit offset and type of `member` inside the composite `id`, looking into anonymous
     /// struct/union members as C does.
-    fn find_bits(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
+    fn find_bits(&self, id: u32, member: &str, depth: u32) -> Option<(u32, u32)> {
         if depth > 8 {
             return None;
         }
@@ -249,15 +286,41 @@ impl Btf {
         };
         for m in members {
             if m.name == member {
-                return Some(m.bit_offset);
+                return Some((m.bit_offset, m.type_id));
             }
         }
         for m in members.iter().filter(|m| m.name.is_empty()) {
-            if let Some(inner) = self.find_bits(m.type_id, member, depth + 1) {
-                return Some(m.bit_offset + inner);
+            if let Some((inner, ty)) = self.find_bits(m.type_id, member, depth + 1) {
+                return Some((m.bit_offset + inner, ty));
             }
         }
         None
+    }
+
+    /// Byte offset and kind of a member reached through nested members, e.g.
+    /// `member_path("tls_context", &["tx", "rec_seq"])`.
+    pub fn member_path(&self, strukt: &str, path: &[&str]) -> Result<(u32, MemberKind), BtfError> {
+        let mut id = *self
+            .structs
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
+        let mut bits = 0;
+        for member in path {
+            let (b, ty) = self
+                .find_bits(id, member, 0)
+                .ok_or_else(|| BtfError::NoMember {
+                    strukt: strukt.to_string(),
+                    member: path.join("."),
+                })?;
+            bits += b;
+            id = ty;
+        }
+        let kind = match self.resolve(id) {
+            Some(Type::Pointer) => MemberKind::Pointer,
+            Some(Type::Array) => MemberKind::Array,
+            _ => MemberKind::Other,
+        };
+        Ok((bits / 8, kind))
     }
 
     /// Value of a C enumerator, e.g. `ITER_UBUF`.
@@ -270,16 +333,12 @@ impl Btf {
 
     /// Byte offset of `member` in `struct strukt`.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self
-            .structs
-            .get(strukt)
-            .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
-        self.find_bits(id, member, 0)
-            .map(|bits| bits / 8)
-            .ok_or_else(|| BtfError::NoMember {
-                strukt: strukt.to_string(),
-                member: member.to_string(),
-            })
+        self.member_path(strukt, &[member]).map(|(off, _)| off)
+    }
+
+    /// Is there a `struct name`?
+    pub fn has_struct(&self, name: &str) -> bool {
+        self.structs.contains_key(name)
     }
 }
 

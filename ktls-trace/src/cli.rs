@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Live per-process view of the kernel TLS transmit path (interactive; --once for text).
-    Top(crate::top::TopArgs),
+    Top(crate::views::top::TopArgs),
     /// Stream one line (or JSON object) per completed call on the traced path.
     Trace(TraceArgs),
     /// Explain what this kernel supports and which mode `trace`/`top` will run in.
@@ -33,7 +33,7 @@ pub enum Command {
     /// Run the built-in load while tracing its server and prove, stage by stage, that the
     /// file went page cache -> sendfile -> kernel TLS -> TCP with no user-space copy.
     /// Exit 0: proven; 1: a stage failed (the path taken is named); 2: not possible here.
-    Verify(crate::verify::VerifyArgs),
+    Verify(crate::views::verify::VerifyArgs),
 }
 
 /// Which processes to trace; filtering happens in the kernel.
@@ -48,7 +48,8 @@ pub struct FilterArgs {
     )]
     pub pids: Vec<u32>,
 
-    /// Trace only tasks with this command name (the kernel keeps 15 characters).
+    /// Trace only processes with this name, or threads with this name (the kernel keeps
+    /// 15 characters): `--comm envoy` also catches its `wrk:worker_N` threads.
     #[arg(short, long, value_name = "NAME")]
     pub comm: Option<String>,
 

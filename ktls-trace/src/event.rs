@@ -1,8 +1,13 @@
-//! Decoding: ring-buffer bytes -> [`TraceEvent`], and the two ways `trace` prints one
-//! (a human line, a JSON object; the JSON schema is documented in docs/event-schema.md).
+//! Decoding: ring-buffer bytes -> [`TraceEvent`] (the `has` bits become `Option`s), and the
+//! JSON form `trace --json` writes, which reads back into the same events (recorded streams
+//! replay through the classifier in tests). Schema: docs/event-schema.md.
 
-use ktls_trace_common::{EVENT_SIZE, Event, HEAD_LEN, Probe, has, msg};
-use serde::Serialize;
+use std::fmt;
+
+use ktls_trace_common::{COMM_LEN, EVENT_SIZE, Event, HEAD_LEN, Probe, has, msg};
+use serde::{Deserialize, Serialize};
+
+use crate::tls::TlsParams;
 
 /// Why a ring-buffer record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,13 +18,93 @@ pub enum DecodeError {
     Probe(u8),
 }
 
+/// A task's command name (at most 15 bytes), kept inline: decoding an event allocates
+/// nothing. Bytes that are not UTF-8 read as `?`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    /// From a NUL-padded kernel `comm`.
+    pub fn from_kernel(raw: &[u8; COMM_LEN]) -> Comm {
+        let mut bytes = *raw;
+        let len = bytes.iter().position(|&c| c == 0).unwrap_or(COMM_LEN);
+        if std::str::from_utf8(&bytes[..len]).is_err() {
+            for b in &mut bytes[..len] {
+                if !b.is_ascii() {
+                    *b = b'?';
+                }
+            }
+        }
+        Comm {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// From text (cut to what the kernel keeps, on a character boundary).
+    pub fn new(name: &str) -> Comm {
+        let mut end = name.len().min(COMM_LEN - 1);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; COMM_LEN];
+        bytes[..end].copy_from_slice(&name.as_bytes()[..end]);
+        Comm {
+            bytes,
+            len: end as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// TLS version and cipher as the kernel keeps them (`TLS_*_VERSION`, `TLS_CIPHER_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsWire {
+    pub version: u16,
+    pub cipher: u16,
+}
+
+impl TlsWire {
+    /// The typed form, when this build knows both values.
+    pub fn params(self) -> Option<TlsParams> {
+        TlsParams::from_wire(self.version, self.cipher)
+    }
+}
+
 /// One completed call, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceEvent {
     pub ts_ns: u64,
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    /// The thread's name.
+    pub comm: Comm,
+    /// The process's name (its main thread's), where known.
+    pub process: Option<Comm>,
     pub probe: Probe,
     pub bytes: u64,
     pub ret: Option<i64>,
@@ -30,6 +115,10 @@ pub struct TraceEvent {
     pub parent: Option<Probe>,
     pub root: Option<Probe>,
     pub head: Option<[u8; HEAD_LEN]>,
+    /// TLS records the call closed (kernel TLS sends).
+    pub records: Option<u32>,
+    /// The kernel TLS socket's version and cipher (kernel TLS sends).
+    pub tls: Option<TlsWire>,
 }
 
 impl TraceEvent {
@@ -49,6 +138,11 @@ impl TraceEvent {
     pub fn nested_in(&self, p: Probe) -> bool {
         self.parent == Some(p) || self.root == Some(p)
     }
+
+    /// The name that identifies the process: its own, else the thread's.
+    pub fn process_name(&self) -> Comm {
+        self.process.unwrap_or(self.comm)
+    }
 }
 
 /// Decodes one ring-buffer record.
@@ -67,12 +161,12 @@ pub fn decode(buf: &[u8]) -> Result<TraceEvent, DecodeError> {
 pub fn from_raw(e: &Event) -> Result<TraceEvent, DecodeError> {
     let probe = Probe::from_u8(e.probe).ok_or(DecodeError::Probe(e.probe))?;
     let opt = |bit: u8| e.has & bit != 0;
-    let comm_len = e.comm.iter().position(|&c| c == 0).unwrap_or(e.comm.len());
     Ok(TraceEvent {
         ts_ns: e.ts_ns,
         pid: e.pid,
         tid: e.tid,
-        comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
+        comm: Comm::from_kernel(&e.comm),
+        process: None,
         probe,
         bytes: e.bytes,
         ret: opt(has::RET).then_some(e.ret),
@@ -83,6 +177,11 @@ pub fn from_raw(e: &Event) -> Result<TraceEvent, DecodeError> {
         parent: Probe::from_u8(e.parent),
         root: Probe::from_u8(e.root),
         head: opt(has::HEAD).then_some(e.head),
+        records: opt(has::RECORDS).then_some(e.records),
+        tls: opt(has::TLS).then_some(TlsWire {
+            version: e.tls_version,
+            cipher: e.tls_cipher,
+        }),
     })
 }
 
@@ -113,64 +212,192 @@ pub fn flag_names(flags: u32) -> String {
     parts.join("|")
 }
 
+/// The inverse of [`flag_names`].
+pub fn parse_flag_names(text: &str) -> Option<u32> {
+    let mut flags = 0;
+    for part in text.split('|').filter(|p| !p.is_empty()) {
+        flags |= match FLAG_NAMES.iter().find(|(_, n)| *n == part) {
+            Some((bit, _)) => *bit,
+            None => u32::from_str_radix(part.strip_prefix("0x")?, 16).ok()?,
+        };
+    }
+    Some(flags)
+}
+
 /// Socket ids print as 16 hex digits.
 pub fn sock_hex(sock: u64) -> String {
     format!("{sock:016x}")
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The JSON form of an event (one object per line; see docs/event-schema.md).
-#[derive(Serialize)]
-pub struct JsonEvent<'a> {
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JsonEvent {
     pub ts_ns: u64,
     pub pid: u32,
     pub tid: u32,
-    pub comm: &'a str,
-    pub probe: &'static str,
+    pub comm: String,
+    /// The process's name (its main thread's), where known.
+    #[serde(default)]
+    pub process: Option<String>,
+    pub probe: String,
     pub bytes: u64,
     pub ret: Option<i64>,
     pub latency_ns: Option<u64>,
     pub sock: Option<String>,
     pub flags: Option<String>,
-    pub parent: Option<&'static str>,
-    pub root: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    pub root: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out_fd: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_fd: Option<i32>,
+    /// First payload bytes, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    /// TLS records the call closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u32>,
+    /// Kernel TLS socket: version ("1.3") and cipher ("aes-128-gcm"), or the kernel's
+    /// number for values this build does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cipher: Option<String>,
 }
 
-impl<'a> From<&'a TraceEvent> for JsonEvent<'a> {
-    fn from(e: &'a TraceEvent) -> Self {
+impl From<&TraceEvent> for JsonEvent {
+    fn from(e: &TraceEvent) -> Self {
+        let tls = e.tls.map(|w| match w.params() {
+            Some(p) => (p.version.name().to_string(), p.cipher.name().to_string()),
+            None => (format!("{:#06x}", w.version), w.cipher.to_string()),
+        });
         JsonEvent {
             ts_ns: e.ts_ns,
             pid: e.pid,
             tid: e.tid,
-            comm: &e.comm,
-            probe: e.probe.name(),
+            comm: e.comm.to_string(),
+            process: e.process.map(|p| p.to_string()),
+            probe: e.probe.name().to_string(),
             bytes: e.bytes,
             ret: e.ret,
             latency_ns: e.latency_ns,
             sock: e.sock.map(sock_hex),
             flags: e.flags.map(flag_names),
-            parent: e.parent.map(Probe::name),
-            root: e.root.map(Probe::name),
+            parent: e.parent.map(|p| p.name().to_string()),
+            root: e.root.map(|p| p.name().to_string()),
             out_fd: e.fds.map(|f| f.0),
             in_fd: e.fds.map(|f| f.1),
+            head: e.head.map(|h| hex(&h)),
+            records: e.records,
+            tls_version: tls.as_ref().map(|t| t.0.clone()),
+            tls_cipher: tls.map(|t| t.1),
         }
     }
 }
 
-/// Human-readable microseconds.
+/// Why a JSON line is not an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a trace event: {0}")]
+pub struct JsonError(String);
+
+fn probe_named(name: &str) -> Result<Probe, JsonError> {
+    Probe::ALL
+        .into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| JsonError(format!("unknown probe {name:?}")))
+}
+
+fn tls_wire(version: &str, cipher: &str) -> Option<TlsWire> {
+    use crate::tls::{Cipher, TlsVersion};
+    let version = match TlsVersion::ALL.into_iter().find(|v| v.name() == version) {
+        Some(v) => v.wire(),
+        None => u16::from_str_radix(version.strip_prefix("0x")?, 16).ok()?,
+    };
+    let cipher = match Cipher::ALL.into_iter().find(|c| c.name() == cipher) {
+        Some(c) => c.wire(),
+        None => cipher.parse().ok()?,
+    };
+    Some(TlsWire { version, cipher })
+}
+
+impl TryFrom<JsonEvent> for TraceEvent {
+    type Error = JsonError;
+
+    fn try_from(j: JsonEvent) -> Result<TraceEvent, JsonError> {
+        let bad = |what: &str| JsonError(format!("bad {what}"));
+        let opt_probe = |n: Option<String>| n.as_deref().map(probe_named).transpose();
+        Ok(TraceEvent {
+            ts_ns: j.ts_ns,
+            pid: j.pid,
+            tid: j.tid,
+            comm: Comm::new(&j.comm),
+            process: j.process.as_deref().map(Comm::new),
+            probe: probe_named(&j.probe)?,
+            bytes: j.bytes,
+            ret: j.ret,
+            latency_ns: j.latency_ns,
+            sock: j
+                .sock
+                .map(|s| u64::from_str_radix(&s, 16).map_err(|_| bad("sock")))
+                .transpose()?,
+            flags: j
+                .flags
+                .map(|f| parse_flag_names(&f).ok_or_else(|| bad("flags")))
+                .transpose()?,
+            fds: j.out_fd.zip(j.in_fd),
+            parent: opt_probe(j.parent)?,
+            root: opt_probe(j.root)?,
+            head: j
+                .head
+                .map(|h| unhex::<HEAD_LEN>(&h).ok_or_else(|| bad("head")))
+                .transpose()?,
+            records: j.records,
+            tls: match (j.tls_version, j.tls_cipher) {
+                (Some(v), Some(c)) => Some(tls_wire(&v, &c).ok_or_else(|| bad("tls"))?),
+                _ => None,
+            },
+        })
+    }
+}
+
+/// Parses one `trace --json` line into an event (None for the summary line).
+pub fn parse_json_line(line: &str) -> Result<Option<TraceEvent>, JsonError> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| JsonError(e.to_string()))?;
+    if v.get("summary").is_some() {
+        return Ok(None);
+    }
+    let j: JsonEvent = serde_json::from_value(v).map_err(|e| JsonError(e.to_string()))?;
+    TraceEvent::try_from(j).map(Some)
+}
+
+/// Human-readable latency: 850ns, 12.5us, 3.20ms, 1.50s.
 pub fn fmt_latency(ns: u64) -> String {
-    if ns >= 1_000_000 {
-        format!("{:.2}ms", ns as f64 / 1e6)
-    } else {
-        format!("{:.1}us", ns as f64 / 1e3)
+    match ns {
+        ns if ns >= 1_000_000_000 => format!("{:.2}s", ns as f64 / 1e9),
+        ns if ns >= 1_000_000 => format!("{:.2}ms", ns as f64 / 1e6),
+        ns if ns >= 10_000 => format!("{:.0}us", ns as f64 / 1e3),
+        ns => format!("{:.1}us", ns as f64 / 1e3),
     }
 }
 
 /// One human-readable line; `t0` is the ts_ns the trace started at.
 pub fn human_line(e: &TraceEvent, t0: u64) -> String {
+    use std::fmt::Write as _;
     let secs = e.ts_ns.saturating_sub(t0) as f64 / 1e9;
     let mut s = format!(
         "{secs:>10.6} {:>7}/{:<7} {:<15} {:<19} bytes={}",
@@ -181,33 +408,49 @@ pub fn human_line(e: &TraceEvent, t0: u64) -> String {
         e.bytes
     );
     if let Some(r) = e.ret {
-        s.push_str(&format!(" ret={r}"));
+        let _ = write!(s, " ret={r}");
     }
     if let Some(l) = e.latency_ns {
-        s.push_str(&format!(" lat={}", fmt_latency(l)));
+        let _ = write!(s, " lat={}", fmt_latency(l));
     }
     if let Some((o, i)) = e.fds {
-        s.push_str(&format!(" out_fd={o} in_fd={i}"));
+        let _ = write!(s, " out_fd={o} in_fd={i}");
     }
     if let Some(k) = e.sock {
-        s.push_str(&format!(" sock={}", sock_hex(k)));
+        let _ = write!(s, " sock={}", sock_hex(k));
     }
     if let Some(f) = e.flags.filter(|f| *f != 0) {
-        s.push_str(&format!(" flags={}", flag_names(f)));
+        let _ = write!(s, " flags={}", flag_names(f));
+    }
+    if let Some(t) = e.tls {
+        match t.params() {
+            Some(p) => {
+                let _ = write!(s, " tls={}/{}", p.version, p.cipher);
+            }
+            None => {
+                let _ = write!(s, " tls={:#06x}/{}", t.version, t.cipher);
+            }
+        }
+    }
+    if let Some(r) = e.records {
+        let _ = write!(s, " records={r}");
     }
     if let Some(p) = e.parent {
-        s.push_str(&format!(" in={}", p.name()));
+        let _ = write!(s, " in={}", p.name());
         if let Some(r) = e.root.filter(|r| *r != p) {
-            s.push_str(&format!("<{}", r.name()));
+            let _ = write!(s, "<{}", r.name());
         }
+    }
+    if let Some(p) = e.process.filter(|p| *p != e.comm) {
+        let _ = write!(s, " process={p}");
     }
     s
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use ktls_trace_common::{COMM_LEN, sock_id};
+    use ktls_trace_common::sock_id;
 
     fn raw() -> Event {
         let mut comm = [0u8; COMM_LEN];
@@ -223,16 +466,19 @@ mod tests {
             flags: msg::MSG_SPLICE_PAGES | msg::MSG_MORE,
             fd_out: 0,
             fd_in: 0,
+            records: 4,
+            tls_version: 0x0304,
+            tls_cipher: 51,
             probe: Probe::TlsSwSendmsg as u8,
             parent: Probe::DoSendfile as u8,
             root: Probe::DoSendfile as u8,
-            has: has::RET | has::LATENCY | has::SOCK | has::FLAGS,
+            has: has::RET | has::LATENCY | has::SOCK | has::FLAGS | has::TLS | has::RECORDS,
             comm,
             head: [0; HEAD_LEN],
         }
     }
 
-    fn bytes_of(e: &Event) -> Vec<u8> {
+    pub(crate) fn bytes_of(e: &Event) -> Vec<u8> {
         // SAFETY: Event is plain old data without padding.
         unsafe { std::slice::from_raw_parts((e as *const Event).cast::<u8>(), EVENT_SIZE) }.to_vec()
     }
@@ -249,6 +495,11 @@ mod tests {
         assert!(e.is_splice());
         assert_eq!(e.bytes_done(), 65_536);
         assert!(e.nested_in(Probe::DoSendfile));
+        assert_eq!(e.records, Some(4));
+        assert_eq!(
+            e.tls.and_then(TlsWire::params).map(|p| p.to_string()),
+            Some("TLS 1.3 AES-GCM-128".to_string())
+        );
     }
 
     #[test]
@@ -259,8 +510,8 @@ mod tests {
         r.root = Probe::NONE;
         let e = decode(&bytes_of(&r)).unwrap();
         assert_eq!(
-            (e.ret, e.latency_ns, e.sock, e.flags),
-            (None, None, None, None)
+            (e.ret, e.latency_ns, e.sock, e.flags, e.records, e.tls),
+            (None, None, None, None, None, None)
         );
         assert_eq!(e.parent, None);
         assert_eq!(e.bytes_done(), 0);
@@ -275,27 +526,54 @@ mod tests {
     }
 
     #[test]
-    fn flags_are_named() {
+    fn comm_names() {
+        let mut raw = [0u8; COMM_LEN];
+        raw[..4].copy_from_slice(&[b'a', 0xff, b'b', b'c']);
+        assert_eq!(Comm::from_kernel(&raw).as_str(), "a?bc");
         assert_eq!(
-            flag_names(msg::MSG_SPLICE_PAGES | msg::MSG_MORE),
-            "MSG_SPLICE_PAGES|MSG_MORE"
+            Comm::from_kernel(&[b'x'; COMM_LEN]).as_str().len(),
+            COMM_LEN
         );
+        assert_eq!(
+            Comm::new("a-very-long-thread-name").as_str(),
+            "a-very-long-thr"
+        );
+        assert_eq!(Comm::new("ünïcödé-name-long").as_str().len(), 15);
+        assert_eq!(Comm::default().as_str(), "");
+    }
+
+    #[test]
+    fn flags_are_named_and_read_back() {
+        let both = msg::MSG_SPLICE_PAGES | msg::MSG_MORE;
+        assert_eq!(flag_names(both), "MSG_SPLICE_PAGES|MSG_MORE");
         assert_eq!(flag_names(0), "");
         assert_eq!(
             flag_names(0x10000000 | msg::MSG_MORE),
             "MSG_MORE|0x10000000"
         );
+        for f in [
+            0,
+            both,
+            0x10000000 | msg::MSG_MORE,
+            msg::MSG_SENDPAGE_NOTLAST,
+        ] {
+            assert_eq!(parse_flag_names(&flag_names(f)), Some(f));
+        }
+        assert_eq!(parse_flag_names("MSG_BOGUS"), None);
     }
 
     #[test]
-    fn json_has_the_documented_keys() {
-        let e = decode(&bytes_of(&raw())).unwrap();
+    fn json_has_the_documented_keys_and_reads_back() {
+        let mut e = decode(&bytes_of(&raw())).unwrap();
+        e.process = Some(Comm::new("nginx-master"));
+        e.head = Some([0x17, 3, 3, 0, 1, 2, 3, 4]);
         let v = serde_json::to_value(JsonEvent::from(&e)).unwrap();
         for key in [
             "ts_ns",
             "pid",
             "tid",
             "comm",
+            "process",
             "probe",
             "bytes",
             "ret",
@@ -304,6 +582,10 @@ mod tests {
             "flags",
             "parent",
             "root",
+            "head",
+            "records",
+            "tls_version",
+            "tls_cipher",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }
@@ -311,17 +593,40 @@ mod tests {
         assert_eq!(v["flags"], "MSG_SPLICE_PAGES|MSG_MORE");
         assert_eq!(v["parent"], "do_sendfile");
         assert_eq!(v["sock"].as_str().unwrap().len(), 16);
+        assert_eq!(v["tls_version"], "1.3");
+        assert_eq!(v["tls_cipher"], "aes-128-gcm");
+        assert_eq!(v["head"], "1703030001020304");
         assert!(v.get("out_fd").is_none());
+        let line = serde_json::to_string(&JsonEvent::from(&e)).unwrap();
+        assert_eq!(parse_json_line(&line).unwrap(), Some(e.clone()));
+        // Unknown kernel values survive the round trip as numbers.
+        e.tls = Some(TlsWire {
+            version: 0x0305,
+            cipher: 99,
+        });
+        let line = serde_json::to_string(&JsonEvent::from(&e)).unwrap();
+        assert_eq!(parse_json_line(&line).unwrap(), Some(e));
+        assert_eq!(parse_json_line(r#"{"summary":{}}"#).unwrap(), None);
+        assert!(parse_json_line(r#"{"probe":"x"}"#).is_err());
     }
 
     #[test]
-    fn human_line_mentions_nesting() {
+    fn human_line_mentions_nesting_and_tls() {
         let e = decode(&bytes_of(&raw())).unwrap();
         let line = human_line(&e, 0);
         assert!(line.contains("tls_sw_sendmsg"), "{line}");
         assert!(line.contains("in=do_sendfile"), "{line}");
         assert!(line.contains("flags=MSG_SPLICE_PAGES|MSG_MORE"), "{line}");
         assert!(line.contains("lat=2.5us"), "{line}");
+        assert!(line.contains("tls=1.3/aes-128-gcm records=4"), "{line}");
+    }
+
+    #[test]
+    fn latencies() {
+        assert_eq!(fmt_latency(1_500), "1.5us");
+        assert_eq!(fmt_latency(45_000), "45us");
+        assert_eq!(fmt_latency(2_500_000), "2.50ms");
+        assert_eq!(fmt_latency(1_500_000_000), "1.50s");
     }
 
     #[test]

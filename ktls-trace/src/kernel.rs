@@ -8,19 +8,19 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// The kernel functions ktls-trace may probe (looked up in /proc/kallsyms).
-pub const PROBED_FUNCTIONS: [&str; 10] = [
-    "do_sendfile",
-    "tls_sw_sendmsg",
-    "tls_sw_sendpage",
-    "tls_sw_splice_eof",
-    "tls_push_record",
-    "tls_device_sendmsg",
-    "tls_device_sendpage",
-    "tcp_sendmsg",
-    "tcp_sendmsg_locked",
-    "do_tcp_sendpages",
-];
+use ktls_trace_common::probes::{Hook, PROBES};
+
+/// The kernel functions ktls-trace may probe (looked up in /proc/kallsyms), from the
+/// probe table.
+pub fn probed_functions() -> Vec<&'static str> {
+    PROBES
+        .iter()
+        .filter_map(|s| match s.hook {
+            Hook::Kfunc(f) => Some(f),
+            _ => None,
+        })
+        .collect()
+}
 
 /// Where kernel TLS stands on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,19 @@ impl TlsState {
     }
     pub fn is_available(&self) -> bool {
         !matches!(self, TlsState::Missing(_))
+    }
+
+    /// The tls module has finished initialising (or TLS is built in). `/sys/module/tls`
+    /// appears while the module is still coming up (MODULE_STATE_COMING), before its
+    /// symbols are all final in kallsyms: attach only once `initstate` says "live".
+    pub fn module_live() -> bool {
+        if !Path::new("/sys/module/tls").exists() {
+            return false;
+        }
+        match fs::read_to_string("/sys/module/tls/initstate") {
+            Ok(s) => s.trim() == "live",
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
     }
     pub fn describe(&self) -> String {
         match self {
@@ -64,8 +77,11 @@ pub struct Privileges {
     pub cap_sys_admin: bool,
     pub cap_perfmon: bool,
     pub cap_bpf: bool,
+    /// Needed for sock_diag's kernel TLS details of each socket.
+    pub cap_net_admin: bool,
 }
 
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -84,6 +100,7 @@ impl Privileges {
             cap_sys_admin: bit(CAP_SYS_ADMIN),
             cap_perfmon: bit(CAP_PERFMON),
             cap_bpf: bit(CAP_BPF),
+            cap_net_admin: bit(CAP_NET_ADMIN),
         }
     }
 
@@ -156,7 +173,7 @@ impl KernelFacts {
             btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
             kprobes: kprobe_support(),
             tracefs: find_tracefs(),
-            symbols: kallsyms_present(&PROBED_FUNCTIONS),
+            symbols: kallsyms_present(&probed_functions()),
             tls_stat: read_tls_stat(),
             privileges: Privileges::current(),
             tls,
@@ -167,18 +184,12 @@ impl KernelFacts {
     /// Re-reads the parts that change when the tls module is loaded later.
     pub fn refresh_tls(&mut self) {
         self.tls = tls_state(&self.release);
-        self.symbols = kallsyms_present(&PROBED_FUNCTIONS);
+        self.symbols = kallsyms_present(&probed_functions());
         self.tls_stat = read_tls_stat();
     }
 
     pub fn has_symbol(&self, name: &str) -> bool {
         self.symbols.contains(name)
-    }
-
-    /// Kernel 6.5 removed `->sendpage` (commit dc97391e6610): decides which kTLS entry
-    /// and TCP push functions to expect.
-    pub fn before_6_5(&self) -> Option<bool> {
-        self.version.map(|v| v < (6, 5))
     }
 }
 
@@ -429,7 +440,7 @@ mod tests {
                     ffffffffc0a01000 t tls_sw_sendmsg\t[tls]\n\
                     ffffffff81000010 d tcp_sendmsg\n\
                     ffffffff81000020 T tcp_sendmsg_locked.cold\n";
-        let found = parse_kallsyms(text, &PROBED_FUNCTIONS);
+        let found = parse_kallsyms(text, &probed_functions());
         assert_eq!(
             found.into_iter().collect::<Vec<_>>(),
             vec!["do_sendfile".to_string(), "tls_sw_sendmsg".to_string()]

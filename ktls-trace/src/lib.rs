@@ -1,22 +1,101 @@
 //! ktls-trace: how a Linux server's bytes travel the kernel TLS transmit path.
 //!
-//! Data flows one way, one module each:
-//! probe ([`tracer`], eBPF in `ktls-trace-ebpf`) -> ring buffer -> decode ([`event`]) ->
-//! aggregate ([`aggregate`]) -> view (`trace_cmd`, `doctor`).
-//! [`kernel`] and [`plan`] decide what to attach on the running kernel.
+//! Data flows one way, one module each (docs/architecture.md draws it):
+//!
+//! ```text
+//! kernel facts (kernel, btf) -> plan: which probes, which numbers
+//!   -> attach: eBPF programs (ktls-trace-ebpf) loaded and attached
+//!   -> session: the ring buffer's only reader -> event: decoded calls
+//!   -> classify: what the bytes were (one rule set)
+//!   -> views: trace (lines + summary), top (model -> table), verify (judge), doctor
+//! ```
+//!
+//! `load` (the workload generator) is a module tree of its own; the tracer side does not
+//! depend on it. Only what the benchmarks and the binary need is public.
 
-pub mod aggregate;
-pub mod btf;
-pub mod cli;
-pub mod doctor;
+mod attach;
+mod btf;
+pub mod classify;
+mod cli;
+mod clock;
 pub mod event;
-pub mod kernel;
-pub mod load;
-pub mod plan;
-pub mod procs;
-pub mod signals;
-pub mod sockdiag;
-pub mod top;
-pub mod trace_cmd;
-pub mod tracer;
-pub mod verify;
+mod kernel;
+mod load;
+mod plan;
+mod procs;
+mod session;
+mod signals;
+mod sockdiag;
+mod tls;
+mod views;
+
+pub use views::{summary::Summary, top::model::Model};
+
+#[cfg(test)]
+mod test_util;
+
+use std::process::ExitCode;
+
+use cli::{Cli, Command};
+use procs::UsageError;
+
+/// Parses and runs the command line: errors become one line on stderr and an exit code
+/// (0 ok, 1 failure, 2 usage).
+pub fn main() -> ExitCode {
+    use clap::Parser as _;
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ktls-trace: error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("ktls-trace: error: {}", one_line(&err));
+            if err.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// "context: cause: root cause" on one line.
+fn one_line(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Trace(args) => {
+            views::trace::run(args, cli.verbose).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Load(args) => load::run(args).await,
+        Command::Verify(args) => views::verify::run(args, cli.verbose).await,
+        Command::Top(args) => views::top::run(args, cli.verbose).await,
+        Command::Doctor(args) => views::doctor::run(&args),
+    }
+}

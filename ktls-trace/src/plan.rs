@@ -1,29 +1,13 @@
-//! Which probes to attach on this kernel, and why the others are not: a pure function of
-//! [`KernelFacts`], so it can be tested for every kernel era without that kernel.
-//!
-//! Adding a probe: a variant in `ktls_trace_common::Probe`, its programs in
-//! `ktls-trace-ebpf`, and one entry in [`CATALOGUE`].
+//! Which probes to attach on this kernel and why the others are not, and where each number
+//! `top` and `verify` show comes from here (exact, derived, or missing): pure functions of
+//! [`KernelFacts`] and the probe table (`ktls_trace_common::probes`), tested per kernel era
+//! without that kernel.
 
-use ktls_trace_common::Probe;
+use ktls_trace_common::probes::{Hook, PROBES, ProbeSpec, Role};
+use ktls_trace_common::{OFF_UNKNOWN, Offsets, Probe};
+use serde::Serialize;
 
-use crate::kernel::KernelFacts;
-
-/// How a probe attaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attach {
-    /// kprobe + kretprobe on a kernel function.
-    Kfunc {
-        func: &'static str,
-        entry: &'static str,
-        ret: &'static str,
-    },
-    /// A pair of tracepoints (syscall enter/exit), or one when `exit` is None.
-    Tracepoint {
-        category: &'static str,
-        enter: (&'static str, &'static str),
-        exit: Option<(&'static str, &'static str)>,
-    },
-}
+use crate::kernel::{KernelFacts, TlsState};
 
 /// The tracing backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,155 +39,13 @@ pub enum BackendChoice {
     Tracepoint,
 }
 
-/// One entry of the catalogue.
-#[derive(Debug, Clone, Copy)]
-pub struct Spec {
-    pub probe: Probe,
-    pub backend: Backend,
-    pub attach: Attach,
-    /// Lives in the `tls` module: absent until it is loaded.
-    pub in_tls_module: bool,
-    /// What it tells the user.
-    pub role: &'static str,
-}
-
-const fn kfunc(
-    probe: Probe,
-    func: &'static str,
-    entry: &'static str,
-    ret: &'static str,
-    in_tls_module: bool,
-    role: &'static str,
-) -> Spec {
-    Spec {
-        probe,
-        backend: Backend::Kprobe,
-        attach: Attach::Kfunc { func, entry, ret },
-        in_tls_module,
-        role,
-    }
-}
-
-/// Every probe ktls-trace knows.
-pub const CATALOGUE: [Spec; 12] = [
-    kfunc(
-        Probe::DoSendfile,
-        "do_sendfile",
-        "do_sendfile_entry",
-        "do_sendfile_ret",
-        false,
-        "file bytes entering sendfile(2)",
-    ),
-    kfunc(
-        Probe::TlsSwSendpage,
-        "tls_sw_sendpage",
-        "tls_sw_sendpage_entry",
-        "tls_sw_sendpage_ret",
-        true,
-        "plaintext pages spliced into software kTLS (before 6.5)",
-    ),
-    kfunc(
-        Probe::TlsSwSendmsg,
-        "tls_sw_sendmsg",
-        "tls_sw_sendmsg_entry",
-        "tls_sw_sendmsg_ret",
-        true,
-        "plaintext into software kTLS (MSG_SPLICE_PAGES = sendfile path on 6.5+)",
-    ),
-    kfunc(
-        Probe::TlsSwSpliceEof,
-        "tls_sw_splice_eof",
-        "tls_sw_splice_eof_entry",
-        "tls_sw_splice_eof_ret",
-        true,
-        "end of a splice: flushes the open TLS record",
-    ),
-    kfunc(
-        Probe::TlsPushRecord,
-        "tls_push_record",
-        "tls_push_record_entry",
-        "tls_push_record_ret",
-        true,
-        "one software kTLS record encrypted and pushed (latency = encryption + push)",
-    ),
-    kfunc(
-        Probe::TlsDeviceSendmsg,
-        "tls_device_sendmsg",
-        "tls_device_sendmsg_entry",
-        "tls_device_sendmsg_ret",
-        true,
-        "plaintext into NIC-offloaded kTLS",
-    ),
-    kfunc(
-        Probe::TlsDeviceSendpage,
-        "tls_device_sendpage",
-        "tls_device_sendpage_entry",
-        "tls_device_sendpage_ret",
-        true,
-        "pages into NIC-offloaded kTLS (before 6.5)",
-    ),
-    kfunc(
-        Probe::TcpSendmsg,
-        "tcp_sendmsg",
-        "tcp_sendmsg_entry",
-        "tcp_sendmsg_ret",
-        false,
-        "socket-level TCP sends (plain and user-space TLS; kTLS bypasses it)",
-    ),
-    kfunc(
-        Probe::DoTcpSendpages,
-        "do_tcp_sendpages",
-        "do_tcp_sendpages_entry",
-        "do_tcp_sendpages_ret",
-        false,
-        "where kTLS pushes ciphertext into TCP (before 6.5)",
-    ),
-    kfunc(
-        Probe::TcpSendmsgLocked,
-        "tcp_sendmsg_locked",
-        "tcp_sendmsg_locked_entry",
-        "tcp_sendmsg_locked_ret",
-        false,
-        "where kTLS pushes ciphertext into TCP (6.5+)",
-    ),
-    Spec {
-        probe: Probe::Sendfile64,
-        backend: Backend::Tracepoint,
-        attach: Attach::Tracepoint {
-            category: "syscalls",
-            enter: ("sys_enter_sendfile64", "sys_enter_sendfile64"),
-            exit: Some(("sys_exit_sendfile64", "sys_exit_sendfile64")),
-        },
-        in_tls_module: false,
-        role: "sendfile(2) calls and bytes",
-    },
-    Spec {
-        probe: Probe::SockSendLength,
-        backend: Backend::Tracepoint,
-        attach: Attach::Tracepoint {
-            category: "sock",
-            enter: ("sock_send_length", "sock_send_length"),
-            exit: None,
-        },
-        in_tls_module: false,
-        role: "bytes each TCP socket's sendmsg accepted (plaintext on kTLS sockets)",
-    },
-];
-
-pub fn spec(probe: Probe) -> &'static Spec {
-    CATALOGUE
-        .iter()
-        .find(|s| s.probe == probe)
-        .unwrap_or(&CATALOGUE[0])
-}
-
 /// The decision for one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Attach,
     /// In the tls module, which is not loaded yet: attached when it appears.
     WaitForTls,
-    /// Not on this kernel; the string says why (for the user).
+    /// Not on this kernel (or not needed in this mode); the string says why.
     Skip(String),
 }
 
@@ -213,7 +55,10 @@ pub struct Plan {
     pub backend: Backend,
     /// Why the backend is reduced, when it is.
     pub reduced_because: Option<String>,
-    pub decisions: Vec<(Spec, Decision)>,
+    /// One decision per probe of the table, in table order.
+    pub decisions: Vec<(Probe, Decision)>,
+    /// The probe that stands for sendfile(2) (`do_sendfile`, or the syscall tracepoints).
+    pub sendfile: Probe,
 }
 
 /// Why a plan cannot be made.
@@ -236,10 +81,17 @@ impl Plan {
             (_, Ok(())) => (Backend::Kprobe, None),
             (BackendChoice::Auto, Err(why)) => (Backend::Tracepoint, Some(why.clone())),
         };
-        let decisions: Vec<(Spec, Decision)> = CATALOGUE
+        // do_sendfile is static: a build may inline it. The syscall tracepoints then stand
+        // in (they cost every task's syscalls a slower path, hence only as the fallback).
+        let do_sendfile = backend == Backend::Kprobe && facts.has_symbol("do_sendfile");
+        let sendfile = if do_sendfile {
+            Probe::DoSendfile
+        } else {
+            Probe::Sendfile64
+        };
+        let decisions: Vec<(Probe, Decision)> = PROBES
             .iter()
-            .filter(|s| s.backend == backend)
-            .map(|s| (*s, decide(facts, s)))
+            .map(|s| (s.probe, decide(facts, s, backend, sendfile)))
             .collect();
         if !decisions
             .iter()
@@ -247,9 +99,11 @@ impl Plan {
         {
             let why = decisions
                 .iter()
-                .map(|(s, d)| match d {
-                    Decision::Skip(w) => format!("{}: {w}", s.probe.name()),
-                    _ => String::new(),
+                .filter_map(|(p, d)| match d {
+                    Decision::Skip(w) if p.spec().kprobe == (backend == Backend::Kprobe) => {
+                        Some(format!("{}: {w}", p.name()))
+                    }
+                    _ => None,
                 })
                 .collect::<Vec<_>>()
                 .join("; ");
@@ -259,14 +113,15 @@ impl Plan {
             backend,
             reduced_because,
             decisions,
+            sendfile,
         })
     }
 
-    pub fn to_attach(&self) -> impl Iterator<Item = &Spec> {
+    pub fn decision(&self, probe: Probe) -> Option<&Decision> {
         self.decisions
             .iter()
-            .filter(|(_, d)| *d == Decision::Attach)
-            .map(|(s, _)| s)
+            .find(|(p, _)| *p == probe)
+            .map(|(_, d)| d)
     }
 
     /// One sentence: what this plan can see.
@@ -291,54 +146,244 @@ impl Plan {
     }
 }
 
-use crate::kernel::TlsState;
-
-fn decide(facts: &KernelFacts, s: &Spec) -> Decision {
-    match s.attach {
-        Attach::Kfunc { func, .. } => {
-            if facts.has_symbol(func) {
-                return Decision::Attach;
-            }
-            let era_gone = matches!(
-                s.probe,
-                Probe::TlsSwSendpage | Probe::TlsDeviceSendpage | Probe::DoTcpSendpages
-            ) && facts.before_6_5() == Some(false);
-            let era_new = s.probe == Probe::TlsSwSpliceEof && facts.before_6_5() == Some(true);
-            if era_gone {
-                Decision::Skip("not in this kernel: ->sendpage was removed in 6.5".into())
+fn decide(facts: &KernelFacts, s: &ProbeSpec, backend: Backend, sendfile: Probe) -> Decision {
+    match (s.hook, backend) {
+        (Hook::Kfunc(_), Backend::Tracepoint) => {
+            Decision::Skip("kprobes are not used in tracepoint mode".into())
+        }
+        (Hook::Kfunc(f), Backend::Kprobe) => {
+            if facts.has_symbol(f) {
+                Decision::Attach
             } else if s.in_tls_module && !facts.tls.is_active() {
                 if facts.tls.is_available() {
                     Decision::WaitForTls
                 } else {
                     Decision::Skip(format!("kernel TLS {}", facts.tls.describe()))
                 }
-            } else if era_new {
-                Decision::Skip(
-                    "not in this kernel (added in 6.5, backported only to some 6.1 stable releases)"
-                        .into(),
-                )
-            } else if matches!(s.probe, Probe::TlsDeviceSendmsg | Probe::TlsDeviceSendpage) {
-                Decision::Skip("not in this kernel (built without CONFIG_TLS_DEVICE)".into())
             } else {
-                Decision::Skip("not in this kernel's symbol table".into())
+                Decision::Skip(absent_because(s, facts.version))
             }
         }
-        Attach::Tracepoint {
-            category, enter, ..
-        } => {
-            if crate::kernel::tracepoint_exists(facts.tracefs.as_deref(), category, enter.1)
-                || facts.tracefs.is_none()
-            {
-                // Without tracefs mounted we cannot check; the tracer mounts it first.
-                Decision::Attach
-            } else {
-                Decision::Skip(format!(
-                    "tracepoint {category}:{} not in this kernel",
-                    enter.1
-                ))
-            }
+        (_, Backend::Kprobe) if s.role == Role::Sendfile && sendfile != s.probe => {
+            Decision::Skip("do_sendfile is probed instead".into())
         }
+        (_, Backend::Kprobe) if s.role != Role::Sendfile => {
+            Decision::Skip("tracepoint mode only: the kprobes see more".into())
+        }
+        (Hook::Syscall(name), _) => tracepoint(facts, "syscalls", &format!("sys_enter_{name}")),
+        (Hook::Tracepoint { category, name }, _) => tracepoint(facts, category, name),
     }
+}
+
+fn tracepoint(facts: &KernelFacts, category: &str, name: &str) -> Decision {
+    // Without tracefs mounted we cannot check; the tracer mounts it first.
+    if facts.tracefs.is_none()
+        || crate::kernel::tracepoint_exists(facts.tracefs.as_deref(), category, name)
+    {
+        Decision::Attach
+    } else {
+        Decision::Skip(format!("tracepoint {category}:{name} not in this kernel"))
+    }
+}
+
+/// Why a function of the table is not in this kernel, in the table's own words.
+fn absent_because(s: &ProbeSpec, version: Option<(u32, u32)>) -> String {
+    let v = |(a, b): (u32, u32)| format!("{a}.{b}");
+    match (version, s.since, s.until) {
+        (Some(k), _, Some(u)) if k >= u => format!("not in this kernel: removed in {}", v(u)),
+        (Some(k), Some(from), _) if k < from => match s.unless {
+            Some(why) => format!("not in this kernel ({why})"),
+            None => format!("not in this kernel: added in {}", v(from)),
+        },
+        _ => match s.unless {
+            Some(why) => format!("not in this kernel's symbol table ({why})"),
+            None => "not in this kernel's symbol table (inlined or renamed in this build)".into(),
+        },
+    }
+}
+
+/// What the user loses without a probe (one line when it is lost).
+pub fn loss(p: Probe) -> &'static str {
+    match p.role() {
+        Role::Sendfile => "sendfile calls, bytes and latency",
+        Role::KtlsSend => "kernel TLS plaintext, its path, records and TLS send latency",
+        Role::KtlsFlush => "records closed at the end of a splice",
+        Role::KtlsDevice => "NIC-offloaded kernel TLS",
+        Role::TcpSend => "plain and user-space TLS traffic",
+        Role::TcpPush => "kernel TLS ciphertext (TLS-OUT)",
+        Role::SockSend => "socket send bytes",
+    }
+}
+
+/// Where a number comes from on this kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "source", content = "how", rename_all = "lowercase")]
+pub enum Source {
+    /// Counted where it happens.
+    Exact(String),
+    /// Computed from other facts.
+    Derived(String),
+    /// Not yet known: waits for something (the tls module).
+    Pending(String),
+    /// Not available here.
+    Missing(String),
+}
+
+impl Source {
+    pub fn is_missing(&self) -> bool {
+        matches!(self, Source::Missing(_))
+    }
+}
+
+/// One number `top` or `verify` shows, and its source here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Number {
+    pub number: &'static str,
+    #[serde(flatten)]
+    pub source: Source,
+}
+
+/// What the programs can read on this kernel beyond function arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsLayoutState {
+    /// `struct tls_context` was found in BTF: version, cipher and record sequence number.
+    Known,
+    /// The tls module is not loaded yet.
+    Waiting,
+    /// Not readable; the string says why.
+    Unknown(String),
+}
+
+/// Where every number comes from with this plan, these struct offsets and this kernel TLS
+/// layout.
+pub fn numbers(plan: &Plan, off: &Offsets, tls: &TlsLayoutState) -> Vec<Number> {
+    let state = |p: Probe| {
+        plan.decision(p)
+            .cloned()
+            .unwrap_or(Decision::Skip(String::new()))
+    };
+    let attached = |p: Probe| state(p) == Decision::Attach;
+    let pending = |p: Probe| state(p) == Decision::WaitForTls;
+    let any_of = |probes: &[Probe]| probes.iter().copied().find(|p| attached(*p));
+    let waiting_of = |probes: &[Probe]| probes.iter().any(|p| pending(*p));
+    let known = |o: u32| o != OFF_UNKNOWN;
+    let names = |probes: &[Probe]| {
+        probes
+            .iter()
+            .filter(|p| attached(**p) || pending(**p))
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    let ktls_sends = [Probe::TlsSwSendpage, Probe::TlsSwSendmsg];
+    let pushes = [Probe::DoTcpSendpages, Probe::TcpSendmsgLocked];
+    let tls_missing = || {
+        if plan.backend == Backend::Tracepoint {
+            Source::Missing("tracepoint mode: the kernel TLS functions need kprobes".into())
+        } else {
+            Source::Missing("no kernel TLS send function on this kernel".into())
+        }
+    };
+    let tls_source = |exact: Source| {
+        if any_of(&ktls_sends).is_some() {
+            exact
+        } else if waiting_of(&ktls_sends) {
+            Source::Pending("attached when the tls module is loaded".into())
+        } else {
+            tls_missing()
+        }
+    };
+
+    let mut v = Vec::new();
+    let mut push = |number: &'static str, source: Source| v.push(Number { number, source });
+
+    push(
+        "sendfile calls, bytes, latency",
+        match plan.sendfile {
+            p if attached(p) && p == Probe::DoSendfile => Source::Exact("do_sendfile".into()),
+            p if attached(p) => Source::Exact(
+                "syscalls:sendfile64 tracepoints (do_sendfile is not a symbol here, or no kprobes)"
+                    .into(),
+            ),
+            _ => Source::Missing("neither do_sendfile nor the sendfile64 tracepoints".into()),
+        },
+    );
+    push(
+        "kernel TLS plaintext (TLS-IN)",
+        tls_source(Source::Exact(names(&ktls_sends))),
+    );
+    push(
+        "zero-copy path (splice vs write)",
+        tls_source(if known(off.msghdr_flags) {
+            Source::Exact("tls_sw_sendpage, or MSG_SPLICE_PAGES in msghdr.msg_flags".into())
+        } else {
+            Source::Derived("nesting: a kTLS send inside sendfile is the splice path".into())
+        }),
+    );
+    push(
+        "kernel TLS ciphertext (TLS-OUT)",
+        if any_of(&pushes).is_some() {
+            if any_of(&ktls_sends).is_some() || waiting_of(&ktls_sends) {
+                Source::Exact(names(&pushes))
+            } else {
+                tls_missing()
+            }
+        } else {
+            tls_missing()
+        },
+    );
+    let layout = |exact: &str| match tls {
+        TlsLayoutState::Known => Source::Exact(exact.into()),
+        TlsLayoutState::Waiting => {
+            Source::Pending("read from the tls module's BTF once it is loaded".into())
+        }
+        TlsLayoutState::Unknown(why) => Source::Missing(why.clone()),
+    };
+    push(
+        "TLS records (REC/s, AVG-REC)",
+        tls_source(layout(
+            "the socket's TLS record sequence number, before and after each kTLS send",
+        )),
+    );
+    push(
+        "TLS version and cipher",
+        tls_source(layout("tls_context.prot_info of the socket")),
+    );
+    push(
+        "user-space TLS vs plain",
+        if !attached(Probe::TcpSendmsg) {
+            if plan.backend == Backend::Tracepoint {
+                Source::Missing("tracepoint mode: all socket sends count as plain".into())
+            } else {
+                Source::Missing("tcp_sendmsg is not probed".into())
+            }
+        } else if known(off.msghdr_iter) && known(off.iter_type) && known(off.iter_iov) {
+            Source::Exact("the first bytes tcp_sendmsg sends (a TLS record header?)".into())
+        } else {
+            Source::Missing("struct iov_iter is not readable here: all sends count as plain".into())
+        },
+    );
+    push(
+        "TLS send latency",
+        tls_source(Source::Exact(names(&ktls_sends))),
+    );
+    push(
+        "connection addresses",
+        if known(off.skc_family) && known(off.skc_num) && known(off.skc_daddr) {
+            Source::Exact("struct sock_common of each socket".into())
+        } else {
+            Source::Missing("struct sock_common is not readable here".into())
+        },
+    );
+    push(
+        "--comm matches the process name",
+        if known(off.task_group_leader) && known(off.task_comm) {
+            Source::Exact("the thread-group leader's comm".into())
+        } else {
+            Source::Derived("thread names only (task_struct is not readable here)".into())
+        },
+    );
+    v
 }
 
 #[cfg(test)]
@@ -346,7 +391,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::kernel::{Privileges, TlsState};
+    use crate::kernel::Privileges;
 
     fn facts(version: (u32, u32), kprobes: bool, tls: TlsState, syms: &[&str]) -> KernelFacts {
         KernelFacts {
@@ -368,20 +413,37 @@ mod tests {
                 cap_sys_admin: true,
                 cap_perfmon: true,
                 cap_bpf: true,
+                cap_net_admin: true,
             },
         }
     }
 
     fn attached(p: &Plan) -> Vec<&'static str> {
-        p.to_attach().map(|s| s.probe.name()).collect()
+        p.decisions
+            .iter()
+            .filter(|(_, d)| *d == Decision::Attach)
+            .map(|(p, _)| p.name())
+            .collect()
     }
 
-    fn decision(p: &Plan, probe: Probe) -> &Decision {
-        &p.decisions
-            .iter()
-            .find(|(s, _)| s.probe == probe)
+    const OFF: Offsets = Offsets {
+        msghdr_flags: 72,
+        msghdr_iter: 16,
+        iter_type: 0,
+        iter_iov: 16,
+        skc_family: 16,
+        skc_num: 14,
+        skc_daddr: 0,
+        task_group_leader: 1000,
+        task_comm: 2000,
+        ..Offsets::UNKNOWN
+    };
+
+    fn source<'a>(n: &'a [Number], what: &str) -> &'a Source {
+        &n.iter()
+            .find(|x| x.number.starts_with(what))
             .unwrap()
-            .1
+            .source
     }
 
     #[test]
@@ -401,19 +463,34 @@ mod tests {
         );
         let p = Plan::choose(&f, BackendChoice::Auto).unwrap();
         assert_eq!(p.backend, Backend::Kprobe);
+        assert_eq!(p.sendfile, Probe::DoSendfile);
         assert_eq!(
             attached(&p),
             vec![
                 "do_sendfile",
-                "tls_sw_sendpage",
                 "tls_sw_sendmsg",
+                "tls_sw_sendpage",
                 "tcp_sendmsg",
-                "do_tcp_sendpages",
-                "tcp_sendmsg_locked"
+                "tcp_sendmsg_locked",
+                "do_tcp_sendpages"
             ]
         );
         assert!(
-            matches!(decision(&p, Probe::TlsSwSpliceEof), Decision::Skip(w) if w.contains("6.5"))
+            matches!(p.decision(Probe::TlsSwSpliceEof), Some(Decision::Skip(w)) if w.contains("6.1 stable")),
+            "{:?}",
+            p.decision(Probe::TlsSwSpliceEof)
+        );
+        assert!(
+            matches!(p.decision(Probe::Sendfile64), Some(Decision::Skip(w)) if w.contains("do_sendfile is probed"))
+        );
+        let n = numbers(&p, &OFF, &TlsLayoutState::Known);
+        assert_eq!(
+            source(&n, "kernel TLS ciphertext"),
+            &Source::Exact("do_tcp_sendpages + tcp_sendmsg_locked".into())
+        );
+        assert!(
+            n.iter().all(|n| matches!(n.source, Source::Exact(_))),
+            "{n:#?}"
         );
     }
 
@@ -435,8 +512,36 @@ mod tests {
         assert!(attached(&p).contains(&"tcp_sendmsg_locked"));
         assert!(attached(&p).contains(&"tls_sw_splice_eof"));
         assert!(
-            matches!(decision(&p, Probe::DoTcpSendpages), Decision::Skip(w) if w.contains("removed in 6.5"))
+            matches!(p.decision(Probe::DoTcpSendpages), Some(Decision::Skip(w)) if w.contains("removed in 6.5"))
         );
+    }
+
+    #[test]
+    fn newest_kernels_inline_static_functions_without_losing_a_number() {
+        // 7.2+: tls_push_record is gone (nothing depends on it), and a build that inlines
+        // do_sendfile gets the sendfile numbers from the syscall tracepoints.
+        let f = facts(
+            (7, 3),
+            true,
+            TlsState::Loaded,
+            &[
+                "tls_sw_sendmsg",
+                "tls_sw_splice_eof",
+                "tcp_sendmsg",
+                "tcp_sendmsg_locked",
+            ],
+        );
+        let p = Plan::choose(&f, BackendChoice::Auto).unwrap();
+        assert_eq!(p.sendfile, Probe::Sendfile64);
+        assert!(attached(&p).contains(&"sendfile64"));
+        assert!(
+            matches!(p.decision(Probe::DoSendfile), Some(Decision::Skip(w)) if w.contains("inlined")),
+            "{:?}",
+            p.decision(Probe::DoSendfile)
+        );
+        let n = numbers(&p, &OFF, &TlsLayoutState::Known);
+        assert!(n.iter().all(|n| !n.source.is_missing()), "{n:#?}");
+        assert!(matches!(source(&n, "sendfile"), Source::Exact(s) if s.contains("tracepoints")));
     }
 
     #[test]
@@ -448,11 +553,41 @@ mod tests {
             &["do_sendfile", "tcp_sendmsg", "tcp_sendmsg_locked"],
         );
         let p = Plan::choose(&f, BackendChoice::Auto).unwrap();
-        assert_eq!(decision(&p, Probe::TlsSwSendmsg), &Decision::WaitForTls);
+        assert_eq!(p.decision(Probe::TlsSwSendmsg), Some(&Decision::WaitForTls));
         assert_eq!(
             attached(&p),
             vec!["do_sendfile", "tcp_sendmsg", "tcp_sendmsg_locked"]
         );
+        let n = numbers(&p, &OFF, &TlsLayoutState::Waiting);
+        assert!(matches!(source(&n, "TLS records"), Source::Pending(_)));
+        assert!(matches!(
+            source(&n, "kernel TLS plaintext"),
+            Source::Pending(_)
+        ));
+    }
+
+    #[test]
+    fn kernel_5_10_without_tls() {
+        let f = facts(
+            (5, 10),
+            true,
+            TlsState::Missing("kernel built without CONFIG_TLS".into()),
+            &[
+                "do_sendfile",
+                "tcp_sendmsg",
+                "tcp_sendmsg_locked",
+                "do_tcp_sendpages",
+            ],
+        );
+        let p = Plan::choose(&f, BackendChoice::Auto).unwrap();
+        assert!(
+            matches!(p.decision(Probe::TlsSwSendmsg), Some(Decision::Skip(w)) if w.contains("CONFIG_TLS"))
+        );
+        let n = numbers(&p, &OFF, &TlsLayoutState::Unknown("no tls module".into()));
+        assert!(source(&n, "kernel TLS plaintext").is_missing());
+        assert!(source(&n, "kernel TLS ciphertext").is_missing());
+        assert!(matches!(source(&n, "user-space TLS"), Source::Exact(_)));
+        assert!(matches!(source(&n, "sendfile"), Source::Exact(_)));
     }
 
     #[test]
@@ -465,6 +600,7 @@ mod tests {
         );
         let p = Plan::choose(&f, BackendChoice::Auto).unwrap();
         assert_eq!(p.backend, Backend::Tracepoint);
+        assert_eq!(p.sendfile, Probe::Sendfile64);
         assert_eq!(p.reduced_because.as_deref(), Some("no kprobes"));
         assert_eq!(attached(&p), vec!["sendfile64", "sock_send_length"]);
         assert!(p.mode_sentence(&f).starts_with("reduced mode"));
@@ -472,6 +608,9 @@ mod tests {
             Plan::choose(&f, BackendChoice::Kprobe),
             Err(PlanError::NoKprobes(_))
         ));
+        let n = numbers(&p, &OFF, &TlsLayoutState::Unknown("no".into()));
+        assert!(source(&n, "kernel TLS plaintext").is_missing());
+        assert!(source(&n, "user-space TLS").is_missing());
     }
 
     #[test]
@@ -479,31 +618,16 @@ mod tests {
         let f = facts((6, 12), true, TlsState::Loaded, &["do_sendfile"]);
         let p = Plan::choose(&f, BackendChoice::Tracepoint).unwrap();
         assert_eq!(p.backend, Backend::Tracepoint);
+        assert_eq!(attached(&p), vec!["sendfile64", "sock_send_length"]);
     }
 
     #[test]
-    fn catalogue_programs_are_unique() {
-        let mut names = BTreeSet::new();
-        for s in CATALOGUE {
-            match s.attach {
-                Attach::Kfunc { entry, ret, .. } => {
-                    assert!(names.insert(entry) && names.insert(ret));
-                }
-                Attach::Tracepoint { enter, exit, .. } => {
-                    assert!(names.insert(enter.0));
-                    if let Some(e) = exit {
-                        assert!(names.insert(e.0));
-                    }
-                }
-            }
-        }
-        // Every probe has exactly one catalogue entry.
-        for p in Probe::ALL {
-            assert_eq!(
-                CATALOGUE.iter().filter(|s| s.probe == p).count(),
-                1,
-                "{p:?}"
-            );
+    fn every_probe_has_a_decision_and_a_loss() {
+        let f = facts((6, 12), true, TlsState::Loaded, &[]);
+        let p = Plan::choose(&f, BackendChoice::Auto).unwrap();
+        assert_eq!(p.decisions.len(), Probe::ALL.len());
+        for probe in Probe::ALL {
+            assert!(!loss(probe).is_empty());
         }
     }
 }

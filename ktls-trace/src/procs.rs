@@ -1,4 +1,5 @@
-//! Processes named on the command line: do they exist, and are they still running.
+//! Processes: do the ones named on the command line exist, are they still running, and
+//! what are they called.
 
 use std::fs;
 
@@ -50,14 +51,23 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// A process's name (its main thread's `comm`), while it exists.
+pub fn process_name(pid: u32) -> Option<String> {
+    let name = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(name.trim_end_matches('\n').to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn own_process_is_alive_and_resolves() {
+    fn own_process_is_alive_resolves_and_has_a_name() {
         let me = std::process::id();
         assert!(alive(me));
+        let name = process_name(me).expect("our own name");
+        assert!(!name.is_empty() && !name.contains('\n'), "{name:?}");
+        assert_eq!(process_name(4_194_305), None);
         assert_eq!(resolve_pids(&[me, me]).unwrap(), vec![me]);
     }
 

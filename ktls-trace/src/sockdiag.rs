@@ -16,6 +16,10 @@ use std::{
     time::Duration,
 };
 
+use ktls_trace_common::SockInfo;
+
+use crate::tls::{Cipher, TlsVersion};
+
 // include/uapi/linux/netlink.h, sock_diag.h, inet_diag.h, tls.h
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -113,27 +117,22 @@ pub struct TlsInfo {
 impl TlsInfo {
     pub fn version_name(&self) -> String {
         match self.version {
-            Some(0x0303) => "TLS 1.2".into(),
-            Some(0x0304) => "TLS 1.3".into(),
-            Some(v) => format!("{v:#06x}"),
+            Some(v) => match TlsVersion::from_wire(v) {
+                Some(t) => format!("TLS {t}"),
+                None => format!("{v:#06x}"),
+            },
             None => "?".into(),
         }
     }
 
     pub fn cipher_name(&self) -> String {
-        let name = match self.cipher {
-            Some(51) => "AES-GCM-128",
-            Some(52) => "AES-GCM-256",
-            Some(53) => "AES-CCM-128",
-            Some(54) => "CHACHA20-POLY1305",
-            Some(55) => "SM4-GCM",
-            Some(56) => "SM4-CCM",
-            Some(57) => "ARIA-GCM-128",
-            Some(58) => "ARIA-GCM-256",
-            Some(v) => return format!("cipher {v}"),
-            None => "?",
-        };
-        name.into()
+        match self.cipher {
+            Some(v) => match Cipher::from_wire(v) {
+                Some(c) => c.kernel_name().into(),
+                None => format!("cipher {v}"),
+            },
+            None => "?".into(),
+        }
     }
 
     pub fn tx_name(&self) -> String {
@@ -152,6 +151,41 @@ impl TlsInfo {
             self.cipher_name(),
             self.tx_name()
         )
+    }
+}
+
+/// The ends of a TCP connection, as far as they are known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+}
+
+impl From<&SockInfo> for Endpoints {
+    /// The addresses the eBPF programs read from `struct sock_common`.
+    fn from(i: &SockInfo) -> Endpoints {
+        let ip = |a: &[u8; 16]| -> Option<IpAddr> {
+            match i.family {
+                2 => Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+                10 => Some(IpAddr::V6(Ipv6Addr::from(*a))),
+                _ => None,
+            }
+        };
+        Endpoints {
+            local: ip(&i.saddr).map(|a| canonical(SocketAddr::new(a, i.sport))),
+            peer: ip(&i.daddr).map(|a| canonical(SocketAddr::new(a, u16::from_be(i.dport_be)))),
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => a,
+        },
+        IpAddr::V4(_) => a,
     }
 }
 
@@ -472,6 +506,39 @@ pub fn socket_inodes(pid: u32) -> HashSet<u32> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_decode_ipv4_ipv6_and_mapped_addresses() {
+        let mut i = SockInfo {
+            family: 2,
+            sport: 8443,
+            dport_be: 54321u16.to_be(),
+            owner: 7,
+            ..Default::default()
+        };
+        i.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        i.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let a = Endpoints::from(&i);
+        assert_eq!(a.local, Some("127.0.0.1:8443".parse().unwrap()));
+        assert_eq!(a.peer, Some("10.1.2.3:54321".parse().unwrap()));
+        i.family = 10;
+        i.daddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        assert_eq!(
+            Endpoints::from(&i).peer,
+            Some("[::1]:54321".parse().unwrap())
+        );
+        // A dual-stack socket's IPv4-mapped peer compares as IPv4.
+        i.daddr = "::ffff:10.1.2.3"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        assert_eq!(
+            Endpoints::from(&i).peer,
+            Some("10.1.2.3:54321".parse().unwrap())
+        );
+        i.family = 1; // AF_UNIX: no addresses
+        assert_eq!(Endpoints::from(&i).peer, None);
+    }
 
     /// One netlink attribute (`struct nlattr` + payload, padded to 4 bytes).
     pub(crate) fn nlattr(ty: u16, payload: &[u8]) -> Vec<u8> {

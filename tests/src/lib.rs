@@ -69,6 +69,49 @@ pub fn has_kprobes() -> bool {
     std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
 }
 
+/// Is kernel TLS live on this kernel (the tls module loaded, or built in)?
+pub fn has_ktls() -> bool {
+    std::path::Path::new("/proc/net/tls_stat").exists()
+}
+
+/// Says that a test cannot run on this kernel, in the line the QEMU harness counts as a
+/// skip (`KT-SKIP <test>: <why>`). Written straight to stderr, past libtest's capture, so
+/// that every run shows it, not only failing ones.
+pub fn skip(test: &str, why: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "KT-SKIP {test}: {why}");
+}
+
+/// For a test that needs kernel TLS: true when it is there; otherwise the skip is said
+/// and the test returns. Kernels without it (Debian's 5.10 has `# CONFIG_TLS is not set`)
+/// still run every other test; the kTLS ones run on every other kernel of the matrix.
+pub fn needs_ktls(test: &str) -> bool {
+    if has_ktls() {
+        return true;
+    }
+    skip(test, &format!("kernel {} has no kernel TLS", release()));
+    false
+}
+
+/// Is the process running (present and not a zombie)?
+pub fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "PID (comm) STATE ..." -- comm may contain spaces and parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// `uname -r`.
+pub fn release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// A `ktls-workload` process, stopped at its "ready" line until [`Workload::go`].
 pub struct Workload {
     child: Child,

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ktls_trace_tests::{bin, guest, output_within, require_root, run_ktls_trace};
+use ktls_trace_tests::{bin, guest, needs_ktls, output_within, require_root, run_ktls_trace};
 
 /// Runs `ktls-workload MODE BYTES --no-wait` again and again until dropped, so that a
 /// snapshot taken at any moment sees it sending.
@@ -202,6 +202,47 @@ fn once_filters_by_command_name() {
     }
 }
 
+/// `--once --json`: one object for scripts, with the same rows as the text.
+#[test]
+fn once_json_for_scripts() {
+    require_root();
+    let looper = Looper::start("plain-sendfile", 4_000_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = run_ktls_trace(&[
+        "top",
+        "--once",
+        "--json",
+        "--backend",
+        "tracepoint",
+        "--interval",
+        "3",
+        "--comm",
+        "ktls-workload",
+    ]);
+    looper.finish();
+    assert_eq!(code, 0, "{err}\n{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["interval_s"], 3.0);
+    assert_eq!(v["drops_total"], 0);
+    assert!(
+        v["mode"].as_str().unwrap_or("").starts_with("reduced mode"),
+        "{out}"
+    );
+    let procs = v["procs"].as_array().expect("procs");
+    assert!(!procs.is_empty(), "{out}");
+    for p in procs {
+        assert_eq!(p["comm"], "ktls-workload", "{out}");
+        assert_eq!(p["path"], "plain-sendfile", "{out}");
+        assert!(
+            p["paths_bps"]["plain-sendfile"].as_f64().unwrap_or(0.0) > 0.0,
+            "{out}"
+        );
+    }
+    // --json belongs to --once.
+    let (code, _, err) = run_ktls_trace(&["top", "--json"]);
+    assert_eq!(code, 2, "{err}");
+}
+
 #[test]
 fn without_a_terminal_top_points_to_once_and_trace_json() {
     // stdout is a pipe here.
@@ -372,11 +413,12 @@ impl Drop for Tmux {
     }
 }
 
-/// The screen line of the built-in load's server (`top --load`) with a non-zero payload rate.
+/// The screen line of the built-in load's process (`top --load`) with a non-zero payload
+/// rate. Rows show the process's name; its server thread is `ktls-load-srv`.
 fn busy_load_line(screen: &str, path: &str) -> Option<String> {
     screen
         .lines()
-        .filter(|l| l.contains(LOAD_COMM) && l.contains(path))
+        .filter(|l| l.contains(LOAD_PROCESS) && !l.contains("ktls-trace top") && l.contains(path))
         .find(|l| {
             l.split_once(path)
                 .and_then(|(_, rest)| rest.split_whitespace().next())
@@ -421,9 +463,10 @@ fn interactive_view_in_a_real_terminal() {
     // The terminal settings before, to compare after quitting.
     t.line(&format!("stty -g > {}", t.file("before").display()));
     // The built-in load is one long-lived server process, so the row drilled into below
-    // stays (a workload started per run would come and go between the keys).
+    // stays (a workload started per run would come and go between the keys). `--comm`
+    // names the process; the bytes are sent by its `ktls-load-srv` thread.
     t.line(&format!(
-        "{} top --load --mode {mode} --backend {backend} --comm {LOAD_COMM}",
+        "{} top --load --mode {mode} --backend {backend} --comm {LOAD_PROCESS}",
         top.display()
     ));
     let s = t.wait_for("the load's row", 60, |s| busy_load_line(s, path).is_some());
@@ -457,18 +500,18 @@ fn interactive_view_in_a_real_terminal() {
 
     // Filter: typed at the bottom, applied with Enter; a filter nothing matches empties
     // the list and says so.
-    t.keys(&["f", "s", "r", "v"]);
+    t.keys(&["f", "s", "-", "t"]);
     t.wait_for("the filter prompt", 10, |s| {
-        s.contains("filter (command or PID): srv_")
+        s.contains("filter (command or PID): s-t_")
     });
     t.keys(&["Enter"]);
     t.wait_for("the filter applied", 10, |s| {
-        s.contains("filter \"srv\"") && busy_load_line(s, path).is_some()
+        s.contains("filter \"s-t\"") && busy_load_line(s, path).is_some()
     });
-    // f edits the current filter: "srv" becomes "srvxyz", which matches nothing.
+    // f edits the current filter: "s-t" becomes "s-txyz", which matches nothing.
     t.keys(&["f", "x", "y", "z", "Enter"]);
     t.wait_for("nothing matching", 10, |s| {
-        s.contains("filter \"srvxyz\"")
+        s.contains("filter \"s-txyz\"")
             && s.contains("no process matches the filter")
             && busy_load_line(s, path).is_none()
     });
@@ -496,6 +539,8 @@ fn interactive_view_in_a_real_terminal() {
         s.contains("payload B/s over the last minute")
     });
     assert!(s.contains("SOCKET") && s.contains("PEER"), "{s}");
+    // The row is the process; the drill-down names the thread that sent.
+    assert!(s.contains(&format!("threads: {LOAD_THREAD} (")), "{s}");
     // The loopback connection's addresses: from the tracer's socket table, or from
     // sock_diag's list of the process's sockets where an id could not be resolved.
     assert!(s.contains("127.0.0.1:"), "{s}");
@@ -537,8 +582,10 @@ fn interactive_view_in_a_real_terminal() {
     }
 }
 
-/// The thread name of `ktls-trace load`'s server, which the kernel filters `--comm` by.
-const LOAD_COMM: &str = "ktls-load-srv";
+/// The process name of `ktls-trace load` (`--comm` matches it as well as thread names).
+const LOAD_PROCESS: &str = "ktls-trace";
+/// The thread of `ktls-trace load` that serves.
+const LOAD_THREAD: &str = "ktls-load-srv";
 
 /// Whether a `ktls-trace load` process runs (the one `top --load` started).
 fn load_running() -> bool {
@@ -601,6 +648,9 @@ fn sigterm_restores_the_terminal() {
 #[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn once_classifies_ktls_sendfile_as_zero_copy() {
     require_root();
+    if !needs_ktls("once_classifies_ktls_sendfile_as_zero_copy") {
+        return;
+    }
     let (out, rows, _) = once_with_load("ktls-sendfile", 8_000_000, &["--interval", "3"]);
     assert!(out.contains("mode: full mode"), "{out}");
     let r = workload_row(&rows, &out);
@@ -626,6 +676,9 @@ fn once_classifies_ktls_sendfile_as_zero_copy() {
 #[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn once_classifies_ktls_write() {
     require_root();
+    if !needs_ktls("once_classifies_ktls_write") {
+        return;
+    }
     let (out, rows, _) = once_with_load("ktls-write", 8_000_000, &["--interval", "3"]);
     let r = workload_row(&rows, &out);
     assert_eq!(r["PATH"], "kTLS write", "{out}");
@@ -635,7 +688,7 @@ fn once_classifies_ktls_write() {
 }
 
 #[test]
-#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+#[ignore = "needs kprobes: runs in the QEMU guests (cargo xtask vm-test)"]
 fn once_classifies_userspace_tls() {
     require_root();
     let (out, rows, _) = once_with_load("userspace-tls", 8_000_000, &["--interval", "3"]);
@@ -647,7 +700,7 @@ fn once_classifies_userspace_tls() {
 }
 
 #[test]
-#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+#[ignore = "needs kprobes: runs in the QEMU guests (cargo xtask vm-test)"]
 fn once_classifies_plain_sendfile_with_kprobes() {
     require_root();
     let (out, rows, _) = once_with_load("plain-sendfile", 8_000_000, &["--interval", "3"]);

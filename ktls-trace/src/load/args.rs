@@ -1,10 +1,13 @@
 //! The `ktls-trace load` command line, and the names shared with the library API
-//! ([`Mode`], [`Cipher`], [`TlsVersion`]).
+//! ([`Mode`]; version and cipher are `crate::tls`'s).
 
 use std::{fmt, net::SocketAddr, path::PathBuf};
 
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
+
+use crate::classify::Path;
+pub use crate::tls::{Cipher, TlsVersion};
 
 /// Default size of the generated file when neither `--file` nor `--file-size` is given.
 pub const DEFAULT_FILE_SIZE: u64 = 4 << 20;
@@ -53,76 +56,19 @@ impl Mode {
     }
 }
 
+/// The path each mode's payload takes (what `verify` and `top` should find).
+impl From<Mode> for Path {
+    fn from(m: Mode) -> Path {
+        match m {
+            Mode::KtlsSendfile => Path::KtlsSendfile,
+            Mode::KtlsWrite => Path::KtlsWrite,
+            Mode::UserspaceTls => Path::UserspaceTls,
+            Mode::PlainSendfile => Path::PlainSendfile,
+        }
+    }
+}
+
 impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The AEAD cipher of the TLS records (kernel TLS supports these three).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, Serialize, Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Cipher {
-    #[value(name = "aes-128-gcm")]
-    #[serde(rename = "aes-128-gcm")]
-    Aes128Gcm,
-    #[value(name = "aes-256-gcm")]
-    #[serde(rename = "aes-256-gcm")]
-    Aes256Gcm,
-    #[value(name = "chacha20-poly1305")]
-    #[serde(rename = "chacha20-poly1305")]
-    Chacha20Poly1305,
-}
-
-impl Cipher {
-    pub const ALL: [Cipher; 3] = [
-        Cipher::Aes128Gcm,
-        Cipher::Aes256Gcm,
-        Cipher::Chacha20Poly1305,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Cipher::Aes128Gcm => "aes-128-gcm",
-            Cipher::Aes256Gcm => "aes-256-gcm",
-            Cipher::Chacha20Poly1305 => "chacha20-poly1305",
-        }
-    }
-}
-
-impl fmt::Display for Cipher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// TLS protocol version.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, Serialize, Deserialize,
-)]
-pub enum TlsVersion {
-    #[value(name = "1.2")]
-    #[serde(rename = "1.2")]
-    Tls12,
-    #[value(name = "1.3")]
-    #[serde(rename = "1.3")]
-    Tls13,
-}
-
-impl TlsVersion {
-    pub const ALL: [TlsVersion; 2] = [TlsVersion::Tls13, TlsVersion::Tls12];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TlsVersion::Tls12 => "1.2",
-            TlsVersion::Tls13 => "1.3",
-        }
-    }
-}
-
-impl fmt::Display for TlsVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -310,7 +256,7 @@ mod tests {
             assert_eq!(v, m.name());
             assert_eq!(Mode::from_str(m.name(), false).unwrap(), m);
         }
-        for c in Cipher::ALL {
+        for c in Cipher::LOAD {
             assert_eq!(serde_json::to_value(c).unwrap(), c.name());
             assert_eq!(Cipher::from_str(c.name(), false).unwrap(), c);
         }

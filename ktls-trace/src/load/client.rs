@@ -70,6 +70,8 @@ pub struct ClientConfig {
     pub limit: Limit,
     pub expect: Expect,
     pub progress: bool,
+    /// Notified when the first body bytes arrive: the load is serving.
+    pub serving: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl ClientConfig {
@@ -84,6 +86,7 @@ impl ClientConfig {
             limit,
             expect: Expect::Unknown,
             progress: false,
+            serving: None,
         }
     }
 }
@@ -151,6 +154,19 @@ struct Ctx {
     counters: Arc<Counters>,
     weakest_check: Mutex<Option<Check>>,
     stopping: AtomicBool,
+    serving: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Ctx {
+    /// Counts body bytes; the first ones mean the load is serving.
+    fn body_bytes(&self, n: u64) {
+        if self.counters.body_bytes.fetch_add(n, Relaxed) == 0
+            && n > 0
+            && let Some(s) = &self.serving
+        {
+            s.notify_one();
+        }
+    }
 }
 
 impl Ctx {
@@ -257,6 +273,7 @@ pub async fn run_client(
         counters: counters.clone(),
         weakest_check: Mutex::new(None),
         stopping: AtomicBool::new(false),
+        serving: cfg.serving.clone(),
     });
     let progress = Progress::start("client", counters.clone(), cfg.progress);
     let mut tasks = JoinSet::new();
@@ -504,7 +521,7 @@ async fn one_request<S: AsyncRead + AsyncWrite + Unpin>(
     if take > 0 {
         ctx_hash.update(&buf[..take]);
         got += take as u64;
-        ctx.counters.body_bytes.fetch_add(take as u64, Relaxed);
+        ctx.body_bytes(take as u64);
         buf.drain(..take);
     }
     while got < want {
@@ -525,7 +542,7 @@ async fn one_request<S: AsyncRead + AsyncWrite + Unpin>(
         };
         ctx_hash.update(&body[..n]);
         got += n as u64;
-        ctx.counters.body_bytes.fetch_add(n as u64, Relaxed);
+        ctx.body_bytes(n as u64);
     }
     let digest = finish(ctx_hash);
     if let Some(exp) = expected

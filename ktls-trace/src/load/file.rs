@@ -121,6 +121,8 @@ pub struct ServedFile {
     pub sha256: Sha256,
     pub generated: bool,
     file: File,
+    /// The generated file's directory, removed when this drops (held for its `Drop`).
+    #[cfg_attr(not(test), allow(dead_code))]
     temp_dir: Option<TempDir>,
 }
 
@@ -188,6 +190,7 @@ impl ServedFile {
     }
 
     /// The temporary directory of a generated file.
+    #[cfg(test)]
     pub fn temp_dir(&self) -> Option<&Path> {
         self.temp_dir.as_ref().map(|d| d.path.as_path())
     }

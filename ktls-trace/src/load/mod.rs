@@ -26,14 +26,18 @@ use std::{future::Future, io::Write as _, net::SocketAddr, process::ExitCode, ti
 use anyhow::Context as _;
 use tokio::sync::{oneshot, watch};
 
-pub use args::{Cipher, LoadArgs, Mode, TlsVersion};
+pub use args::{LoadArgs, Mode};
 pub use client::{ClientConfig, Expect, Limit, run_client};
 pub use error::LoadError;
-pub use report::{ClientReport, CombinedReport, CpuUsage, ServerReport};
+pub use report::{CombinedReport, ServerReport};
 pub use server::{FileSource, Ready, ServerConfig, run_server};
 pub use tls::TlsChoice;
 
 use report::CpuSample;
+
+/// The line (on stderr) with which `load` says its client received the first body bytes:
+/// `top --load` starts measuring once it has seen it.
+pub const SERVING: &str = "ktls-trace: load: serving";
 
 /// The ready line `load --server-only` prints on stdout once it listens.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -253,6 +257,7 @@ async fn run_client_only(args: LoadArgs) -> anyhow::Result<ExitCode> {
         limit: client_limit(&args)?,
         expect: expectation(&args)?,
         progress: true,
+        serving: None,
     };
     if cfg.tls.is_none() && (args.tls.is_some() || args.cipher.is_some()) {
         return Err(usage(
@@ -321,7 +326,16 @@ async fn run_both(args: LoadArgs) -> anyhow::Result<ExitCode> {
             sha256: ready.sha256,
         },
         progress: true,
+        serving: None,
     };
+    let serving = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut client_cfg = client_cfg;
+    client_cfg.serving = Some(serving.clone());
+    let (mode, addr) = (args.mode, ready.addr);
+    let announce = tokio::spawn(async move {
+        serving.notified().await;
+        eprintln!("{SERVING} {mode} on {addr}");
+    });
     let mut client_stop = stop_rx.clone();
     let client = run_client(client_cfg, async move {
         let _ = client_stop.wait_for(|s| *s).await;
@@ -329,6 +343,7 @@ async fn run_both(args: LoadArgs) -> anyhow::Result<ExitCode> {
     .await;
     let _ = stop_tx.send(true);
     sig_task.abort();
+    announce.abort();
     let server = done_rx
         .await
         .map_err(|_| anyhow::anyhow!("the server thread ended unexpectedly"))?
@@ -416,6 +431,8 @@ fn server_thread(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::{Cipher, TlsVersion};
+    use report::ClientReport;
 
     /// The library API as `verify` uses it: server and client in-process, reports that
     /// survive a JSON round trip.
@@ -445,8 +462,8 @@ mod tests {
         let client = run_client(ccfg, std::future::pending()).await.unwrap();
         assert!(client.verified, "{client:?}");
         assert_eq!((client.requests, client.body_bytes), (3, 900_000));
-        assert_eq!(client.tls_version.as_deref(), Some("1.2"));
-        assert_eq!(client.cipher.as_deref(), Some("aes-128-gcm"));
+        assert_eq!(client.tls_version, Some(TlsVersion::Tls12));
+        assert_eq!(client.cipher, Some(Cipher::Aes128Gcm));
         let rep = server.await.unwrap().unwrap();
         assert_eq!((rep.requests, rep.body_bytes, rep.errors), (3, 900_000, 0));
         assert_eq!(rep.header_bytes, client.header_bytes);

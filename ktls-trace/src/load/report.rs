@@ -14,7 +14,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{args::Mode, tls::Negotiated};
+use super::{
+    args::{Cipher, Mode, TlsVersion},
+    tls::Negotiated,
+};
 
 /// At most this many error messages are kept (the count is always exact).
 const MAX_ERROR_MESSAGES: usize = 20;
@@ -188,9 +191,9 @@ pub struct ServerReport {
     pub kernel_tls: bool,
     /// TLS version of the most common negotiation ("1.2"/"1.3"); null for plain-sendfile
     /// or when no handshake completed.
-    pub tls_version: Option<String>,
+    pub tls_version: Option<TlsVersion>,
     /// Cipher of the most common negotiation (aes-128-gcm, aes-256-gcm, chacha20-poly1305).
-    pub cipher: Option<String>,
+    pub cipher: Option<Cipher>,
     pub cipher_suite: Option<String>,
     /// Every distinct negotiation with its number of connections.
     pub negotiated: Vec<NegotiatedCount>,
@@ -221,8 +224,8 @@ pub struct ClientReport {
     pub connect: String,
     pub path: String,
     pub tls: bool,
-    pub tls_version: Option<String>,
-    pub cipher: Option<String>,
+    pub tls_version: Option<TlsVersion>,
+    pub cipher: Option<Cipher>,
     pub cipher_suite: Option<String>,
     pub negotiated: Vec<NegotiatedCount>,
     /// Complete, checked responses.
@@ -262,25 +265,13 @@ pub struct CombinedReport {
     pub cpu: Option<CpuUsage>,
 }
 
-impl ServerReport {
-    pub fn failed(&self) -> bool {
-        self.errors > 0
-    }
-}
-
-impl ClientReport {
-    pub fn failed(&self) -> bool {
-        self.errors > 0
-    }
-}
-
 pub(crate) fn first_negotiation(
     n: &[NegotiatedCount],
-) -> (Option<String>, Option<String>, Option<String>) {
+) -> (Option<TlsVersion>, Option<Cipher>, Option<String>) {
     match n.first() {
         Some(n) => (
-            Some(n.negotiated.tls_version.clone()),
-            Some(n.negotiated.cipher.clone()),
+            Some(n.negotiated.tls_version),
+            Some(n.negotiated.cipher),
             Some(n.negotiated.cipher_suite.clone()),
         ),
         None => (None, None, None),
@@ -321,7 +312,7 @@ fn cpu_line(label: &str, cpu: &Option<CpuUsage>, out: &mut String) {
     }
 }
 
-fn tls_words(version: &Option<String>, suite: &Option<String>) -> String {
+fn tls_words(version: &Option<TlsVersion>, suite: &Option<String>) -> String {
     match (version, suite) {
         (Some(v), Some(s)) => format!("TLS {v} {s}"),
         _ => "no TLS".to_string(),

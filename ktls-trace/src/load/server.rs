@@ -68,6 +68,7 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    #[cfg(test)]
     pub fn new(mode: Mode, listen: SocketAddr, file: FileSource) -> ServerConfig {
         ServerConfig {
             mode,

@@ -35,7 +35,7 @@ impl TlsChoice {
     pub fn ciphers(&self) -> Vec<Cipher> {
         match self.cipher {
             Some(c) => vec![c],
-            None => Cipher::ALL.to_vec(),
+            None => Cipher::LOAD.to_vec(),
         }
     }
 
@@ -68,8 +68,8 @@ pub fn classify(suite: SupportedCipherSuite) -> Option<(TlsVersion, Cipher)> {
 /// What one connection negotiated.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Negotiated {
-    pub tls_version: String,
-    pub cipher: String,
+    pub tls_version: TlsVersion,
+    pub cipher: Cipher,
     /// The IANA suite name, e.g. TLS13_AES_128_GCM_SHA256.
     pub cipher_suite: String,
 }
@@ -82,13 +82,13 @@ impl Negotiated {
         let suite = suite?;
         let (v, c) = classify(suite)?;
         let tls_version = match version {
-            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2".to_string(),
-            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3".to_string(),
-            _ => v.name().to_string(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => TlsVersion::Tls12,
+            Some(rustls::ProtocolVersion::TLSv1_3) => TlsVersion::Tls13,
+            _ => v,
         };
         Some(Negotiated {
             tls_version,
-            cipher: c.name().to_string(),
+            cipher: c,
             cipher_suite: format!("{:?}", suite.suite()),
         })
     }
@@ -128,7 +128,6 @@ pub fn allowed_pairs(choice: &TlsChoice) -> Vec<(TlsVersion, Cipher)> {
 pub struct CertAndKey {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
-    pub self_signed: bool,
 }
 
 impl CertAndKey {
@@ -145,7 +144,6 @@ impl CertAndKey {
         Ok(CertAndKey {
             chain: vec![ck.cert.der().clone()],
             key,
-            self_signed: true,
         })
     }
 
@@ -174,11 +172,7 @@ impl CertAndKey {
                 e => format!("not a PEM private key ({e})"),
             },
         })?;
-        Ok(CertAndKey {
-            chain,
-            key,
-            self_signed: false,
-        })
+        Ok(CertAndKey { chain, key })
     }
 }
 

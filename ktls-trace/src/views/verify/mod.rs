@@ -20,13 +20,16 @@ use tokio::{
 };
 
 use crate::{
-    event::TraceEvent,
+    attach::{TraceOptions, WAKEUP_BYTES},
+    classify::Path,
     kernel::{KernelFacts, TlsState},
-    load::{self, Cipher, ClientConfig, Expect, Limit, Mode, ReadyLine, ServerReport, TlsVersion},
+    load::{self, ClientConfig, Expect, Limit, Mode, ReadyLine, ServerReport},
     plan::BackendChoice,
-    tracer::{TraceOptions, Tracer},
+    procs::UsageError,
+    session::{Session, SessionOptions, Update},
+    tls::{Cipher, TlsParams, TlsVersion},
 };
-use judge::{Served, Verdict, judge};
+use judge::{Judge, Served, Verdict};
 
 /// `ktls-trace verify` options.
 #[derive(Debug, Clone, Args)]
@@ -104,10 +107,14 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let size = load::args::parse_size(&args.file_size)
-        .map_err(|e| crate::procs::UsageError::Other(format!("--file-size: {e}")))?;
+        .map_err(|e| UsageError::Other(format!("--file-size: {e}")))?;
     if args.requests == 0 {
-        return Err(crate::procs::UsageError::Other("--requests must be at least 1".into()).into());
+        return Err(UsageError::Other("--requests must be at least 1".into()).into());
     }
+    // Before the server starts: SIGINT/SIGTERM must end verify through its destructors,
+    // which stop the server (the session listens for them too, once it runs).
+    let stop = crate::signals::stop_signals().context("installing the SIGINT/SIGTERM handlers")?;
+    tokio::pin!(stop);
 
     // 1. The server, as its own process.
     let exe = std::env::current_exe().context("locating the ktls-trace binary")?;
@@ -138,6 +145,14 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe and touches only the new process; it makes the
+    // kernel stop the server if verify dies without running its destructors (SIGKILL).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
     let mut server = cmd.spawn().context("starting the load server")?;
     let stdout = server.stdout.take().context("server stdout")?;
     let stderr = server.stderr.take().context("server stderr")?;
@@ -150,19 +165,22 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         }
         all
     });
-    let ready: ReadyLine =
-        match tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await {
-            Ok(Ok(Some(line))) => serde_json::from_str(&line)
-                .with_context(|| format!("unexpected first line from the load server: {line}"))?,
-            _ => {
-                let _ = server.kill().await;
-                let err = err_task.await.unwrap_or_default();
-                anyhow::bail!(
-                    "the load server did not start: {}",
-                    err.last().map(String::as_str).unwrap_or("no message")
-                );
-            }
-        };
+    let first = tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs(120), lines.next_line()) => r,
+        () = &mut stop => anyhow::bail!("interrupted: the load server was stopped"),
+    };
+    let ready: ReadyLine = match first {
+        Ok(Ok(Some(line))) => serde_json::from_str(&line)
+            .with_context(|| format!("unexpected first line from the load server: {line}"))?,
+        _ => {
+            let _ = server.kill().await;
+            let err = err_task.await.unwrap_or_default();
+            anyhow::bail!(
+                "the load server did not start: {}",
+                err.last().map(String::as_str).unwrap_or("no message")
+            );
+        }
+    };
 
     // 2. Trace it, and only it (plus kernel work on its sockets).
     let opts = TraceOptions {
@@ -171,9 +189,12 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         comm: None,
         debug: verbose >= 2,
         ring_bytes: Some(32 << 20),
-        wakeup_bytes: crate::tracer::WAKEUP_BYTES,
+        wakeup_bytes: WAKEUP_BYTES,
     };
-    let mut tracer = Tracer::start(facts.clone(), &opts)?;
+    let mut session = Session::start(facts.clone(), &opts, SessionOptions::default())?;
+    for l in session.tracer().lost() {
+        eprintln!("ktls-trace: verify: {l}");
+    }
     eprintln!(
         "ktls-trace: verify: tracing the {} server (pid {}) on {}; {} request(s) of {} bytes",
         args.mode.name(),
@@ -183,7 +204,7 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         size
     );
 
-    // 3. The client, here; collect events meanwhile.
+    // 3. The client, here; judge events meanwhile.
     let mut cfg = ClientConfig::new(
         ready.listen.clone(),
         args.mode.tls().then_some(load::TlsChoice {
@@ -202,43 +223,38 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     };
     let client = tokio::spawn(load::run_client(cfg, std::future::pending()));
     tokio::pin!(client);
-    let mut events: Vec<TraceEvent> = Vec::new();
-    let mut batch = Vec::new();
-    let mut undecodable = 0u64;
+    let mut judge = Judge::new(session.rules());
     let mut client_result = None;
     let mut server_status = None;
     let deadline = tokio::time::sleep(Duration::from_secs(600));
     tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
-            r = tracer.next_batch(&mut batch) => {
-                r?;
-                take(&mut batch, &mut events, &mut undecodable);
-            }
+            u = session.next() => match u? {
+                Update::Events(v) => v.iter().for_each(|e| judge.ingest(e)),
+                Update::Notices(n) => n.iter().for_each(|n| eprintln!("ktls-trace: verify: {n}")),
+                Update::Tick => {
+                    if client_result.is_some() && server_status.is_some() {
+                        break;
+                    }
+                }
+                // The server child is killed when `server` drops (kill_on_drop).
+                Update::Stop(_) => anyhow::bail!("interrupted: the load server was stopped"),
+            },
             res = &mut client, if client_result.is_none() => {
                 client_result = Some(res);
             }
             st = server.wait(), if server_status.is_none() => {
                 server_status = Some(st);
             }
-            _ = tick.tick() => {
-                tracer.drain(&mut batch);
-                take(&mut batch, &mut events, &mut undecodable);
-                if client_result.is_some() && server_status.is_some() {
-                    break;
-                }
-            }
             _ = &mut deadline => anyhow::bail!("verify timed out after 10 minutes"),
-            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
         }
     }
     // Records the kernel's tx worker flushes after the last send still count.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    tracer.drain(&mut batch);
-    take(&mut batch, &mut events, &mut undecodable);
-    let drops = tracer.drops();
-    drop(tracer);
+    session.drain_now().iter().for_each(|e| judge.ingest(e));
+    let counts = session.counts();
+    drop(session);
 
     let mut last = None;
     while let Ok(Some(line)) = lines.next_line().await {
@@ -260,9 +276,11 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         Some(Ok(Err(e))) => return Err(anyhow::Error::new(e).context("the load client failed")),
         _ => anyhow::bail!("the load client did not finish"),
     };
-    if drops > 0 || undecodable > 0 {
+    if counts.drops > 0 || counts.undecodable > 0 {
         anyhow::bail!(
-            "{drops} events were dropped and {undecodable} undecodable: the proof would be incomplete (retry on a quieter machine)"
+            "{} events were dropped and {} undecodable: the proof would be incomplete (retry on a quieter machine)",
+            counts.drops,
+            counts.undecodable
         );
     }
 
@@ -270,15 +288,16 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         body_bytes: report.body_bytes,
         header_bytes: report.header_bytes,
         requests: report.requests,
-        connections: report.connections,
-        tls_version: report.tls_version.clone(),
-        cipher: report.cipher.clone(),
+        tls: report
+            .tls_version
+            .zip(report.cipher)
+            .map(|(version, cipher)| TlsParams { version, cipher }),
         client_verified: client.verified,
         client_body_bytes: client.body_bytes,
         client_requests: client.requests,
         client_errors: client.error_messages.clone(),
     };
-    let verdict = judge(&events, &served);
+    let verdict = judge.verdict(&served);
     if args.json {
         println!("{}", to_json(&verdict, &args, &report, &facts));
     } else {
@@ -291,21 +310,8 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn take(
-    batch: &mut Vec<Result<TraceEvent, crate::event::DecodeError>>,
-    events: &mut Vec<TraceEvent>,
-    undecodable: &mut u64,
-) {
-    for item in batch.drain(..) {
-        match item {
-            Ok(e) => events.push(e),
-            Err(_) => *undecodable += 1,
-        }
-    }
-}
-
 fn negotiated(report: &ServerReport) -> String {
-    match (&report.tls_version, &report.cipher) {
+    match (report.tls_version, report.cipher) {
         (Some(v), Some(c)) => format!("TLS {v} {c}"),
         _ => "no TLS".to_string(),
     }
@@ -337,7 +343,7 @@ pub fn render(
     }
     s.push_str(&format!(
         "  path: {}\n  verdict: {}\n",
-        v.path.name(),
+        v.path.map_or("unknown", Path::label),
         if v.pass {
             "PASS: encrypted in the kernel, no user-space copy"
         } else {
@@ -356,7 +362,8 @@ pub fn to_json(
 ) -> serde_json::Value {
     serde_json::json!({
         "verdict": if v.pass { "pass" } else { "fail" },
-        "path": v.path.name(),
+        "path": v.path.map_or("unknown", Path::label),
+        "path_id": v.path.map(Path::id),
         "mode": args.mode.name(),
         "kernel": facts.release,
         "tls_version": report.tls_version,

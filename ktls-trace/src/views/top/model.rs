@@ -1,23 +1,24 @@
-//! Aggregation for `top`: pure code fed by decoded events and a clock. Events are added
-//! to the current window with [`Model::ingest`]; [`Model::close_window`] turns the window
-//! into per-second rates, percentiles and paths per process ([`Snapshot`]) and starts the
-//! next one. Drawing reads snapshots only.
+//! Aggregation for `top`: pure code fed by decoded events and a clock. Each event goes
+//! through the [`Classifier`] and its [`Contribution`] is added to the current window with
+//! [`Model::ingest`]; [`Model::close_window`] turns the window into per-second rates,
+//! percentiles and paths per process ([`Snapshot`]) and starts the next one. Drawing reads
+//! snapshots only.
 
 use std::collections::{HashMap, VecDeque};
 
 use hdrhistogram::Histogram;
+use serde::Serialize;
 
-use super::classify::{Owner, Path, Rules, classify};
-use crate::event::TraceEvent;
+use crate::{
+    classify::{Classifier, Contribution, Path, PathBytes, Rules},
+    event::{Comm, TraceEvent},
+    session::Counts,
+};
 
 /// How much history the drill-down charts show.
 pub const HISTORY_NS: u64 = 60_000_000_000;
 /// A process stays in the table this long after its last activity (then it is dropped).
 pub const LINGER_NS: u64 = HISTORY_NS;
-/// A kernel TLS socket is forgotten after this long without events.
-pub const SOCK_FORGET_NS: u64 = 300_000_000_000;
-
-const NPATHS: usize = Path::ALL.len();
 
 /// Latency histogram bounds: 1 ns to 100 s, 2 significant digits (1% resolution).
 fn new_histogram() -> Option<Histogram<u64>> {
@@ -47,9 +48,11 @@ fn percentiles(h: &Option<Histogram<u64>>) -> (Option<u64>, Option<u64>) {
 /// Counters of one window, for a process or a connection.
 #[derive(Debug, Default)]
 struct Window {
-    payload: [u64; NPATHS],
+    payload: PathBytes,
     ciphertext: u64,
     records: u64,
+    /// kTLS sends whose record count the kernel did not tell.
+    sends_without_records: u64,
     sendfile_calls: u64,
     sendfile_lat: Option<Histogram<u64>>,
     tls_lat: Option<Histogram<u64>>,
@@ -57,10 +60,31 @@ struct Window {
 }
 
 impl Window {
+    fn add(&mut self, c: &Contribution) {
+        self.active = true;
+        if let Some((path, bytes)) = c.payload {
+            self.payload.add(path, bytes);
+        }
+        self.ciphertext += c.ciphertext;
+        match (c.records, c.ktls) {
+            (Some(r), _) => self.records += r,
+            (None, Some(_)) => self.sends_without_records += 1,
+            (None, None) => {}
+        }
+        self.sendfile_calls += u64::from(c.sendfile.is_some());
+        if let Some(l) = c.sendfile_latency_ns {
+            record(&mut self.sendfile_lat, l);
+        }
+        if let Some(l) = c.tls_latency_ns {
+            record(&mut self.tls_lat, l);
+        }
+    }
+
     fn reset(&mut self) {
-        self.payload = [0; NPATHS];
+        self.payload.reset();
         self.ciphertext = 0;
         self.records = 0;
+        self.sends_without_records = 0;
         self.sendfile_calls = 0;
         if let Some(h) = &mut self.sendfile_lat {
             h.reset();
@@ -71,28 +95,9 @@ impl Window {
         self.active = false;
     }
 
-    fn payload_total(&self) -> u64 {
-        self.payload.iter().sum()
-    }
-
-    /// The path carrying most payload bytes (ties: the first in [`Path::ALL`]).
-    fn main_path(&self) -> Option<Path> {
-        let mut best: Option<(Path, u64)> = None;
-        for p in Path::ALL {
-            let b = self.payload[p.index()];
-            if b > 0 && best.is_none_or(|(_, bb)| b > bb) {
-                best = Some((p, b));
-            }
-        }
-        best.map(|(p, _)| p)
-    }
-
-    fn ktls_plaintext(&self) -> u64 {
-        Path::ALL
-            .iter()
-            .filter(|p| p.is_ktls())
-            .map(|p| self.payload[p.index()])
-            .sum()
+    /// Records, unless only sends without a record count happened.
+    fn records(&self) -> Option<u64> {
+        (self.records > 0 || self.sends_without_records == 0).then_some(self.records)
     }
 }
 
@@ -104,38 +109,39 @@ struct ConnState {
 }
 
 #[derive(Debug)]
+struct ThreadState {
+    comm: Comm,
+    payload: u64,
+    last_active_ns: u64,
+}
+
+#[derive(Debug)]
 struct ProcState {
-    comm: String,
+    name: Comm,
     win: Window,
     last_active_ns: u64,
     last_path: Option<Path>,
     history: VecDeque<Sample>,
     conns: HashMap<u64, ConnState>,
+    threads: HashMap<u32, ThreadState>,
 }
 
 impl ProcState {
-    fn new(comm: &str) -> ProcState {
+    fn new(name: Comm) -> ProcState {
         ProcState {
-            comm: comm.to_string(),
+            name,
             win: Window::default(),
             last_active_ns: 0,
             last_path: None,
             history: VecDeque::new(),
             conns: HashMap::new(),
+            threads: HashMap::new(),
         }
     }
 }
 
-/// Owner of a kernel TLS socket, learned from its kTLS sends.
-#[derive(Debug, Clone)]
-struct SockOwner {
-    pid: u32,
-    comm: String,
-    last_ns: u64,
-}
-
 /// One point of a process's throughput history.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Sample {
     pub at_ns: u64,
     pub payload_bps: f64,
@@ -144,8 +150,9 @@ pub struct Sample {
 }
 
 /// One connection (socket) of a process in one window.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConnRow {
+    #[serde(serialize_with = "sock_hex")]
     pub sock: u64,
     pub path: Option<Path>,
     pub payload_bps: f64,
@@ -154,10 +161,23 @@ pub struct ConnRow {
     pub active: bool,
 }
 
+fn sock_hex<S: serde::Serializer>(sock: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::event::sock_hex(*sock))
+}
+
+/// One thread of a process in one window (the drill-down).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThreadRow {
+    pub tid: u32,
+    pub comm: String,
+    pub payload_bps: f64,
+}
+
 /// One process in one window.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProcRow {
     pub pid: u32,
+    /// The process's name (its main thread's).
     pub comm: String,
     /// The path carrying most payload in this window (else the last one seen).
     pub path: Option<Path>,
@@ -165,11 +185,14 @@ pub struct ProcRow {
     pub active: bool,
     /// Payload bytes/s over all paths.
     pub payload_bps: f64,
+    /// Payload bytes/s per path.
+    pub paths_bps: PathRates,
     /// Plaintext bytes/s into kernel TLS.
     pub ktls_plaintext_bps: f64,
     /// Ciphertext bytes/s kernel TLS pushed into TCP.
     pub ciphertext_bps: f64,
-    pub records_ps: f64,
+    /// Kernel TLS records/s (None: this kernel does not tell).
+    pub records_ps: Option<f64>,
     /// Mean plaintext bytes per kernel TLS record.
     pub mean_record: Option<f64>,
     pub sendfile_ps: f64,
@@ -180,12 +203,36 @@ pub struct ProcRow {
     /// Share of payload that went through the kTLS splice path (0..=1).
     pub zero_copy: Option<f64>,
     pub conns: Vec<ConnRow>,
+    /// Its threads that sent payload in the last minute, busiest first.
+    pub threads: Vec<ThreadRow>,
     /// Oldest first, at most [`HISTORY_NS`] back.
+    #[serde(skip)]
     pub history: Vec<Sample>,
 }
 
+/// Payload bytes/s per path.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PathRates(pub [f64; Path::ALL.len()]);
+
+impl PathRates {
+    pub fn get(&self, p: Path) -> f64 {
+        self.0[p.index()]
+    }
+}
+
+impl Serialize for PathRates {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(None)?;
+        for p in Path::ALL.into_iter().filter(|p| self.get(*p) > 0.0) {
+            m.serialize_entry(p.id(), &self.get(p))?;
+        }
+        m.end()
+    }
+}
+
 /// Everything a view needs of one window.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
     /// Clock value when the window closed.
     pub at_ns: u64,
@@ -204,110 +251,53 @@ pub struct Snapshot {
 /// The aggregation state.
 #[derive(Debug)]
 pub struct Model {
-    rules: Rules,
+    classifier: Classifier,
     window_start_ns: u64,
     procs: HashMap<u32, ProcState>,
-    ktls_socks: HashMap<u64, SockOwner>,
     events_window: u64,
-    drops_total: u64,
+    counts: Counts,
     drops_at_window_start: u64,
-    undecodable_total: u64,
-    ignore_before_ns: u64,
 }
 
 impl Model {
     /// A model whose first window starts at `now_ns`.
     pub fn new(rules: Rules, now_ns: u64) -> Model {
         Model {
-            rules,
+            classifier: Classifier::new(rules),
             window_start_ns: now_ns,
             procs: HashMap::new(),
-            ktls_socks: HashMap::new(),
             events_window: 0,
-            drops_total: 0,
+            counts: Counts::default(),
             drops_at_window_start: 0,
-            undecodable_total: 0,
-            ignore_before_ns: 0,
         }
-    }
-
-    /// Ignores events that completed before `ts_ns`: what the kernel reported while the
-    /// probes were still being attached one by one is incomplete (a call whose TCP
-    /// pushes were seen but not its kTLS send, or the other way round).
-    pub fn ignore_before(&mut self, ts_ns: u64) {
-        self.ignore_before_ns = ts_ns;
-    }
-
-    pub fn rules(&self) -> Rules {
-        self.rules
     }
 
     /// Adds one event to the current window.
     pub fn ingest(&mut self, e: &TraceEvent) {
-        if e.ts_ns < self.ignore_before_ns {
-            return;
-        }
         self.events_window += 1;
-        let known = e.sock.and_then(|s| self.ktls_socks.get(&s));
-        let c = classify(e, known.is_some(), &self.rules);
-        if let Some(s) = c.ktls_sock {
-            // Every kTLS send names its socket: update the owner in place, and copy the
-            // command name only when the owner changed (not once per event).
-            match self.ktls_socks.get_mut(&s) {
-                Some(o) => {
-                    if o.pid != e.pid || o.comm != e.comm {
-                        o.pid = e.pid;
-                        o.comm.clone_from(&e.comm);
-                    }
-                    o.last_ns = e.ts_ns;
-                }
-                None => {
-                    self.ktls_socks.insert(
-                        s,
-                        SockOwner {
-                            pid: e.pid,
-                            comm: e.comm.clone(),
-                            last_ns: e.ts_ns,
-                        },
-                    );
-                }
-            }
-        } else if let Some(s) = e.sock
-            && let Some(o) = self.ktls_socks.get_mut(&s)
-        {
-            o.last_ns = o.last_ns.max(e.ts_ns);
-        }
+        let c = self.classifier.classify(e);
         if c.is_empty() {
             return;
         }
-        let (pid, comm) = match c.owner {
-            Owner::Caller => (e.pid, e.comm.as_str()),
-            Owner::Socket(s) => match self.ktls_socks.get(&s) {
-                Some(o) => (o.pid, o.comm.as_str()),
-                None => (e.pid, e.comm.as_str()),
-            },
-        };
         let p = self
             .procs
-            .entry(pid)
-            .or_insert_with(|| ProcState::new(comm));
-        if c.owner == Owner::Caller && p.comm != e.comm {
-            // exec() changes the command name; the latest one counts.
-            p.comm = e.comm.clone();
+            .entry(c.pid)
+            .or_insert_with(|| ProcState::new(c.name));
+        if !c.on_behalf && p.name != c.name {
+            // exec() renames a process; the latest name counts.
+            p.name = c.name;
         }
-        let w = &mut p.win;
-        w.active = true;
-        if let Some((path, bytes)) = c.payload {
-            w.payload[path.index()] += bytes;
-        }
-        w.ciphertext += c.ciphertext;
-        w.records += u64::from(c.record);
-        w.sendfile_calls += u64::from(c.sendfile_call);
-        if let Some(l) = c.sendfile_latency_ns {
-            record(&mut w.sendfile_lat, l);
-        }
-        if let Some(l) = c.tls_latency_ns {
-            record(&mut w.tls_lat, l);
+        p.win.add(&c);
+        if !c.on_behalf
+            && let Some((_, bytes)) = c.payload.filter(|(_, b)| *b > 0)
+        {
+            let t = p.threads.entry(e.tid).or_insert(ThreadState {
+                comm: e.comm,
+                payload: 0,
+                last_active_ns: 0,
+            });
+            t.comm = e.comm;
+            t.payload += bytes;
         }
         if let Some(s) = e.sock
             && (c.payload.is_some_and(|(_, b)| b > 0) || c.ciphertext > 0)
@@ -315,30 +305,22 @@ impl Model {
             let cs = p.conns.entry(s).or_default();
             cs.win.active = true;
             if let Some((path, bytes)) = c.payload {
-                cs.win.payload[path.index()] += bytes;
+                cs.win.payload.add(path, bytes);
             }
             cs.win.ciphertext += c.ciphertext;
         }
     }
 
-    /// Records that a ring-buffer record could not be decoded.
-    /// Takes in a batch from the tracer (decoded events and undecodable records).
-    pub fn ingest_batch(&mut self, batch: &mut Vec<Result<TraceEvent, crate::event::DecodeError>>) {
-        for item in batch.drain(..) {
-            match item {
-                Ok(e) => self.ingest(&e),
-                Err(_) => self.undecodable(),
-            }
+    /// Adds a batch of events.
+    pub fn ingest_all(&mut self, events: &[TraceEvent]) {
+        for e in events {
+            self.ingest(e);
         }
     }
 
-    pub fn undecodable(&mut self) {
-        self.undecodable_total += 1;
-    }
-
-    /// The kernel's cumulative drop counter (read from the tracer).
-    pub fn set_drops(&mut self, total: u64) {
-        self.drops_total = total;
+    /// The session's counts (events, drops, undecodable records) as of now.
+    pub fn set_counts(&mut self, counts: Counts) {
+        self.counts = counts;
     }
 
     /// Drops the processes `gone` says have exited, unless they were active in the window
@@ -360,7 +342,7 @@ impl Model {
 
     /// Is this socket known to be a kernel TLS socket, and whose?
     pub fn ktls_owner(&self, sock: u64) -> Option<u32> {
-        self.ktls_socks.get(&sock).map(|o| o.pid)
+        self.classifier.ktls_owner(sock)
     }
 
     /// Closes the current window at `now_ns` and starts the next one.
@@ -373,21 +355,20 @@ impl Model {
             let w = &p.win;
             if w.active {
                 p.last_active_ns = now_ns;
-                if let Some(path) = w.main_path() {
+                if let Some(path) = w.payload.main_path() {
                     p.last_path = Some(path);
                 }
             }
-            let total = w.payload_total();
-            let ktls = w.ktls_plaintext();
+            let ktls = w.payload.ktls();
+            let records = w.records();
             let (sf50, sf99) = percentiles(&w.sendfile_lat);
             let (tl50, tl99) = percentiles(&w.tls_lat);
-            let sample = Sample {
+            p.history.push_back(Sample {
                 at_ns: now_ns,
-                payload_bps: rate(total),
+                payload_bps: rate(w.payload.total()),
                 ciphertext_bps: rate(w.ciphertext),
-                records_ps: rate(w.records),
-            };
-            p.history.push_back(sample);
+                records_ps: rate(records.unwrap_or(0)),
+            });
             while p
                 .history
                 .front()
@@ -395,50 +376,34 @@ impl Model {
             {
                 p.history.pop_front();
             }
-            let mut conns = Vec::new();
-            for (&sock, cs) in &mut p.conns {
-                if cs.win.active {
-                    cs.last_active_ns = now_ns;
-                    if let Some(path) = cs.win.main_path() {
-                        cs.last_path = Some(path);
-                    }
-                }
-                conns.push(ConnRow {
-                    sock,
-                    path: cs.win.main_path().or(cs.last_path),
-                    payload_bps: rate(cs.win.payload_total()),
-                    ciphertext_bps: rate(cs.win.ciphertext),
-                    active: cs.win.active,
-                });
-                cs.win.reset();
+            let conns = close_conns(&mut p.conns, now_ns, &rate);
+            let threads = close_threads(&mut p.threads, now_ns, &rate);
+            let mut paths_bps = PathRates::default();
+            for path in Path::ALL {
+                paths_bps.0[path.index()] = rate(w.payload.get(path));
             }
-            p.conns
-                .retain(|_, cs| now_ns.saturating_sub(cs.last_active_ns) <= LINGER_NS);
-            conns.sort_by(|a, b| {
-                b.payload_bps
-                    .total_cmp(&a.payload_bps)
-                    .then(b.ciphertext_bps.total_cmp(&a.ciphertext_bps))
-                    .then(a.sock.cmp(&b.sock))
-            });
             rows.push(ProcRow {
                 pid,
-                comm: p.comm.clone(),
-                path: w.main_path().or(p.last_path),
+                comm: p.name.to_string(),
+                path: w.payload.main_path().or(p.last_path),
                 active: w.active,
-                payload_bps: rate(total),
+                payload_bps: rate(w.payload.total()),
+                paths_bps,
                 ktls_plaintext_bps: rate(ktls),
                 ciphertext_bps: rate(w.ciphertext),
-                records_ps: rate(w.records),
+                records_ps: records.map(rate),
                 // No plaintext yet (the kTLS send is still in flight): no mean either.
-                mean_record: (w.records > 0 && ktls > 0).then(|| ktls as f64 / w.records as f64),
+                mean_record: records
+                    .filter(|r| *r > 0 && ktls > 0)
+                    .map(|r| ktls as f64 / r as f64),
                 sendfile_ps: rate(w.sendfile_calls),
                 sendfile_p50_ns: sf50,
                 sendfile_p99_ns: sf99,
                 tls_p50_ns: tl50,
                 tls_p99_ns: tl99,
-                zero_copy: (total > 0)
-                    .then(|| w.payload[Path::KtlsSendfile.index()] as f64 / total as f64),
+                zero_copy: w.payload.zero_copy_share(),
                 conns,
+                threads,
                 history: p.history.iter().copied().collect(),
             });
             p.win.reset();
@@ -446,29 +411,88 @@ impl Model {
         self.procs
             .retain(|_, p| now_ns.saturating_sub(p.last_active_ns) <= LINGER_NS);
         rows.retain(|r| self.procs.contains_key(&r.pid));
-        self.ktls_socks
-            .retain(|_, o| now_ns.saturating_sub(o.last_ns) <= SOCK_FORGET_NS);
+        self.classifier.forget_idle(now_ns);
         let snap = Snapshot {
             at_ns: now_ns,
             window_ns,
             events: self.events_window,
             events_ps: rate(self.events_window),
-            drops_total: self.drops_total,
-            drops_window: self.drops_total.saturating_sub(self.drops_at_window_start),
-            undecodable_total: self.undecodable_total,
+            drops_total: self.counts.drops,
+            drops_window: self.counts.drops.saturating_sub(self.drops_at_window_start),
+            undecodable_total: self.counts.undecodable,
             procs: rows,
         };
         self.window_start_ns = now_ns;
         self.events_window = 0;
-        self.drops_at_window_start = self.drops_total;
+        self.drops_at_window_start = self.counts.drops;
         snap
     }
 }
 
+fn close_conns(
+    conns: &mut HashMap<u64, ConnState>,
+    now_ns: u64,
+    rate: &dyn Fn(u64) -> f64,
+) -> Vec<ConnRow> {
+    let mut rows = Vec::new();
+    for (&sock, cs) in conns.iter_mut() {
+        if cs.win.active {
+            cs.last_active_ns = now_ns;
+            if let Some(path) = cs.win.payload.main_path() {
+                cs.last_path = Some(path);
+            }
+        }
+        rows.push(ConnRow {
+            sock,
+            path: cs.win.payload.main_path().or(cs.last_path),
+            payload_bps: rate(cs.win.payload.total()),
+            ciphertext_bps: rate(cs.win.ciphertext),
+            active: cs.win.active,
+        });
+        cs.win.reset();
+    }
+    conns.retain(|_, cs| now_ns.saturating_sub(cs.last_active_ns) <= LINGER_NS);
+    rows.retain(|r| conns.contains_key(&r.sock));
+    rows.sort_by(|a, b| {
+        b.payload_bps
+            .total_cmp(&a.payload_bps)
+            .then(b.ciphertext_bps.total_cmp(&a.ciphertext_bps))
+            .then(a.sock.cmp(&b.sock))
+    });
+    rows
+}
+
+fn close_threads(
+    threads: &mut HashMap<u32, ThreadState>,
+    now_ns: u64,
+    rate: &dyn Fn(u64) -> f64,
+) -> Vec<ThreadRow> {
+    let mut rows = Vec::new();
+    for (&tid, t) in threads.iter_mut() {
+        if t.payload > 0 {
+            t.last_active_ns = now_ns;
+        }
+        rows.push(ThreadRow {
+            tid,
+            comm: t.comm.to_string(),
+            payload_bps: rate(t.payload),
+        });
+        t.payload = 0;
+    }
+    threads.retain(|_, t| now_ns.saturating_sub(t.last_active_ns) <= LINGER_NS);
+    rows.retain(|r| threads.contains_key(&r.tid));
+    rows.sort_by(|a, b| {
+        b.payload_bps
+            .total_cmp(&a.payload_bps)
+            .then(a.tid.cmp(&b.tid))
+    });
+    rows
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::top::classify::tests::{ev, under};
+    use crate::classify::tests::{TLS13, ev, under};
     use ktls_trace_common::{Probe, msg};
 
     const SEC: u64 = 1_000_000_000;
@@ -477,7 +501,7 @@ mod tests {
         Model::new(Rules::default(), 10 * SEC)
     }
 
-    fn row(s: &Snapshot, pid: u32) -> &ProcRow {
+    pub(crate) fn row(s: &Snapshot, pid: u32) -> &ProcRow {
         s.procs
             .iter()
             .find(|r| r.pid == pid)
@@ -485,17 +509,11 @@ mod tests {
     }
 
     /// One 64 KiB splice of kTLS sendfile on 6.12, as the kernel reports it: the TCP
-    /// pushes and records return first, then tls_sw_sendmsg, then do_sendfile.
+    /// pushes return first, then tls_sw_sendmsg (with the 4 records it closed), then
+    /// do_sendfile.
     fn ktls_sendfile_612(pid: u32, sock: u64, lat: u64) -> Vec<TraceEvent> {
         let mut v = Vec::new();
         for _ in 0..4 {
-            let mut rec = under(
-                ev(Probe::TlsPushRecord, pid, 0, Some(sock)),
-                Probe::TlsSwSendmsg,
-                Probe::DoSendfile,
-            );
-            rec.flags = Some(msg::MSG_MORE);
-            v.push(rec);
             let mut push = under(
                 ev(Probe::TcpSendmsgLocked, pid, 16_384 + 22, Some(sock)),
                 Probe::TlsSwSendmsg,
@@ -511,6 +529,8 @@ mod tests {
         );
         tls.flags = Some(msg::MSG_SPLICE_PAGES | msg::MSG_MORE);
         tls.latency_ns = Some(lat);
+        tls.records = Some(4);
+        tls.tls = Some(TLS13);
         v.push(tls);
         let mut sf = ev(Probe::DoSendfile, pid, 65_536, None);
         sf.latency_ns = Some(lat * 2);
@@ -522,22 +542,21 @@ mod tests {
     fn rates_paths_and_records_for_ktls_sendfile() {
         let mut m = model();
         for i in 0..10 {
-            for e in ktls_sendfile_612(100, 7, 10_000 * (i + 1)) {
-                m.ingest(&e);
-            }
+            m.ingest_all(&ktls_sendfile_612(100, 7, 10_000 * (i + 1)));
         }
         // A 2-second window: everything per second is half the totals.
         let s = m.close_window(12 * SEC);
         assert_eq!(s.window_ns, 2 * SEC);
-        assert_eq!(s.events, 100);
-        assert_eq!(s.events_ps, 50.0);
+        assert_eq!(s.events, 60);
+        assert_eq!(s.events_ps, 30.0);
         let r = row(&s, 100);
         assert_eq!(r.comm, "proc100");
         assert_eq!(r.path, Some(Path::KtlsSendfile));
         assert_eq!(r.payload_bps, 65_536.0 * 10.0 / 2.0);
+        assert_eq!(r.paths_bps.get(Path::KtlsSendfile), r.payload_bps);
         assert_eq!(r.ktls_plaintext_bps, r.payload_bps);
         assert_eq!(r.ciphertext_bps, (16_406.0 * 4.0) * 10.0 / 2.0);
-        assert_eq!(r.records_ps, 20.0);
+        assert_eq!(r.records_ps, Some(20.0));
         assert_eq!(r.mean_record, Some(16_384.0));
         assert_eq!(r.sendfile_ps, 5.0);
         assert_eq!(r.zero_copy, Some(1.0));
@@ -546,7 +565,26 @@ mod tests {
         assert_eq!(r.conns[0].path, Some(Path::KtlsSendfile));
         assert_eq!(r.conns[0].payload_bps, r.payload_bps);
         assert_eq!(r.conns[0].ciphertext_bps, r.ciphertext_bps);
+        assert_eq!(r.threads.len(), 1);
+        assert_eq!(
+            (r.threads[0].tid, r.threads[0].comm.as_str()),
+            (100, "proc100")
+        );
         assert_eq!(r.history.len(), 1);
+    }
+
+    #[test]
+    fn records_unknown_when_the_kernel_does_not_tell() {
+        let mut m = model();
+        let mut v = ktls_sendfile_612(100, 7, 10_000);
+        for e in &mut v {
+            e.records = None;
+        }
+        m.ingest_all(&v);
+        let s = m.close_window(11 * SEC);
+        let r = row(&s, 100);
+        assert_eq!((r.records_ps, r.mean_record), (None, None));
+        assert_eq!(r.ciphertext_bps, 16_406.0 * 4.0);
     }
 
     #[test]
@@ -554,9 +592,7 @@ mod tests {
         let mut m = model();
         // tls_sw latencies 1..=100 us; do_sendfile 2..=200 us.
         for i in 1..=100u64 {
-            for e in ktls_sendfile_612(5, 1, i * 1_000) {
-                m.ingest(&e);
-            }
+            m.ingest_all(&ktls_sendfile_612(5, 1, i * 1_000));
         }
         let s = m.close_window(11 * SEC);
         let r = row(&s, 5);
@@ -583,35 +619,59 @@ mod tests {
     #[test]
     fn kworker_pushes_belong_to_the_socket_owner() {
         let mut m = model();
-        // The server writes 1000 bytes on kTLS socket 42 ...
+        // The server writes 1000 bytes on kTLS socket 42 (one record) ...
         let mut w = ev(Probe::TlsSwSendmsg, 200, 1000, Some(42));
-        w.comm = "nginx".into();
+        w.comm = Comm::new("nginx");
         w.flags = Some(0);
+        w.records = Some(1);
         m.ingest(&w);
-        // ... and the tls tx worker flushes the record later, outside any call of it.
-        let mut rec = ev(Probe::TlsPushRecord, 33, 0, Some(42));
-        rec.comm = "kworker/1:2".into();
+        // ... and the tls tx worker pushes it later, outside any call of it.
         let mut push = ev(Probe::TcpSendmsgLocked, 33, 1022, Some(42));
-        push.comm = "kworker/1:2".into();
-        m.ingest(&rec);
+        push.comm = Comm::new("kworker/1:2");
         m.ingest(&push);
         // A push by the worker on a socket never seen with kTLS stays with the worker.
         let mut other = ev(Probe::TcpSendmsgLocked, 33, 10, Some(43));
-        other.comm = "kworker/1:2".into();
+        other.comm = Comm::new("kworker/1:2");
         m.ingest(&other);
         let s = m.close_window(11 * SEC);
         let r = row(&s, 200);
         assert_eq!(r.comm, "nginx");
         assert_eq!(r.path, Some(Path::KtlsWrite));
         assert_eq!(r.ciphertext_bps, 1022.0);
-        assert_eq!(r.records_ps, 1.0);
+        assert_eq!(r.records_ps, Some(1.0));
         assert_eq!(r.mean_record, Some(1000.0));
         assert_eq!(r.zero_copy, Some(0.0));
+        assert_eq!(
+            r.threads.len(),
+            1,
+            "the kworker is not one of nginx's threads"
+        );
         let k = row(&s, 33);
         assert_eq!(k.comm, "kworker/1:2");
         assert_eq!(k.ciphertext_bps, 0.0);
         assert_eq!(k.path, Some(Path::Plain));
         assert_eq!(m.ktls_owner(42), Some(200));
+    }
+
+    #[test]
+    fn rows_name_the_process_and_the_drill_down_its_threads() {
+        let mut m = model();
+        for (tid, name, bytes) in [(501, "wrk:worker_0", 300), (502, "wrk:worker_1", 700)] {
+            let mut e = ev(Probe::TcpSendmsg, 500, bytes, Some(u64::from(tid)));
+            e.tid = tid;
+            e.comm = Comm::new(name);
+            e.process = Some(Comm::new("envoy"));
+            m.ingest(&e);
+        }
+        let s = m.close_window(11 * SEC);
+        let r = row(&s, 500);
+        assert_eq!(r.comm, "envoy");
+        let threads: Vec<(&str, f64)> = r
+            .threads
+            .iter()
+            .map(|t| (t.comm.as_str(), t.payload_bps))
+            .collect();
+        assert_eq!(threads, [("wrk:worker_1", 700.0), ("wrk:worker_0", 300.0)]);
     }
 
     #[test]
@@ -666,7 +726,7 @@ mod tests {
         assert_eq!(u.payload_bps, 16_406.0);
         assert_eq!(u.ciphertext_bps, 0.0);
         assert_eq!(u.zero_copy, Some(0.0));
-        assert_eq!(u.records_ps, 0.0);
+        assert_eq!(u.records_ps, Some(0.0));
         assert_eq!(u.mean_record, None);
         let p = row(&s, 2);
         assert_eq!(p.path, Some(Path::PlainSendfile));
@@ -693,7 +753,7 @@ mod tests {
         // Without sock_send_length, sendfile64's bytes are the payload.
         let mut m = Model::new(
             Rules {
-                sendfile64_is_payload: true,
+                sendfile_is_payload: true,
             },
             0,
         );
@@ -706,15 +766,20 @@ mod tests {
     #[test]
     fn drops_per_window_and_total() {
         let mut m = model();
-        m.set_drops(5);
+        let c = |drops, undecodable| Counts {
+            drops,
+            undecodable,
+            ..Counts::default()
+        };
+        m.set_counts(c(5, 0));
         let s = m.close_window(11 * SEC);
         assert_eq!((s.drops_total, s.drops_window), (5, 5));
-        m.set_drops(7);
+        m.set_counts(c(7, 0));
         let s = m.close_window(12 * SEC);
         assert_eq!((s.drops_total, s.drops_window), (7, 2));
         let s = m.close_window(13 * SEC);
         assert_eq!((s.drops_total, s.drops_window), (7, 0));
-        m.undecodable();
+        m.set_counts(c(7, 1));
         assert_eq!(m.close_window(14 * SEC).undecodable_total, 1);
     }
 
@@ -765,29 +830,26 @@ mod tests {
     }
 
     #[test]
-    fn events_from_before_the_start_are_ignored() {
-        let mut m = model();
-        m.ignore_before(5 * SEC);
-        let mut early = ev(Probe::TcpSendmsg, 4, 100, Some(1));
-        early.ts_ns = 4 * SEC;
-        m.ingest(&early);
-        let mut late = early.clone();
-        late.ts_ns = 6 * SEC;
-        late.pid = 5;
-        m.ingest(&late);
-        let s = m.close_window(11 * SEC);
-        assert_eq!(s.events, 1);
-        assert_eq!(s.procs.len(), 1);
-        assert_eq!(s.procs[0].pid, 5);
-    }
-
-    #[test]
     fn exec_renames_the_process() {
         let mut m = model();
         let mut e = ev(Probe::TcpSendmsg, 4, 100, Some(1));
         m.ingest(&e);
-        e.comm = "new-name".into();
+        e.comm = Comm::new("new-name");
         m.ingest(&e);
         assert_eq!(row(&m.close_window(11 * SEC), 4).comm, "new-name");
+    }
+
+    #[test]
+    fn snapshots_serialize_for_scripts() {
+        let mut m = model();
+        m.ingest_all(&ktls_sendfile_612(100, 7, 10_000));
+        let s = m.close_window(11 * SEC);
+        let v = serde_json::to_value(&s).unwrap();
+        let p = &v["procs"][0];
+        assert_eq!(p["path"], "ktls-sendfile");
+        assert_eq!(p["paths_bps"]["ktls-sendfile"], 65_536.0);
+        assert_eq!(p["conns"][0]["sock"], "0000000000000007");
+        assert_eq!(v["events"], 6);
+        assert!(p.get("history").is_none());
     }
 }

@@ -2,70 +2,27 @@
 //! addresses, from the tracer) and what kernel TLS says about it (sock_diag).
 //!
 //! Socket ids are keyed hashes of kernel `struct sock` addresses, so only the tracer can
-//! say which socket an id is ([`Tracer::sock_info`], behind [`SockLookup`]). Where it
+//! say which socket an id is ([`Tracer::endpoints`], behind [`SockLookup`]). Where it
 //! cannot (a socket it has not seen, or [`NoSockLookup`]), the view shows sock_diag's
 //! sockets of the process (matched through its /proc/PID/fd socket inodes) beside the ids.
 
-use std::{
-    collections::HashSet,
-    net::{IpAddr, SocketAddr},
-};
+use std::collections::HashSet;
 
 use crate::{
-    sockdiag::{DiagSocket, TlsInfo},
-    tracer::Tracer,
+    attach::Tracer,
+    sockdiag::{DiagSocket, Endpoints, TlsInfo, canonical},
 };
-
-/// The ends of a TCP connection, as far as they are known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Endpoints {
-    pub local: Option<SocketAddr>,
-    pub peer: Option<SocketAddr>,
-}
-
-/// IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.
-fn canonical(a: SocketAddr) -> SocketAddr {
-    match a.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
-            None => a,
-        },
-        IpAddr::V4(_) => a,
-    }
-}
 
 impl SockLookup for Tracer {
     fn endpoints(&self, sock: u64) -> Option<Endpoints> {
-        let a = self.sock_info(sock)?;
-        (a.local.is_some() || a.peer.is_some()).then_some(Endpoints {
-            local: a.local.map(canonical),
-            peer: a.peer.map(canonical),
-        })
+        let (e, _owner) = Tracer::endpoints(self, sock)?;
+        (e.local.is_some() || e.peer.is_some()).then_some(e)
     }
 }
 
 /// Resolves a socket id of the event stream to the connection's addresses.
 pub trait SockLookup {
     fn endpoints(&self, sock: u64) -> Option<Endpoints>;
-}
-
-/// A lookup that knows nothing (the tracer cannot resolve socket ids yet).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoSockLookup;
-
-impl SockLookup for NoSockLookup {
-    fn endpoints(&self, _sock: u64) -> Option<Endpoints> {
-        None
-    }
-}
-
-/// A lookup backed by a function (e.g. a closure over the tracer's socket table).
-pub struct FnSockLookup<F: Fn(u64) -> Option<Endpoints>>(pub F);
-
-impl<F: Fn(u64) -> Option<Endpoints>> SockLookup for FnSockLookup<F> {
-    fn endpoints(&self, sock: u64) -> Option<Endpoints> {
-        (self.0)(sock)
-    }
 }
 
 /// What the drill-down shows for one connection beyond the model's numbers.
@@ -108,6 +65,24 @@ pub fn sessions_of(inodes: &HashSet<u32>, diag: &[DiagSocket]) -> Vec<DiagSocket
 mod tests {
     use super::*;
     use crate::sockdiag::TlsConf;
+
+    /// A lookup backed by a function.
+    struct FnSockLookup<F: Fn(u64) -> Option<Endpoints>>(F);
+
+    impl<F: Fn(u64) -> Option<Endpoints>> SockLookup for FnSockLookup<F> {
+        fn endpoints(&self, sock: u64) -> Option<Endpoints> {
+            (self.0)(sock)
+        }
+    }
+
+    /// A lookup that knows nothing.
+    struct NoSockLookup;
+
+    impl SockLookup for NoSockLookup {
+        fn endpoints(&self, _sock: u64) -> Option<Endpoints> {
+            None
+        }
+    }
 
     fn diag(local: &str, peer: &str, inode: u32, tls: bool) -> DiagSocket {
         DiagSocket {

@@ -2,10 +2,12 @@
 
 use serde::Serialize;
 
+use ktls_trace_common::probes::{Hook, PROBES};
+
 use crate::{
-    kernel::{KernelFacts, PROBED_FUNCTIONS},
-    plan::{Backend, BackendChoice, Decision, Plan},
-    tracer::LoadCheck,
+    attach::LoadCheck,
+    kernel::KernelFacts,
+    plan::{self, Backend, BackendChoice, Decision, Number, Plan, Source, TlsLayoutState},
 };
 
 /// The whole report; `full` decides the exit code.
@@ -22,6 +24,8 @@ pub struct Report {
     pub ktls: String,
     pub ktls_active: bool,
     pub probe_points: Vec<ProbePoint>,
+    /// Where each number `top` and `verify` show comes from on this kernel.
+    pub numbers: Vec<Number>,
     pub programs_verified: Vec<String>,
     pub programs_rejected: Vec<(String, String)>,
     pub tls_stat: Option<std::collections::BTreeMap<String, u64>>,
@@ -41,6 +45,28 @@ pub struct ProbePoint {
     pub name: String,
     pub present: bool,
     pub note: String,
+    /// What it tells (the probe table's words).
+    pub tells: &'static str,
+}
+
+/// `ktls-trace doctor`: exit 0 when full tracing is possible, 1 otherwise.
+pub fn run(args: &crate::cli::DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
+    let facts = KernelFacts::probe();
+    let check = facts
+        .privileges
+        .can_trace()
+        .then(|| crate::attach::load_check(&facts));
+    let report = report(&facts, check.as_ref());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report, check.as_ref()));
+    }
+    Ok(if report.full {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
 }
 
 /// Builds the report. `check` is the result of loading the programs (None when the
@@ -82,34 +108,55 @@ pub fn report(facts: &KernelFacts, check: Option<&LoadCheck>) -> Report {
     .map(|(c, n)| format!("{c}:{n}"))
     .collect();
 
-    let decisions: Vec<(String, Decision)> = match &plan {
-        Ok(p) if p.backend == Backend::Kprobe => p
-            .decisions
-            .iter()
-            .map(|(s, d)| (s.probe.name().to_string(), d.clone()))
-            .collect(),
-        _ => Vec::new(),
+    let decision = |p| {
+        plan.as_ref()
+            .ok()
+            .and_then(|plan| plan.decision(p))
+            .cloned()
     };
-    let probe_points = PROBED_FUNCTIONS
+    let probe_points = PROBES
         .iter()
-        .map(|f| {
-            let present = facts.has_symbol(f);
-            let note = match decisions.iter().find(|(n, _)| n == f).map(|(_, d)| d) {
+        .map(|spec| {
+            let p = spec.probe;
+            let present = match spec.hook {
+                Hook::Kfunc(f) => facts.has_symbol(f),
+                Hook::Syscall(name) => crate::kernel::tracepoint_exists(
+                    facts.tracefs.as_deref(),
+                    "syscalls",
+                    &format!("sys_enter_{name}"),
+                ),
+                Hook::Tracepoint { category, name } => {
+                    crate::kernel::tracepoint_exists(facts.tracefs.as_deref(), category, name)
+                }
+            };
+            let note = match decision(p) {
                 Some(Decision::Attach) => "will be probed".to_string(),
                 Some(Decision::WaitForTls) => {
                     "in the tls module: probed once it is loaded".to_string()
                 }
-                Some(Decision::Skip(why)) => why.clone(),
-                None if present => "present (kprobes unavailable)".to_string(),
+                Some(Decision::Skip(why)) => why,
+                None if present => "present (no tracing plan on this kernel)".to_string(),
                 None => "absent".to_string(),
             };
             ProbePoint {
-                name: f.to_string(),
+                name: p.name().to_string(),
                 present,
                 note,
+                tells: spec.tells,
             }
         })
         .collect();
+    let numbers = match (&plan, check.and_then(|c| c.offsets.as_ref())) {
+        (Ok(p), Some(off)) => plan::numbers(
+            p,
+            off,
+            check
+                .and_then(|c| c.tls_layout.clone())
+                .as_ref()
+                .unwrap_or(&TlsLayoutState::Waiting),
+        ),
+        _ => Vec::new(),
+    };
 
     let (backend, mode) = match (&plan, facts.privileges.can_trace()) {
         (Ok(p), true) => (Some(p.backend.name()), p.mode_sentence(facts)),
@@ -123,11 +170,13 @@ pub fn report(facts: &KernelFacts, check: Option<&LoadCheck>) -> Report {
         (Err(e), _) => (None, format!("no tracing possible: {e}")),
     };
     let verified_all = check.is_some_and(|c| c.object_error.is_none() && c.rejected.is_empty());
+    // Full: every number top and verify show can be produced here (one that waits for
+    // the tls module counts: loading it is all it takes).
     let full = facts.privileges.can_trace()
-        && facts.kprobes.is_ok()
-        && facts.tls.is_available()
         && verified_all
-        && matches!(&plan, Ok(p) if p.backend == Backend::Kprobe);
+        && matches!(&plan, Ok(p) if p.backend == Backend::Kprobe)
+        && !numbers.is_empty()
+        && numbers.iter().all(|n| !n.source.is_missing());
     Report {
         kernel: facts.release.clone(),
         machine: facts.machine.clone(),
@@ -140,6 +189,7 @@ pub fn report(facts: &KernelFacts, check: Option<&LoadCheck>) -> Report {
         ktls: facts.tls.describe(),
         ktls_active: facts.tls.is_active(),
         probe_points,
+        numbers,
         programs_verified: check.map(|c| c.verified.clone()).unwrap_or_default(),
         programs_rejected: check.map(|c| c.rejected.clone()).unwrap_or_default(),
         tls_stat: facts.tls_stat.clone(),
@@ -227,6 +277,20 @@ pub fn render(r: &Report, check: Option<&LoadCheck>) -> String {
             p.note
         ));
     }
+    if r.numbers.is_empty() {
+        s.push_str("numbers        not checked (needs privileges)\n");
+    } else {
+        s.push_str("numbers (what top and verify show, and where it comes from here)\n");
+        for n in &r.numbers {
+            let (what, how) = match &n.source {
+                Source::Exact(h) => ("exact", h.as_str()),
+                Source::Derived(h) => ("derived", h.as_str()),
+                Source::Pending(h) => ("pending", h.as_str()),
+                Source::Missing(h) => ("MISSING", h.as_str()),
+            };
+            s.push_str(&format!("  {:<34} {what:<8} {how}\n", n.number));
+        }
+    }
     match &r.tls_stat {
         Some(st) => {
             let v: Vec<String> = st.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -242,7 +306,7 @@ pub fn render(r: &Report, check: Option<&LoadCheck>) -> String {
         "{:<14} {}\n",
         "verdict",
         if r.full {
-            "full tracing possible"
+            "full tracing possible: every number top and verify show can be produced"
         } else {
             "full tracing NOT possible here (see above)"
         }

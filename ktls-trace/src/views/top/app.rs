@@ -17,23 +17,25 @@ use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifier
 use tokio::sync::mpsc;
 
 use super::{
-    LoadChild, Session,
+    MAX_INTERVAL, MIN_INTERVAL,
     conns::{SockLookup, facts_for, sessions_of},
+    load_child::LoadChild,
     model::{Model, Snapshot},
     term::TermGuard,
-    view::{self, Column, DrillFacts, Input, ViewState, visible_rows},
+    view::{self, Column, DrillFacts, Header, Input, ViewState, visible_rows},
 };
-use crate::{procs, sockdiag};
+use crate::{
+    clock, procs,
+    session::{Session, Update},
+    sockdiag,
+};
 
 /// Refresh intervals `+` and `-` step through (seconds).
-pub const INTERVAL_STEPS: [f64; 7] = [0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0];
-/// Bounds of an interval typed after `d` or given with `--interval`.
-pub const MIN_INTERVAL: f64 = 0.1;
-pub const MAX_INTERVAL: f64 = 60.0;
+const INTERVAL_STEPS: [f64; 7] = [0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0];
 
 /// What a key asks the loop to do.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Action {
+enum Action {
     Nothing,
     /// The view state changed: draw again.
     Redraw,
@@ -44,7 +46,7 @@ pub enum Action {
 }
 
 /// The next interval step up (`up`) or down from `cur`.
-pub fn step_interval(cur: f64, up: bool) -> f64 {
+fn step_interval(cur: f64, up: bool) -> f64 {
     if up {
         INTERVAL_STEPS
             .iter()
@@ -61,14 +63,10 @@ pub fn step_interval(cur: f64, up: bool) -> f64 {
     }
 }
 
-fn text_column(c: Column) -> bool {
-    matches!(c, Column::Pid | Column::Comm | Column::Path)
-}
-
 fn set_sort(st: &mut ViewState, c: Column) {
     st.sort = c;
     // Numbers: biggest first; names and PIDs: A to Z.
-    st.descending = !text_column(c);
+    st.descending = !c.is_text();
 }
 
 fn move_selection(st: &mut ViewState, visible: &[u32], delta: isize) {
@@ -88,7 +86,7 @@ fn move_selection(st: &mut ViewState, visible: &[u32], delta: isize) {
 
 /// Applies one key. `visible` is the process list in screen order; `page` the number
 /// of rows a page holds.
-pub fn on_key(
+fn on_key(
     st: &mut ViewState,
     key: KeyEvent,
     visible: &[u32],
@@ -217,22 +215,9 @@ impl Drop for InputThread {
     }
 }
 
-/// Does this process have CAP_NET_ADMIN (needed for sock_diag's kernel TLS details)?
-fn has_net_admin() -> bool {
-    const CAP_NET_ADMIN: u32 = 12;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
-}
-
 /// Collects the drill-down's facts for process `pid`: sock_diag sockets, and per socket
 /// id what the lookup and sock_diag know.
-pub fn drill_facts(pid: u32, snap: &Snapshot, lookup: &dyn SockLookup) -> DrillFacts {
+fn drill_facts(pid: u32, snap: &Snapshot, lookup: &dyn SockLookup) -> DrillFacts {
     let mut d = DrillFacts::default();
     let diag = match sockdiag::dump_tcp() {
         Ok(v) => v,
@@ -241,7 +226,7 @@ pub fn drill_facts(pid: u32, snap: &Snapshot, lookup: &dyn SockLookup) -> DrillF
             Vec::new()
         }
     };
-    if d.diag_error.is_none() && !has_net_admin() {
+    if d.diag_error.is_none() && !crate::kernel::Privileges::current().cap_net_admin {
         d.diag_error =
             Some("kernel TLS details need CAP_NET_ADMIN; run as root to see them".into());
     }
@@ -266,26 +251,25 @@ fn timer(secs: f64) -> tokio::time::Interval {
 }
 
 /// Runs the interactive view until `q`, Ctrl-C, SIGINT or SIGTERM.
-pub async fn run(mut s: Session, mut load: Option<LoadChild>) -> anyhow::Result<()> {
-    let stop = crate::signals::stop_signals().context("installing the SIGINT/SIGTERM handlers")?;
-    tokio::pin!(stop);
-    let start = super::now_ns();
-    let mut model = Model::new(s.rules, start);
-    model.ignore_before(start);
+pub async fn run(
+    mut s: Session,
+    mut header: Header,
+    mut load: Option<LoadChild>,
+) -> anyhow::Result<()> {
+    let mut model = Model::new(s.rules(), clock::now_ns());
     let mut snap = Snapshot::default();
     let mut st = ViewState::default();
     let mut drill = DrillFacts::default();
-    s.header.status = Some(match &s.header.status {
-        Some(st) => format!("{st}; collecting the first interval..."),
-        None => "collecting the first interval...".into(),
+    let collecting = "collecting the first interval...";
+    header.status = Some(match &header.status {
+        Some(st) => format!("{st}; {collecting}"),
+        None => collecting.into(),
     });
 
     let mut guard = TermGuard::enter().context("starting the terminal UI")?;
     let (tx, mut keys) = mpsc::unbounded_channel();
     let _input = InputThread::spawn(tx);
-    let mut window = timer(s.header.interval_s);
-    let mut house = tokio::time::interval(Duration::from_millis(500));
-    let mut batch = Vec::new();
+    let mut window = timer(header.interval_s);
     let mut dirty = true;
     let mut keys_open = true;
     let mut notice: Option<String> = None;
@@ -293,54 +277,47 @@ pub async fn run(mut s: Session, mut load: Option<LoadChild>) -> anyhow::Result<
         if dirty {
             guard
                 .terminal
-                .draw(|f| view::draw(f, &snap, &s.header, &st, &drill))
+                .draw(|f| view::draw(f, &snap, &header, &st, &drill))
                 .context("drawing the screen")?;
             dirty = false;
         }
         tokio::select! {
-            r = s.tracer.next_batch(&mut batch) => {
-                r?;
-                model.ingest_batch(&mut batch);
-            }
+            u = s.next() => match u? {
+                Update::Events(v) => model.ingest_all(&v),
+                Update::Notices(n) => {
+                    notice = Some(n.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("; "));
+                }
+                Update::Tick => {
+                    if let Some(l) = &mut load
+                        && let Some(msg) = l.check()
+                    {
+                        notice = Some(msg);
+                    }
+                    let status = [load.as_ref().map(LoadChild::describe), notice.clone()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    let status = (!status.is_empty()).then_some(status);
+                    if status != header.status {
+                        header.status = status;
+                        dirty = true;
+                    }
+                }
+                Update::Stop(_) => break,
+            },
             _ = window.tick() => {
-                s.tracer.drain(&mut batch);
-                model.ingest_batch(&mut batch);
-                model.set_drops(s.tracer.drops());
-                let mut fresh = model.close_window(super::now_ns());
+                model.ingest_all(&s.drain_now());
+                model.set_counts(s.counts());
+                let mut fresh = model.close_window(clock::now_ns());
                 // The process being looked at stays (its charts) until Esc.
                 model.forget_exited(&mut fresh, |pid| st.drill != Some(pid) && !procs::alive(pid));
                 if !st.paused {
                     snap = fresh;
-                    s.header.tls_stat = crate::kernel::read_tls_stat();
+                    header.tls_stat = crate::kernel::read_tls_stat();
                     if let Some(pid) = st.drill {
-                        drill = drill_facts(pid, &snap, &s.tracer);
+                        drill = drill_facts(pid, &snap, s.tracer());
                     }
-                    dirty = true;
-                }
-            }
-            _ = house.tick() => {
-                let mut news: Vec<String> = s
-                    .tracer
-                    .check_tls_module()
-                    .into_iter()
-                    .map(|n| n.to_string())
-                    .collect();
-                if let Some(l) = &mut load
-                    && let Some(msg) = l.check()
-                {
-                    news.push(msg);
-                }
-                if !news.is_empty() {
-                    notice = Some(news.join("; "));
-                }
-                let status = [load.as_ref().map(LoadChild::describe), notice.clone()]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let status = (!status.is_empty()).then_some(status);
-                if status != s.header.status {
-                    s.header.status = status;
                     dirty = true;
                 }
             }
@@ -354,17 +331,17 @@ pub async fn run(mut s: Session, mut load: Option<LoadChild>) -> anyhow::Result<
                             .size()
                             .map(|sz| usize::from(sz.height.saturating_sub(9)))
                             .unwrap_or(10);
-                        match on_key(&mut st, k, &visible, s.header.interval_s, page) {
+                        match on_key(&mut st, k, &visible, header.interval_s, page) {
                             Action::Nothing => {}
                             Action::Redraw => dirty = true,
                             Action::Drill => {
                                 if let Some(pid) = st.drill {
-                                    drill = drill_facts(pid, &snap, &s.tracer);
+                                    drill = drill_facts(pid, &snap, s.tracer());
                                 }
                                 dirty = true;
                             }
                             Action::Interval(v) => {
-                                s.header.interval_s = v;
+                                header.interval_s = v;
                                 window = timer(v);
                                 dirty = true;
                             }
@@ -381,11 +358,11 @@ pub async fn run(mut s: Session, mut load: Option<LoadChild>) -> anyhow::Result<
                     None => keys_open = false,
                 }
             }
-            () = &mut stop => break,
         }
     }
     drop(guard);
-    // Probes are detached when the tracer (in `s`) drops; the load child is killed.
+    // Probes are detached when the session drops; the load child is stopped.
+    drop(s);
     drop(load);
     Ok(())
 }

@@ -1,0 +1,324 @@
+//! One tracing session: the only reader of the ring buffer. It owns the drain timer (the
+//! kernel wakes the reader only for large batches), the polling for the tls module, SIGINT
+//! and SIGTERM, and the counts of events, undecodable records and kernel drops. Every
+//! command that traces (`trace`, `top`, `top --once`, `verify`) is a consumer: it awaits
+//! [`Session::next`] beside its own work and folds what comes out.
+//!
+//! Events that completed while the probes were still being attached one by one are
+//! incomplete (a TCP push seen without its kTLS send, or the other way round) and are
+//! dropped, counted in [`Counts::before_start`].
+
+use std::{collections::HashMap, future::Future, pin::Pin, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, time::Interval};
+
+use ktls_trace_common::Probe;
+
+use crate::{
+    attach::{Notice, TraceOptions, Tracer, TracerError},
+    classify::Rules,
+    event::{Comm, TraceEvent, decode},
+    kernel::KernelFacts,
+    plan::Backend,
+    procs,
+};
+
+/// How often the ring buffer is drained without a wake-up from the kernel.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// How often the tls module and the traced processes are checked.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
+
+/// Why a session cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Tracer(#[from] TracerError),
+    #[error("installing the SIGINT/SIGTERM handlers failed: {0}")]
+    Signals(std::io::Error),
+    #[error("reading the ring buffer failed: {0}")]
+    Ring(std::io::Error),
+}
+
+/// Why a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// Every process of `--pid` has exited (when asked to stop then).
+    ProcessesGone,
+}
+
+/// What [`Session::next`] hands out.
+#[derive(Debug)]
+pub enum Update {
+    /// Decoded events, oldest first.
+    Events(Vec<TraceEvent>),
+    /// Something the user should hear about (probes attached or lost later).
+    Notices(Vec<Notice>),
+    /// Housekeeping ran (a periodic tick consumers may use).
+    Tick,
+    Stop(Stop),
+}
+
+/// What the session counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub events: u64,
+    /// Ring-buffer records that could not be decoded.
+    pub undecodable: u64,
+    /// Events the kernel could not deliver (ring buffer or in-flight map full).
+    pub drops: u64,
+    /// Events that completed before every probe was attached (dropped).
+    pub before_start: u64,
+}
+
+/// Options beyond what is traced.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// End with [`Stop::ProcessesGone`] once every traced PID has exited.
+    pub stop_when_pids_exit: bool,
+}
+
+/// Names of processes by pid: an event carries its thread's name; the process's (its main
+/// thread's) comes from the main thread's own events, else from what the programs noted
+/// (they keep it for processes whose other threads send), else from /proc, once.
+#[derive(Debug, Default)]
+struct ProcessNames(HashMap<u32, Option<Comm>>);
+
+impl ProcessNames {
+    /// Bounds the cache: a long session sees many short-lived processes.
+    const MAX: usize = 65_536;
+
+    fn name(&mut self, e: &TraceEvent, noted: impl FnOnce(u32) -> Option<Comm>) -> Option<Comm> {
+        if e.tid == e.pid {
+            // The main thread: the kernel's own word, and the freshest (exec renames).
+            self.0.insert(e.pid, Some(e.comm));
+            return Some(e.comm);
+        }
+        if let Some(n) = self.0.get(&e.pid) {
+            return *n;
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        let n = noted(e.pid).or_else(|| procs::process_name(e.pid).map(|n| Comm::new(&n)));
+        self.0.insert(e.pid, n);
+        n
+    }
+}
+
+/// A running trace and its reader.
+pub struct Session {
+    tracer: Tracer,
+    ring: AsyncFd<RingBuf<MapData>>,
+    drain: Interval,
+    house: Interval,
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    options: SessionOptions,
+    pids: Vec<u32>,
+    names: ProcessNames,
+    start_ns: u64,
+    counts: Counts,
+    stopped: bool,
+}
+
+impl Session {
+    /// Installs the signal handlers (first: a signal that arrives once the user was told
+    /// "tracing" must end the session, not kill the process), then loads and attaches.
+    pub fn start(
+        facts: KernelFacts,
+        opts: &TraceOptions,
+        options: SessionOptions,
+    ) -> Result<Session, SessionError> {
+        let stop = crate::signals::stop_signals().map_err(SessionError::Signals)?;
+        let mut tracer = Tracer::start(facts, opts)?;
+        let ring = tracer
+            .take_ring()
+            .ok_or_else(|| TracerError::Load("the ring buffer was already taken".into()))?;
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut house = tokio::time::interval(HOUSEKEEPING_EVERY);
+        house.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Session {
+            tracer,
+            ring,
+            drain,
+            house,
+            stop: Box::pin(stop),
+            options,
+            pids: opts.pids.clone(),
+            names: ProcessNames::default(),
+            start_ns: crate::clock::now_ns(),
+            counts: Counts::default(),
+            stopped: false,
+        })
+    }
+
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
+    }
+
+    /// How events of this session count: in tracepoint mode without
+    /// `sock:sock_send_length` (before 6.3), sendfile's bytes are the only payload figure.
+    pub fn rules(&self) -> Rules {
+        let plan = self.tracer.plan();
+        Rules {
+            sendfile_is_payload: plan.backend == Backend::Tracepoint
+                && !self.tracer.attached().contains(&Probe::SockSendLength),
+        }
+    }
+
+    /// The counts so far (drops read from the kernel now).
+    pub fn counts(&self) -> Counts {
+        Counts {
+            drops: self.tracer.drops(),
+            ..self.counts
+        }
+    }
+
+    /// Waits for the next thing worth handing out. Cancel-safe: everything read from the
+    /// ring buffer is returned from the same poll that read it.
+    pub async fn next(&mut self) -> Result<Update, SessionError> {
+        if self.stopped {
+            return Ok(Update::Stop(Stop::Signal));
+        }
+        loop {
+            tokio::select! {
+                r = self.ring.readable_mut() => {
+                    let mut guard = r.map_err(SessionError::Ring)?;
+                    let events = read_ring(guard.get_inner_mut(), self.start_ns, &mut self.counts, &mut self.names, &self.tracer);
+                    guard.clear_ready();
+                    if !events.is_empty() {
+                        return Ok(Update::Events(events));
+                    }
+                }
+                _ = self.drain.tick() => {
+                    let events = self.drain_now();
+                    if !events.is_empty() {
+                        return Ok(Update::Events(events));
+                    }
+                }
+                _ = self.house.tick() => {
+                    let notices = self.tracer.poll_tls_module();
+                    if !notices.is_empty() {
+                        return Ok(Update::Notices(notices));
+                    }
+                    if self.options.stop_when_pids_exit
+                        && !self.pids.is_empty()
+                        && self.pids.iter().all(|p| !procs::alive(*p))
+                    {
+                        self.stopped = true;
+                        return Ok(Update::Stop(Stop::ProcessesGone));
+                    }
+                    return Ok(Update::Tick);
+                }
+                () = &mut self.stop => {
+                    self.stopped = true;
+                    return Ok(Update::Stop(Stop::Signal));
+                }
+            }
+        }
+    }
+
+    /// Decodes what is in the ring buffer now, without waiting (the end of a run).
+    pub fn drain_now(&mut self) -> Vec<TraceEvent> {
+        read_ring(
+            self.ring.get_mut(),
+            self.start_ns,
+            &mut self.counts,
+            &mut self.names,
+            &self.tracer,
+        )
+    }
+}
+
+fn read_ring(
+    ring: &mut RingBuf<MapData>,
+    start_ns: u64,
+    counts: &mut Counts,
+    names: &mut ProcessNames,
+    tracer: &Tracer,
+) -> Vec<TraceEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        match decode(&item) {
+            Ok(mut e) => {
+                if e.ts_ns < start_ns {
+                    counts.before_start += 1;
+                    continue;
+                }
+                counts.events += 1;
+                e.process = names.name(&e, |pid| tracer.process_name(pid));
+                out.push(e);
+            }
+            Err(err) => {
+                counts.undecodable += 1;
+                log::warn!("{err}");
+            }
+        }
+    }
+    out
+}
+
+/// The lines every tracing command prints when it starts (stderr): the mode, what is
+/// attached, what waits for the tls module, and every probe the kernel refused with what
+/// that costs. Skipped probes (absent on this kernel by design) only under `-v`.
+pub fn announce(tracer: &Tracer) -> Vec<String> {
+    let plan = tracer.plan();
+    let mut lines = vec![plan.mode_sentence(tracer.facts())];
+    let attached: Vec<&str> = tracer.attached().iter().map(|p| p.name()).collect();
+    lines.push(format!("attached {}", attached.join(", ")));
+    let waiting: Vec<&str> = tracer.waiting().iter().map(|p| p.name()).collect();
+    if !waiting.is_empty() {
+        lines.push(format!(
+            "the tls module is not loaded; {} will be attached when it is (modprobe tls)",
+            waiting.join(", ")
+        ));
+    }
+    for l in tracer.lost() {
+        lines.push(l.to_string());
+    }
+    for (p, why) in tracer.skipped() {
+        log::info!("skipped {}: {why}", p.name());
+    }
+    for n in tracer.numbers() {
+        if let crate::plan::Source::Missing(why) = &n.source {
+            log::info!("{}: not available ({why})", n.number);
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::tests::ev;
+
+    #[test]
+    fn process_names_come_from_the_main_thread() {
+        let mut n = ProcessNames::default();
+        let mut main = ev(Probe::TcpSendmsg, 4_194_300, 1, None);
+        main.comm = Comm::new("envoy");
+        let mut worker = main.clone();
+        worker.tid += 1;
+        worker.comm = Comm::new("wrk:worker_3");
+        let none = |_| None;
+        assert_eq!(n.name(&main, none), Some(Comm::new("envoy")));
+        assert_eq!(n.name(&worker, none), Some(Comm::new("envoy")));
+        // A thread of a process not seen before and gone from /proc: what the programs
+        // noted, else unknown.
+        let mut stranger = worker.clone();
+        stranger.pid = 4_194_299;
+        assert_eq!(n.name(&stranger, none), None);
+        stranger.pid = 4_194_298;
+        assert_eq!(
+            n.name(&stranger, |_| Some(Comm::new("java"))),
+            Some(Comm::new("java"))
+        );
+        // Our own process, from /proc.
+        let mut me = worker;
+        me.pid = std::process::id();
+        assert!(n.name(&me, none).is_some());
+    }
+}

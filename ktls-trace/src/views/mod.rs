@@ -1,0 +1,9 @@
+//! What users see: each view folds the session's events (through the classifier) its own
+//! way. `trace` prints them and sums them up ([`summary`]), `top` aggregates per process
+//! and interval, `verify` judges one traced load, `doctor` explains the kernel.
+
+pub mod doctor;
+pub mod summary;
+pub mod top;
+pub mod trace;
+pub mod verify;

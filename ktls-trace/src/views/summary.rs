@@ -1,0 +1,269 @@
+//! What `trace` counted, printed when it stops: calls and bytes per probe (raw), what the
+//! bytes were per path (classified), and what the session lost. Pure: fed by events and
+//! their classification.
+
+use std::collections::BTreeMap;
+
+use ktls_trace_common::Probe;
+use serde::Serialize;
+
+use crate::{
+    classify::{Contribution, Path, PathBytes},
+    event::TraceEvent,
+    session::Counts,
+};
+
+/// Totals of one probe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProbeTotals {
+    /// Completed calls seen.
+    pub events: u64,
+    /// Sum of the size each call asked for.
+    pub bytes: u64,
+    /// Sum of positive return values: bytes the calls really moved.
+    pub bytes_done: u64,
+    /// Calls that returned an error (EAGAIN not counted: see `would_block`).
+    pub errors: u64,
+    /// Calls that returned EAGAIN: a non-blocking socket was full, the caller retries.
+    pub would_block: u64,
+}
+
+/// What the bytes were, over the whole trace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Classified {
+    /// Payload bytes per path.
+    pub paths: PathBytes,
+    /// TLS control plaintext (alerts) written into kernel TLS.
+    pub tls_control: u64,
+    /// Ciphertext kernel TLS pushed into TCP.
+    pub ciphertext: u64,
+    /// TLS records closed, where the kernel told (None: it did not for any kTLS send).
+    pub records: Option<u64>,
+    /// kTLS sends whose record count is unknown.
+    pub sends_without_records: u64,
+    /// Bytes sendfile(2) moved.
+    pub sendfile_bytes: u64,
+}
+
+/// Everything `trace` counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub probes: BTreeMap<Probe, ProbeTotals>,
+    pub classified: Classified,
+    pub counts: Counts,
+}
+
+impl Summary {
+    pub fn add(&mut self, e: &TraceEvent, c: &Contribution) {
+        let t = self.probes.entry(e.probe).or_default();
+        t.events += 1;
+        t.bytes += e.bytes;
+        t.bytes_done += e.bytes_done();
+        match e.ret {
+            Some(r) if r == -(libc::EAGAIN as i64) => t.would_block += 1,
+            Some(r) if r < 0 => t.errors += 1,
+            _ => {}
+        }
+        let k = &mut self.classified;
+        if let Some((path, bytes)) = c.payload {
+            k.paths.add(path, bytes);
+        }
+        k.tls_control += c.control;
+        k.ciphertext += c.ciphertext;
+        k.sendfile_bytes += c.sendfile.unwrap_or(0);
+        match (c.ktls, c.records) {
+            (_, Some(r)) => *k.records.get_or_insert(0) += r,
+            (Some(_), None) => k.sends_without_records += 1,
+            (None, None) => {}
+        }
+    }
+
+    pub fn totals(&self, p: Probe) -> ProbeTotals {
+        self.probes.get(&p).copied().unwrap_or_default()
+    }
+
+    fn events(&self) -> u64 {
+        self.probes.values().map(|t| t.events).sum()
+    }
+
+    /// The `{"summary": {...}}` object `trace --json` ends with.
+    pub fn to_json(&self, backend: &str, duration_s: f64) -> serde_json::Value {
+        let probes: serde_json::Map<String, serde_json::Value> = self
+            .probes
+            .iter()
+            .map(|(p, t)| {
+                (
+                    p.name().to_string(),
+                    serde_json::to_value(t).unwrap_or(serde_json::Value::Null),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "summary": {
+                "backend": backend,
+                "duration_s": (duration_s * 1000.0).round() / 1000.0,
+                "events": self.events(),
+                "drops": self.counts.drops,
+                "undecodable": self.counts.undecodable,
+                "before_start": self.counts.before_start,
+                "probes": probes,
+                "classified": self.classified,
+            }
+        })
+    }
+
+    /// The text block `trace` ends with.
+    pub fn render_text(&self, backend: &str, duration_s: f64) -> String {
+        use std::fmt::Write as _;
+        let mut s = format!(
+            "--- summary: {} events in {:.1}s ({} backend), {} dropped\n",
+            self.events(),
+            duration_s,
+            backend,
+            self.counts.drops
+        );
+        if self.probes.is_empty() {
+            s.push_str("    no events\n");
+        } else {
+            let _ = writeln!(
+                s,
+                "    {:<20} {:>10} {:>16} {:>16} {:>8} {:>8}",
+                "probe", "events", "bytes asked", "bytes done", "errors", "EAGAIN"
+            );
+            for (p, t) in &self.probes {
+                let _ = writeln!(
+                    s,
+                    "    {:<20} {:>10} {:>16} {:>16} {:>8} {:>8}",
+                    p.name(),
+                    t.events,
+                    t.bytes,
+                    t.bytes_done,
+                    t.errors,
+                    t.would_block
+                );
+            }
+            let k = &self.classified;
+            for p in Path::ALL.into_iter().filter(|p| k.paths.get(*p) > 0) {
+                let _ = writeln!(
+                    s,
+                    "    payload {:<28} {:>16} bytes",
+                    p.label(),
+                    k.paths.get(p)
+                );
+            }
+            if k.ciphertext > 0 || k.records.is_some() {
+                let records = match k.records {
+                    Some(r) => r.to_string(),
+                    None => "unknown".to_string(),
+                };
+                let _ = writeln!(
+                    s,
+                    "    kernel TLS: {} bytes of ciphertext into TCP, {records} records",
+                    k.ciphertext
+                );
+            }
+        }
+        if self.counts.drops > 0 {
+            let _ = writeln!(
+                s,
+                "    WARNING: {} events were dropped in the kernel (ring buffer full); totals are low",
+                self.counts.drops
+            );
+        }
+        if self.counts.undecodable > 0 {
+            let _ = writeln!(
+                s,
+                "    WARNING: {} records could not be decoded",
+                self.counts.undecodable
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{
+        Classifier,
+        tests::{TLS13, ev, under},
+    };
+    use ktls_trace_common::msg;
+
+    fn add(s: &mut Summary, k: &mut Classifier, e: TraceEvent) {
+        let c = k.classify(&e);
+        s.add(&e, &c);
+    }
+
+    #[test]
+    fn sums_per_probe_and_per_path() {
+        let mut s = Summary::default();
+        let mut k = Classifier::default();
+        add(&mut s, &mut k, ev(Probe::DoSendfile, 1, 60, None));
+        add(&mut s, &mut k, ev(Probe::DoSendfile, 1, 40, None));
+        add(&mut s, &mut k, ev(Probe::DoSendfile, 1, -11, None));
+        add(&mut s, &mut k, ev(Probe::DoSendfile, 1, -32, None));
+        let mut tls = under(
+            ev(Probe::TlsSwSendmsg, 1, 100, Some(3)),
+            Probe::DoSendfile,
+            Probe::DoSendfile,
+        );
+        tls.flags = Some(msg::MSG_SPLICE_PAGES);
+        tls.records = Some(1);
+        tls.tls = Some(TLS13);
+        add(&mut s, &mut k, tls);
+        add(
+            &mut s,
+            &mut k,
+            under(
+                ev(Probe::TcpSendmsgLocked, 1, 122, Some(3)),
+                Probe::TlsSwSendmsg,
+                Probe::DoSendfile,
+            ),
+        );
+        let t = s.totals(Probe::DoSendfile);
+        assert_eq!(
+            t,
+            ProbeTotals {
+                events: 4,
+                bytes: 100,
+                bytes_done: 100,
+                errors: 1,
+                would_block: 1,
+            }
+        );
+        assert_eq!(s.totals(Probe::TcpSendmsg), ProbeTotals::default());
+        let c = &s.classified;
+        assert_eq!(c.paths.get(Path::KtlsSendfile), 100);
+        assert_eq!(
+            (c.ciphertext, c.records, c.sendfile_bytes),
+            (122, Some(1), 100)
+        );
+        let text = s.render_text("kprobe", 1.0);
+        assert!(text.contains("payload kTLS sendfile (zero-copy)"), "{text}");
+        assert!(
+            text.contains("122 bytes of ciphertext into TCP, 1 records"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_summary_shape() {
+        let mut s = Summary::default();
+        let mut k = Classifier::default();
+        add(&mut s, &mut k, ev(Probe::Sendfile64, 1, 10, None));
+        s.counts.drops = 3;
+        let v = s.to_json("tracepoint", 1.23456);
+        assert_eq!(v["summary"]["drops"], 3);
+        assert_eq!(v["summary"]["events"], 1);
+        assert_eq!(v["summary"]["probes"]["sendfile64"]["bytes_done"], 10);
+        assert_eq!(v["summary"]["classified"]["sendfile_bytes"], 10);
+        assert_eq!(
+            v["summary"]["classified"]["records"],
+            serde_json::Value::Null
+        );
+        assert_eq!(v["summary"]["duration_s"], 1.235);
+        let text = s.render_text("tracepoint", 1.0);
+        assert!(text.contains("sendfile64") && text.contains("3 events were dropped"));
+    }
+}

@@ -1,0 +1,143 @@
+//! `ktls-trace top`: a live, per-process view of the kernel TLS transmit path.
+//!
+//! Collection, aggregation and drawing are apart: the [`Session`] hands out events,
+//! [`model`] classifies and aggregates them (pure, with an injected clock) into a
+//! [`model::Snapshot`] per interval, and [`view`] (ratatui) or [`once`] (text, JSON) shows
+//! snapshots. [`app`] runs the interactive loop and the keys, [`term`] owns the terminal,
+//! [`conns`] adds what sock_diag and the tracer know about connections, [`load_child`] runs
+//! the built-in load. Column meanings and path rules: docs/top.md.
+
+mod app;
+mod conns;
+mod load_child;
+pub mod model;
+mod once;
+mod term;
+mod view;
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use clap::Args;
+
+use crate::{
+    cli::FilterArgs,
+    kernel::KernelFacts,
+    load::Mode,
+    plan::{Backend, Source},
+    procs::UsageError,
+    session::{Session, SessionOptions},
+    views::trace,
+};
+use load_child::LoadChild;
+use view::Header;
+
+/// The message for `top` without a terminal.
+const NOT_A_TERMINAL: &str = "stdout is not a terminal: `ktls-trace top` is interactive; use `ktls-trace top --once` for one text snapshot, or `ktls-trace trace --json` for an event stream";
+
+/// Bounds of the refresh interval (`--interval`, and `d` while running).
+const MIN_INTERVAL: f64 = 0.1;
+const MAX_INTERVAL: f64 = 60.0;
+
+/// Live per-process view of the kernel TLS transmit path: which path each process's
+/// payload takes (kTLS sendfile, kTLS write, device offload, user-space TLS, plain),
+/// throughput, TLS records, latency percentiles. Keys: `?` in the view; docs/top.md.
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Refresh interval in seconds (0.1 to 60); `d`, `+` and `-` change it while running.
+    #[arg(short = 'd', long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+
+    /// Start the built-in workload generator (`ktls-trace load`) in the background, so an
+    /// idle machine shows something; it is stopped when top exits.
+    #[arg(long)]
+    pub load: bool,
+
+    /// Workload mode for --load [default: ktls-sendfile when the kernel has kernel TLS,
+    /// plain-sendfile otherwise].
+    #[arg(long, value_enum, value_name = "MODE", requires = "load")]
+    pub mode: Option<Mode>,
+
+    /// Print one snapshot after one interval and exit (like `top -b -n 1`): for scripts
+    /// and when stdout is not a terminal. With --load, the interval starts once the load
+    /// is serving.
+    #[arg(long)]
+    pub once: bool,
+
+    /// With --once: the snapshot as one JSON object (docs/top.md).
+    #[arg(long, requires = "once")]
+    pub json: bool,
+}
+
+/// The header's facts for a session: kernel, mode, and what this kernel cannot measure.
+fn header(session: &Session, interval_s: f64) -> Header {
+    let tracer = session.tracer();
+    let facts = tracer.facts();
+    let plan = tracer.plan();
+    let missing: Vec<String> = tracer
+        .numbers()
+        .into_iter()
+        .filter_map(|n| match n.source {
+            Source::Missing(_) => Some(n.number.to_string()),
+            _ => None,
+        })
+        .collect();
+    let mut mode = plan.mode_sentence(facts);
+    if plan.backend == Backend::Kprobe && !missing.is_empty() {
+        mode.push_str(&format!(
+            "; not measurable here: {} (ktls-trace doctor says why)",
+            missing.join(", ")
+        ));
+    }
+    let waiting: Vec<&str> = tracer.waiting().iter().map(|p| p.name()).collect();
+    Header {
+        kernel: facts.release.clone(),
+        mode,
+        reduced: plan.backend == Backend::Tracepoint,
+        interval_s,
+        tls_stat: facts.tls_stat.clone(),
+        status: (!waiting.is_empty()).then(|| {
+            format!(
+                "the tls module is not loaded: {} attach when it is (modprobe tls)",
+                waiting.join(", ")
+            )
+        }),
+    }
+}
+
+/// Runs `ktls-trace top`.
+pub async fn run(args: TopArgs, verbose: u8) -> anyhow::Result<ExitCode> {
+    if !args.interval.is_finite() || !(MIN_INTERVAL..=MAX_INTERVAL).contains(&args.interval) {
+        return Err(UsageError::Other(format!(
+            "--interval must be between {MIN_INTERVAL} and {MAX_INTERVAL} seconds"
+        ))
+        .into());
+    }
+    if !args.once && !std::io::stdout().is_terminal() {
+        return Err(UsageError::Other(NOT_A_TERMINAL.to_string()).into());
+    }
+    let opts = trace::options(&args.filter, verbose)?;
+    let load_mode = args.mode.unwrap_or_else(|| {
+        if KernelFacts::probe().tls.is_available() {
+            Mode::KtlsSendfile
+        } else {
+            Mode::PlainSendfile
+        }
+    });
+    let session = trace::start(&opts, SessionOptions::default())?;
+    // Started after the probes are attached, so all of its traffic is seen.
+    let load = if args.load {
+        Some(LoadChild::spawn(load_mode)?)
+    } else {
+        None
+    };
+    let header = header(&session, args.interval);
+    if args.once {
+        once::run(session, header, load, args.json).await?;
+    } else {
+        app::run(session, header, load).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

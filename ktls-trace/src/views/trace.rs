@@ -1,0 +1,179 @@
+//! `ktls-trace trace`: the event stream, one line (or JSON object) per completed call, and
+//! a summary when it stops.
+
+use std::{
+    io::{self, Write},
+    time::{Duration, Instant},
+};
+
+use super::summary::Summary;
+use crate::{
+    attach::{TraceOptions, WAKEUP_BYTES},
+    cli::{FilterArgs, TraceArgs},
+    event::{JsonEvent, TraceEvent, human_line},
+    kernel::KernelFacts,
+    procs::{self, UsageError},
+    session::{Session, SessionOptions, Stop, Update, announce},
+};
+
+/// Turns the filter flags into tracer options, checking the PIDs exist.
+pub fn options(filter: &FilterArgs, verbose: u8) -> anyhow::Result<TraceOptions> {
+    let pids = procs::resolve_pids(&filter.pids)?;
+    if filter.comm.as_deref() == Some("") {
+        return Err(UsageError::Other("--comm needs a command name".into()).into());
+    }
+    Ok(TraceOptions {
+        backend: filter.backend,
+        pids,
+        comm: filter.comm.clone(),
+        debug: verbose >= 2,
+        ring_bytes: None,
+        wakeup_bytes: WAKEUP_BYTES,
+    })
+}
+
+/// Starts a session and prints the start-up lines every tracing command shares (stderr).
+pub fn start(opts: &TraceOptions, options: SessionOptions) -> anyhow::Result<Session> {
+    let session = Session::start(KernelFacts::probe(), opts, options)?;
+    for line in announce(session.tracer()) {
+        eprintln!("ktls-trace: {line}");
+    }
+    Ok(session)
+}
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Duration,
+    Session(Stop),
+    OutputClosed,
+}
+
+pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
+    let mut opts = options(&args.filter, verbose)?;
+    if !args.ring_mib.is_power_of_two() || args.ring_mib > 1024 {
+        return Err(UsageError::Other(
+            "--ring-mib must be a power of two between 1 and 1024".into(),
+        )
+        .into());
+    }
+    if let Some(d) = args.duration
+        && !(d.is_finite() && d >= 0.0)
+    {
+        return Err(
+            UsageError::Other(format!("--duration must be a number of seconds (got {d})")).into(),
+        );
+    }
+    opts.ring_bytes = Some(args.ring_mib << 20);
+    let mut session = start(
+        &opts,
+        SessionOptions {
+            stop_when_pids_exit: true,
+        },
+    )?;
+    eprintln!("ktls-trace: tracing (Ctrl-C to stop)");
+
+    let started = Instant::now();
+    let deadline = args
+        .duration
+        .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+    let mut classifier = crate::classify::Classifier::new(session.rules());
+    let mut summary = Summary::default();
+    let mut printer = Printer::new(args.json);
+
+    let end = loop {
+        tokio::select! {
+            u = session.next() => match u? {
+                Update::Events(events) => {
+                    if !printer.emit(&events, &mut summary, &mut classifier) {
+                        break End::OutputClosed;
+                    }
+                }
+                Update::Notices(notices) => {
+                    for n in notices {
+                        eprintln!("ktls-trace: {n}");
+                    }
+                }
+                Update::Tick => {}
+                Update::Stop(s) => break End::Session(s),
+            },
+            _ = sleep_until(deadline) => break End::Duration,
+        }
+    };
+    // Whatever the kernel wrote before we stopped still counts.
+    let rest = session.drain_now();
+    if end != End::OutputClosed {
+        printer.emit(&rest, &mut summary, &mut classifier);
+    }
+    summary.counts = session.counts();
+    let secs = started.elapsed().as_secs_f64();
+    if end == End::Session(Stop::ProcessesGone) {
+        eprintln!("ktls-trace: the traced processes have exited");
+    }
+    let backend = session.tracer().plan().backend.name();
+    drop(session);
+    if end != End::OutputClosed {
+        let text = if args.json {
+            format!("{}\n", summary.to_json(backend, secs))
+        } else {
+            summary.render_text(backend, secs)
+        };
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes events to stdout, counting them into the summary.
+struct Printer {
+    json: bool,
+    t0: Option<u64>,
+    open: bool,
+}
+
+impl Printer {
+    fn new(json: bool) -> Printer {
+        Printer {
+            json,
+            t0: None,
+            open: true,
+        }
+    }
+
+    /// Returns false when stdout is gone (e.g. `| head`); events still count.
+    fn emit(
+        &mut self,
+        events: &[TraceEvent],
+        summary: &mut Summary,
+        classifier: &mut crate::classify::Classifier,
+    ) -> bool {
+        let stdout = io::stdout();
+        let mut out = io::BufWriter::new(stdout.lock());
+        for e in events {
+            summary.add(e, &classifier.classify(e));
+            if !self.open {
+                continue;
+            }
+            let start = *self.t0.get_or_insert(e.ts_ns);
+            let res = if self.json {
+                serde_json::to_writer(&mut out, &JsonEvent::from(e))
+                    .map_err(io::Error::other)
+                    .and_then(|()| out.write_all(b"\n"))
+            } else {
+                writeln!(out, "{}", human_line(e, start))
+            };
+            if res.is_err() {
+                self.open = false;
+            }
+        }
+        self.open = self.open && out.flush().is_ok();
+        self.open
+    }
+}
