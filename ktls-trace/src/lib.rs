@@ -69,7 +69,10 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("ktls-trace: error: {}", one_line(&err));
+            // Not eprintln!: a closed stderr (`2>&-`, a reader that went away) must not
+            // turn a clean error into a panic.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "ktls-trace: error: {}", one_line(&err));
             if err.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else {

@@ -7,5 +7,7 @@ use std::io::Write as _;
 /// the skip is visible in every run, not only when the test fails.
 pub fn skip(test: &str, why: &str) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "KT-SKIP {test}: {why}");
+    // On a line of its own: libtest has already printed "test <name> ... " without a
+    // newline, and prints the verdict after the test returns.
+    let _ = writeln!(err, "\nKT-SKIP {test}: {why}");
 }

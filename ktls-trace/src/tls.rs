@@ -175,7 +175,7 @@ impl fmt::Display for Cipher {
 }
 
 /// What a connection's records are protected with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TlsParams {
     pub version: TlsVersion,
     pub cipher: Cipher,

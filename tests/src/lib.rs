@@ -79,7 +79,9 @@ pub fn has_ktls() -> bool {
 /// that every run shows it, not only failing ones.
 pub fn skip(test: &str, why: &str) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "KT-SKIP {test}: {why}");
+    // On a line of its own: libtest has already printed "test <name> ... " without a
+    // newline, and prints the verdict after the test returns.
+    let _ = writeln!(err, "\nKT-SKIP {test}: {why}");
 }
 
 /// For a test that needs kernel TLS: true when it is there; otherwise the skip is said

@@ -5,12 +5,14 @@
 //! - `test`    fmt, clippy, host tests, then every test again inside QEMU guests;
 //! - `vm-test` / `vm-shell` run the real kTLS kernels (see docs/testing.md);
 //! - `demo`    `ktls-trace top --load` on a kTLS kernel (this host, or a QEMU guest);
-//! - `bench`   transmit paths and tracing overhead, as ratios, in a kTLS guest.
+//! - `bench`   transmit paths and tracing overhead, as ratios, in a kTLS guest;
+//! - `record`  real event streams for the replay tests, from the guests.
 
 mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod record;
 mod setup;
 mod test;
 mod vm;
@@ -23,7 +25,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Developer tasks for ktls-trace (setup, build, test, vm-test, vm-shell, demo, bench)"
+    about = "Developer tasks for ktls-trace (setup, build, test, vm-test, vm-shell, demo, bench, record)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -46,6 +48,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks in a kTLS guest: the four transmit paths and the tracers' overhead, as ratios.
     Bench(bench::BenchArgs),
+    /// Record real event streams (verify --record, every load mode) in the guests, for the
+    /// replay tests (ktls-trace/fixtures/).
+    Record(record::RecordArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
         Command::VmShell(args) => vm::vm_shell_cmd(&args),
         Command::Demo(args) => demo::demo_cmd(&args),
         Command::Bench(args) => bench::bench_cmd(&args),
+        Command::Record(args) => record::record_cmd(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -102,6 +102,10 @@ pub struct LoadArgs {
     #[arg(long, value_name = "HOST:PORT", requires = "client_only")]
     pub connect: Option<String>,
 
+    /// Print the modes, one per line, and exit (for scripts).
+    #[arg(long, exclusive = true)]
+    pub list_modes: bool,
+
     /// Path the client requests (the server answers every GET path with the same file).
     #[arg(long, value_name = "PATH", default_value = "/")]
     pub path: String,

@@ -25,7 +25,7 @@ use super::{
     error::{LoadError, io_reason},
     file::{Sha256, finish, hex, parse_hex_sha256},
     http,
-    report::{Active, ClientReport, Counters, Progress, first_negotiation, throughput},
+    report::{Active, ClientReport, Counters, Progress},
     tls::{self, Negotiated, TlsChoice},
 };
 
@@ -314,10 +314,7 @@ pub async fn run_client(
     progress.stop();
 
     let seconds = started.elapsed().as_secs_f64();
-    let negotiated = counters.negotiations();
-    let (tls_version, cipher, cipher_suite) = first_negotiation(&negotiated);
-    let requests = counters.requests.load(Relaxed);
-    let errors = counters.errors.load(Relaxed);
+    let tally = counters.tally(seconds);
     let check = ctx
         .weakest_check
         .lock()
@@ -327,26 +324,14 @@ pub async fn run_client(
             Expect::Content { .. } => Check::Sha256,
             Expect::Unknown => Check::Length,
         });
-    let body_bytes = counters.body_bytes.load(Relaxed);
     Ok(ClientReport {
         role: "client".into(),
         connect: cfg.connect,
         path: cfg.path,
         tls: cfg.tls.is_some(),
-        tls_version,
-        cipher,
-        cipher_suite,
-        negotiated,
-        requests,
-        body_bytes,
-        header_bytes: counters.header_bytes.load(Relaxed),
-        connections: counters.connections.load(Relaxed),
-        errors,
-        error_messages: counters.messages(),
         check: check.name().into(),
-        verified: requests > 0 && errors == 0 && check >= Check::ServerHeader,
-        seconds,
-        throughput_bytes_per_sec: throughput(body_bytes, seconds),
+        verified: tally.requests > 0 && tally.errors == 0 && check >= Check::ServerHeader,
+        tally,
         cpu: None,
     })
 }

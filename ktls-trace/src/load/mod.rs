@@ -139,6 +139,12 @@ fn outcome(errors: u64, first: Option<&String>) -> anyhow::Result<ExitCode> {
 
 /// The `ktls-trace load` command.
 pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    if args.list_modes {
+        use clap::ValueEnum as _;
+        let names: Vec<&str> = Mode::value_variants().iter().map(|m| m.name()).collect();
+        print_out(&format!("{}\n", names.join("\n")));
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.connections == 0 {
         return Err(usage("--connections must be at least 1"));
     }
@@ -220,13 +226,13 @@ async fn run_server_only(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let (result, ()) = tokio::join!(run_server(cfg, ready_tx, stop), announce);
     let mut rep = result.map_err(to_anyhow)?;
     let sample = cpu_at_ready.lock().ok().and_then(|c| *c);
-    rep.cpu = sample.map(|s| s.usage_since(rep.body_bytes));
+    rep.cpu = sample.map(|s| s.usage_since(rep.tally.body_bytes));
     if args.json {
         print_out(&json_line(&rep)?);
     } else {
         print_out(&report::render_server(&rep));
     }
-    outcome(rep.errors, rep.error_messages.first())
+    outcome(rep.tally.errors, rep.tally.error_messages.first())
 }
 
 fn expectation(args: &LoadArgs) -> anyhow::Result<Expect> {
@@ -267,13 +273,13 @@ async fn run_client_only(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let stop = signals()?;
     let cpu = CpuSample::process();
     let mut rep = run_client(cfg, stop).await.map_err(to_anyhow)?;
-    rep.cpu = Some(cpu.usage_since(rep.body_bytes));
+    rep.cpu = Some(cpu.usage_since(rep.tally.body_bytes));
     if args.json {
         print_out(&json_line(&rep)?);
     } else {
         print_out(&report::render_client(&rep));
     }
-    outcome(rep.errors, rep.error_messages.first())
+    outcome(rep.tally.errors, rep.tally.error_messages.first())
 }
 
 /// Server (on its own thread, so its CPU time can be measured alone) and client in one
@@ -353,12 +359,12 @@ async fn run_both(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let rep = CombinedReport {
         role: "both".into(),
         mode: args.mode,
-        requests: client.requests,
-        body_bytes: client.body_bytes,
-        throughput_bytes_per_sec: client.throughput_bytes_per_sec,
-        errors: server.errors + client.errors,
-        verified: client.verified && server.errors == 0,
-        cpu: Some(process_cpu.usage_since(client.body_bytes)),
+        requests: client.tally.requests,
+        body_bytes: client.tally.body_bytes,
+        throughput_bytes_per_sec: client.tally.throughput_bytes_per_sec,
+        errors: server.tally.errors + client.tally.errors,
+        verified: client.verified && server.tally.errors == 0,
+        cpu: Some(process_cpu.usage_since(client.tally.body_bytes)),
         server,
         client,
     };
@@ -370,12 +376,12 @@ async fn run_both(args: LoadArgs) -> anyhow::Result<ExitCode> {
     // The client's findings first: they say what went wrong with the data.
     let first = rep
         .client
-        .error_messages
+        .tally.error_messages
         .first()
         .map(|m| format!("client: {m}"))
         .or_else(|| {
             rep.server
-                .error_messages
+                .tally.error_messages
                 .first()
                 .map(|m| format!("server: {m}"))
         });
@@ -422,7 +428,7 @@ fn server_thread(
             },
         };
         let mut rep = server.await?;
-        rep.cpu = cpu.map(|c| c.usage_since(rep.body_bytes));
+        rep.cpu = cpu.map(|c| c.usage_since(rep.tally.body_bytes));
         Ok(rep)
     });
     let _ = done_tx.send(result);
@@ -461,27 +467,27 @@ mod tests {
         };
         let client = run_client(ccfg, std::future::pending()).await.unwrap();
         assert!(client.verified, "{client:?}");
-        assert_eq!((client.requests, client.body_bytes), (3, 900_000));
-        assert_eq!(client.tls_version, Some(TlsVersion::Tls12));
-        assert_eq!(client.cipher, Some(Cipher::Aes128Gcm));
+        assert_eq!((client.tally.requests, client.tally.body_bytes), (3, 900_000));
+        assert_eq!(client.tally.tls_version, Some(TlsVersion::Tls12));
+        assert_eq!(client.tally.cipher, Some(Cipher::Aes128Gcm));
         let rep = server.await.unwrap().unwrap();
-        assert_eq!((rep.requests, rep.body_bytes, rep.errors), (3, 900_000, 0));
-        assert_eq!(rep.header_bytes, client.header_bytes);
+        assert_eq!((rep.tally.requests, rep.tally.body_bytes, rep.tally.errors), (3, 900_000, 0));
+        assert_eq!(rep.tally.header_bytes, client.tally.header_bytes);
         assert!(!std::path::Path::new(&rep.file).exists());
 
         // (Floats may lose their last bit in JSON: compare the rest.)
         let back: ServerReport =
             serde_json::from_str(&serde_json::to_string(&rep).unwrap()).unwrap();
         assert_eq!(
-            (back.mode, back.requests, back.body_bytes, back.header_bytes),
-            (rep.mode, rep.requests, rep.body_bytes, rep.header_bytes)
+            (back.mode, back.tally.requests, back.tally.body_bytes, back.tally.header_bytes),
+            (rep.mode, rep.tally.requests, rep.tally.body_bytes, rep.tally.header_bytes)
         );
-        assert_eq!(back.negotiated, rep.negotiated);
+        assert_eq!(back.tally.negotiated, rep.tally.negotiated);
         let back: ClientReport =
             serde_json::from_str(&serde_json::to_string(&client).unwrap()).unwrap();
         assert_eq!(
-            (back.verified, back.check, back.requests),
-            (client.verified, client.check.clone(), client.requests)
+            (back.verified, back.check, back.tally.requests),
+            (client.verified, client.check.clone(), client.tally.requests)
         );
         let line = ReadyLine {
             event: "ready".into(),

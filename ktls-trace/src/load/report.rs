@@ -179,6 +179,61 @@ fn rate(bytes: u64, secs: f64) -> f64 {
     if secs > 0.0 { bytes as f64 / secs } else { 0.0 }
 }
 
+/// What both sides count the same way (flattened into each report's JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    /// TLS version of the most common negotiation ("1.2"/"1.3"); null for plain-sendfile
+    /// or when no handshake completed.
+    pub tls_version: Option<TlsVersion>,
+    /// Cipher of the most common negotiation (aes-128-gcm, aes-256-gcm, chacha20-poly1305).
+    pub cipher: Option<Cipher>,
+    pub cipher_suite: Option<String>,
+    /// Every distinct negotiation with its number of connections.
+    pub negotiated: Vec<NegotiatedCount>,
+    /// Responses completely sent (server) or received and checked (client).
+    pub requests: u64,
+    /// File bytes in response bodies (plaintext: before TLS, or decrypted).
+    pub body_bytes: u64,
+    /// HTTP response-head bytes (plaintext).
+    pub header_bytes: u64,
+    /// Connections accepted (server) or opened (client).
+    pub connections: u64,
+    pub errors: u64,
+    pub error_messages: Vec<String>,
+    pub seconds: f64,
+    pub throughput_bytes_per_sec: f64,
+}
+
+impl Counters {
+    /// The counts now, over `seconds`.
+    pub fn tally(&self, seconds: f64) -> Tally {
+        let negotiated = self.negotiations();
+        let (tls_version, cipher, cipher_suite) = match negotiated.first() {
+            Some(n) => (
+                Some(n.negotiated.tls_version),
+                Some(n.negotiated.cipher),
+                Some(n.negotiated.cipher_suite.clone()),
+            ),
+            None => (None, None, None),
+        };
+        let body_bytes = self.body_bytes.load(Relaxed);
+        Tally {
+            tls_version,
+            cipher,
+            cipher_suite,
+            negotiated,
+            requests: self.requests.load(Relaxed),
+            body_bytes,
+            header_bytes: self.header_bytes.load(Relaxed),
+            connections: self.connections.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            error_messages: self.messages(),
+            seconds,
+            throughput_bytes_per_sec: rate(body_bytes, seconds),
+        }
+    }
+}
+
 /// What the server did. Printed by `load --server-only --json`; parse it back with serde.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerReport {
@@ -189,30 +244,12 @@ pub struct ServerReport {
     pub pid: u32,
     /// Connections were handed to kernel TLS (the ktls-* modes).
     pub kernel_tls: bool,
-    /// TLS version of the most common negotiation ("1.2"/"1.3"); null for plain-sendfile
-    /// or when no handshake completed.
-    pub tls_version: Option<TlsVersion>,
-    /// Cipher of the most common negotiation (aes-128-gcm, aes-256-gcm, chacha20-poly1305).
-    pub cipher: Option<Cipher>,
-    pub cipher_suite: Option<String>,
-    /// Every distinct negotiation with its number of connections.
-    pub negotiated: Vec<NegotiatedCount>,
     pub file: String,
     pub file_size: u64,
     pub file_sha256: String,
     pub generated_file: bool,
-    /// Responses completely sent.
-    pub requests: u64,
-    /// File bytes sent in response bodies (plaintext, before TLS).
-    pub body_bytes: u64,
-    /// HTTP response-head bytes written (plaintext, before TLS).
-    pub header_bytes: u64,
-    /// Connections accepted.
-    pub connections: u64,
-    pub errors: u64,
-    pub error_messages: Vec<String>,
-    pub seconds: f64,
-    pub throughput_bytes_per_sec: f64,
+    #[serde(flatten)]
+    pub tally: Tally,
     pub cpu: Option<CpuUsage>,
 }
 
@@ -224,27 +261,14 @@ pub struct ClientReport {
     pub connect: String,
     pub path: String,
     pub tls: bool,
-    pub tls_version: Option<TlsVersion>,
-    pub cipher: Option<Cipher>,
-    pub cipher_suite: Option<String>,
-    pub negotiated: Vec<NegotiatedCount>,
-    /// Complete, checked responses.
-    pub requests: u64,
-    /// Body bytes received (decrypted) in complete responses.
-    pub body_bytes: u64,
-    pub header_bytes: u64,
-    /// Connections opened.
-    pub connections: u64,
-    pub errors: u64,
-    pub error_messages: Vec<String>,
     /// How bodies were checked: "sha256" (against --file, the generated pattern, or the
     /// served file), "sha256-server-header" (the server's X-Content-SHA256), "length"
     /// (Content-Length only).
     pub check: String,
     /// At least one response, no errors, and every body matched by SHA-256.
     pub verified: bool,
-    pub seconds: f64,
-    pub throughput_bytes_per_sec: f64,
+    #[serde(flatten)]
+    pub tally: Tally,
     pub cpu: Option<CpuUsage>,
 }
 
@@ -263,23 +287,6 @@ pub struct CombinedReport {
     pub client: ClientReport,
     /// CPU of the whole process (server and client).
     pub cpu: Option<CpuUsage>,
-}
-
-pub(crate) fn first_negotiation(
-    n: &[NegotiatedCount],
-) -> (Option<TlsVersion>, Option<Cipher>, Option<String>) {
-    match n.first() {
-        Some(n) => (
-            Some(n.negotiated.tls_version),
-            Some(n.negotiated.cipher),
-            Some(n.negotiated.cipher_suite.clone()),
-        ),
-        None => (None, None, None),
-    }
-}
-
-pub(crate) fn throughput(bytes: u64, secs: f64) -> f64 {
-    rate(bytes, secs)
 }
 
 /// "4.0 MiB", "812 B".
@@ -362,20 +369,20 @@ pub fn render_server(r: &ServerReport) -> String {
         out,
         "ktls-trace load (server): mode {}, {}, {}",
         r.mode,
-        tls_words(&r.tls_version, &r.cipher_suite),
+        tls_words(&r.tally.tls_version, &r.tally.cipher_suite),
         file_words(r)
     );
-    requests_line(&mut out, r.requests, r.connections, r.seconds);
+    requests_line(&mut out, r.tally.requests, r.tally.connections, r.tally.seconds);
     let _ = writeln!(
         out,
         "  {:<13} {} body ({} B) + {} B headers",
         "sent",
-        human_bytes(r.body_bytes as f64),
-        r.body_bytes,
-        r.header_bytes
+        human_bytes(r.tally.body_bytes as f64),
+        r.tally.body_bytes,
+        r.tally.header_bytes
     );
-    throughput_line(&mut out, r.throughput_bytes_per_sec);
-    errors_lines(r.errors, &r.error_messages, &mut out);
+    throughput_line(&mut out, r.tally.throughput_bytes_per_sec);
+    errors_lines(r.tally.errors, &r.tally.error_messages, &mut out);
     cpu_line("CPU", &r.cpu, &mut out);
     out
 }
@@ -388,9 +395,9 @@ fn verified_words(r: &ClientReport) -> String {
     };
     if r.verified {
         format!("yes ({how})")
-    } else if r.errors > 0 {
+    } else if r.tally.errors > 0 {
         "no (see the errors)".to_string()
-    } else if r.requests == 0 {
+    } else if r.tally.requests == 0 {
         "no (no complete response)".to_string()
     } else {
         format!("no ({how})")
@@ -404,19 +411,19 @@ pub fn render_client(r: &ClientReport) -> String {
         "ktls-trace load (client): {}{}, {}",
         r.connect,
         r.path,
-        tls_words(&r.tls_version, &r.cipher_suite)
+        tls_words(&r.tally.tls_version, &r.tally.cipher_suite)
     );
-    requests_line(&mut out, r.requests, r.connections, r.seconds);
+    requests_line(&mut out, r.tally.requests, r.tally.connections, r.tally.seconds);
     let _ = writeln!(
         out,
         "  {:<13} {} body ({} B) + {} B headers",
         "received",
-        human_bytes(r.body_bytes as f64),
-        r.body_bytes,
-        r.header_bytes
+        human_bytes(r.tally.body_bytes as f64),
+        r.tally.body_bytes,
+        r.tally.header_bytes
     );
-    throughput_line(&mut out, r.throughput_bytes_per_sec);
-    errors_lines(r.errors, &r.error_messages, &mut out);
+    throughput_line(&mut out, r.tally.throughput_bytes_per_sec);
+    errors_lines(r.tally.errors, &r.tally.error_messages, &mut out);
     let _ = writeln!(out, "  {:<13} {}", "verified", verified_words(r));
     cpu_line("CPU", &r.cpu, &mut out);
     out
@@ -430,26 +437,26 @@ pub fn render_combined(r: &CombinedReport) -> String {
         out,
         "ktls-trace load: mode {}, {}, {}",
         r.mode,
-        tls_words(&s.tls_version, &s.cipher_suite),
+        tls_words(&s.tally.tls_version, &s.tally.cipher_suite),
         file_words(s)
     );
-    requests_line(&mut out, c.requests, c.connections, c.seconds);
+    requests_line(&mut out, c.tally.requests, c.tally.connections, c.tally.seconds);
     let _ = writeln!(
         out,
         "  {:<13} {} body ({} B) + {} B headers sent; {} B body received",
         "bytes",
-        human_bytes(s.body_bytes as f64),
-        s.body_bytes,
-        s.header_bytes,
-        c.body_bytes
+        human_bytes(s.tally.body_bytes as f64),
+        s.tally.body_bytes,
+        s.tally.header_bytes,
+        c.tally.body_bytes
     );
     throughput_line(&mut out, r.throughput_bytes_per_sec);
     let mut msgs: Vec<String> = s
-        .error_messages
+        .tally.error_messages
         .iter()
         .map(|m| format!("server: {m}"))
         .collect();
-    msgs.extend(c.error_messages.iter().map(|m| format!("client: {m}")));
+    msgs.extend(c.tally.error_messages.iter().map(|m| format!("client: {m}")));
     errors_lines(r.errors, &msgs, &mut out);
     let _ = writeln!(out, "  {:<13} {}", "verified", verified_words(c));
     cpu_line("server CPU", &s.cpu, &mut out);

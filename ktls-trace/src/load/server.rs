@@ -29,7 +29,7 @@ use super::{
     file::{ServedFile, Sha256, hex},
     http::{self, Method},
     ktls_setup::KernelTls,
-    report::{Active, Counters, Progress, ServerReport, first_negotiation, throughput},
+    report::{Active, Counters, Progress, ServerReport},
     tls::{self, CertAndKey, Negotiated, TlsChoice},
 };
 
@@ -352,31 +352,17 @@ pub async fn run_server(
         Ok((Some(a), Some(b))) if b > a => b.duration_since(a).as_secs_f64(),
         _ => started.elapsed().as_secs_f64(),
     };
-    let negotiated = counters.negotiations();
-    let (tls_version, cipher, cipher_suite) = first_negotiation(&negotiated);
-    let body_bytes = counters.body_bytes.load(Relaxed);
     Ok(ServerReport {
         role: "server".into(),
         mode: cfg.mode,
         listen: addr.to_string(),
         pid: std::process::id(),
         kernel_tls: cfg.mode.kernel_tls(),
-        tls_version,
-        cipher,
-        cipher_suite,
-        negotiated,
         file: shared.file.path.display().to_string(),
         file_size: shared.file.size,
         file_sha256: shared.sha_hex.clone(),
         generated_file: shared.file.generated,
-        requests: counters.requests.load(Relaxed),
-        body_bytes,
-        header_bytes: counters.header_bytes.load(Relaxed),
-        connections: counters.connections.load(Relaxed),
-        errors: counters.errors.load(Relaxed),
-        error_messages: counters.messages(),
-        seconds,
-        throughput_bytes_per_sec: throughput(body_bytes, seconds),
+        tally: counters.tally(seconds),
         cpu: None,
     })
 }

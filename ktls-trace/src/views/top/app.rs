@@ -260,11 +260,16 @@ pub async fn run(
     let mut snap = Snapshot::default();
     let mut st = ViewState::default();
     let mut drill = DrillFacts::default();
-    let collecting = "collecting the first interval...";
-    header.status = Some(match &header.status {
-        Some(st) => format!("{st}; {collecting}"),
-        None => collecting.into(),
-    });
+    // Probes the kernel refused stay on the status line; other news replaces the last.
+    let lost: Vec<String> = s.tracer().lost().iter().map(|l| l.to_string()).collect();
+    let mut notice = header.status.take();
+    header.status = Some(
+        [notice.as_deref(), Some("collecting the first interval...")]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
 
     let mut guard = TermGuard::enter().context("starting the terminal UI")?;
     let (tx, mut keys) = mpsc::unbounded_channel();
@@ -272,7 +277,6 @@ pub async fn run(
     let mut window = timer(header.interval_s);
     let mut dirty = true;
     let mut keys_open = true;
-    let mut notice: Option<String> = None;
     loop {
         if dirty {
             guard
@@ -285,7 +289,8 @@ pub async fn run(
             u = s.next() => match u? {
                 Update::Events(v) => model.ingest_all(&v),
                 Update::Notices(n) => {
-                    notice = Some(n.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("; "));
+                    let news = lost.iter().cloned().chain(n.iter().map(|n| n.to_string()));
+                    notice = Some(news.collect::<Vec<_>>().join("; "));
                 }
                 Update::Tick => {
                     if let Some(l) = &mut load

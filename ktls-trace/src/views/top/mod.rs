@@ -92,18 +92,20 @@ fn header(session: &Session, interval_s: f64) -> Header {
         ));
     }
     let waiting: Vec<&str> = tracer.waiting().iter().map(|p| p.name()).collect();
+    let mut status: Vec<String> = tracer.lost().iter().map(|l| l.to_string()).collect();
+    if !waiting.is_empty() {
+        status.push(format!(
+            "the tls module is not loaded: {} attach when it is (modprobe tls)",
+            waiting.join(", ")
+        ));
+    }
     Header {
         kernel: facts.release.clone(),
         mode,
         reduced: plan.backend == Backend::Tracepoint,
         interval_s,
         tls_stat: facts.tls_stat.clone(),
-        status: (!waiting.is_empty()).then(|| {
-            format!(
-                "the tls module is not loaded: {} attach when it is (modprobe tls)",
-                waiting.join(", ")
-            )
-        }),
+        status: (!status.is_empty()).then(|| status.join("; ")),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// What the load side reported (the parts the judge needs).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Served {
     /// File bytes the server sent in bodies.
     pub body_bytes: u64,

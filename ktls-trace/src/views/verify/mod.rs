@@ -5,6 +5,7 @@
 //! The server runs as a child process (`ktls-trace load --server-only`) so that it can be
 //! traced alone by PID; the client runs here, in user space, and checks every byte.
 
+mod fixture;
 pub mod judge;
 
 use std::{
@@ -67,6 +68,11 @@ pub struct VerifyArgs {
     /// userspace-tls modes), so a test can prove stage 5 catches corruption.
     #[arg(long, hide = true, value_name = "N")]
     pub corrupt_byte: Option<u64>,
+
+    /// Developer option: write the judged events and the load's report to this file (a
+    /// recorded stream for the replay tests; `cargo xtask record` collects them).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// Why verify cannot run here at all (exit code 2).
@@ -224,6 +230,15 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     let client = tokio::spawn(load::run_client(cfg, std::future::pending()));
     tokio::pin!(client);
     let mut judge = Judge::new(session.rules());
+    let mut recorded: Option<Vec<crate::event::TraceEvent>> = args.record.as_ref().map(|_| Vec::new());
+    let mut take = |judge: &mut Judge, events: &[crate::event::TraceEvent]| {
+        for e in events {
+            judge.ingest(e);
+        }
+        if let Some(r) = &mut recorded {
+            r.extend_from_slice(events);
+        }
+    };
     let mut client_result = None;
     let mut server_status = None;
     let deadline = tokio::time::sleep(Duration::from_secs(600));
@@ -231,7 +246,7 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     loop {
         tokio::select! {
             u = session.next() => match u? {
-                Update::Events(v) => v.iter().for_each(|e| judge.ingest(e)),
+                Update::Events(v) => take(&mut judge, &v),
                 Update::Notices(n) => n.iter().for_each(|n| eprintln!("ktls-trace: verify: {n}")),
                 Update::Tick => {
                     if client_result.is_some() && server_status.is_some() {
@@ -252,7 +267,7 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     }
     // Records the kernel's tx worker flushes after the last send still count.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    session.drain_now().iter().for_each(|e| judge.ingest(e));
+    take(&mut judge, &session.drain_now());
     let counts = session.counts();
     drop(session);
 
@@ -285,18 +300,22 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     }
 
     let served = Served {
-        body_bytes: report.body_bytes,
-        header_bytes: report.header_bytes,
-        requests: report.requests,
+        body_bytes: report.tally.body_bytes,
+        header_bytes: report.tally.header_bytes,
+        requests: report.tally.requests,
         tls: report
-            .tls_version
-            .zip(report.cipher)
+            .tally.tls_version
+            .zip(report.tally.cipher)
             .map(|(version, cipher)| TlsParams { version, cipher }),
         client_verified: client.verified,
-        client_body_bytes: client.body_bytes,
-        client_requests: client.requests,
-        client_errors: client.error_messages.clone(),
+        client_body_bytes: client.tally.body_bytes,
+        client_requests: client.tally.requests,
+        client_errors: client.tally.error_messages.clone(),
     };
+    if let (Some(path), Some(events)) = (&args.record, &recorded) {
+        fixture::write(path, &facts.release, args.mode, ready.pid, &served, events)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let verdict = judge.verdict(&served);
     if args.json {
         println!("{}", to_json(&verdict, &args, &report, &facts));
@@ -311,7 +330,7 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
 }
 
 fn negotiated(report: &ServerReport) -> String {
-    match (report.tls_version, report.cipher) {
+    match (report.tally.tls_version, report.tally.cipher) {
         (Some(v), Some(c)) => format!("TLS {v} {c}"),
         _ => "no TLS".to_string(),
     }
@@ -328,7 +347,7 @@ pub fn render(
         "ktls-trace verify: mode {}, {}, {} request(s) x {} bytes, kernel {}\n",
         args.mode.name(),
         negotiated(report),
-        report.requests,
+        report.tally.requests,
         report.file_size,
         facts.release
     );
@@ -366,11 +385,11 @@ pub fn to_json(
         "path_id": v.path.map(Path::id),
         "mode": args.mode.name(),
         "kernel": facts.release,
-        "tls_version": report.tls_version,
-        "cipher": report.cipher,
-        "requests": report.requests,
-        "body_bytes": report.body_bytes,
-        "header_bytes": report.header_bytes,
+        "tls_version": report.tally.tls_version,
+        "cipher": report.tally.cipher,
+        "requests": report.tally.requests,
+        "body_bytes": report.tally.body_bytes,
+        "header_bytes": report.tally.header_bytes,
         "stages": v.stages,
         "numbers": v.numbers,
     })

@@ -54,13 +54,12 @@ pub struct BenchArgs {
     pub runs: u32,
 }
 
-/// One measured configuration: a load mode, with or without a tracer.
+/// A tracer configuration, measured on the [`BASELINE`] mode. The untraced configurations
+/// are the load's modes, as `ktls-trace load --list-modes` names them in the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// Name in the guest lines and the JSON.
     pub name: &'static str,
-    /// `ktls-trace load --mode`.
-    pub mode: &'static str,
     /// Which tracer runs during the load.
     pub tracer: Tracer,
     /// What the table calls it.
@@ -69,72 +68,48 @@ pub struct Config {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracer {
-    None,
     /// `ktls-trace trace --json` of the whole system.
     TraceAll,
-    /// `ktls-trace top --once` of the whole system (aggregation only, no output per event).
+    /// `ktls-trace top --once --json` of the whole system (aggregation only, no output per
+    /// event).
     TopAll,
     /// `ktls-trace trace --json --comm ktls-load-srv`: filtered in the kernel.
     TraceComm,
 }
 
-/// The untraced ktls-sendfile run every ratio of a round is taken against.
+impl Tracer {
+    /// The guest script's word for it.
+    fn kind(self) -> &'static str {
+        match self {
+            Tracer::TraceAll => "trace",
+            Tracer::TopAll => "top",
+            Tracer::TraceComm => "trace-comm",
+        }
+    }
+}
+
+/// The untraced mode every ratio of a round is taken against: the zero-copy path, whose
+/// tracing overhead is what people who leave the tracer running pay.
 pub const BASELINE: &str = "ktls-sendfile";
 
-/// In the order each round runs them: the tracer runs sit between untraced ones, so a
-/// drift of the guest's speed during a round spreads over both sides.
-pub const CONFIGS: [Config; 7] = [
-    Config {
-        name: BASELINE,
-        mode: "ktls-sendfile",
-        tracer: Tracer::None,
-        label: "ktls-sendfile",
-    },
+/// The tracers, in the order each round runs them (one after each load mode).
+pub const CONFIGS: [Config; 3] = [
     Config {
         name: "trace-all",
-        mode: "ktls-sendfile",
         tracer: Tracer::TraceAll,
         label: "trace --json (whole system)",
     },
     Config {
-        name: "ktls-write",
-        mode: "ktls-write",
-        tracer: Tracer::None,
-        label: "ktls-write",
-    },
-    Config {
         name: "top-all",
-        mode: "ktls-sendfile",
         tracer: Tracer::TopAll,
         label: "top --once (whole system)",
     },
     Config {
-        name: "userspace-tls",
-        mode: "userspace-tls",
-        tracer: Tracer::None,
-        label: "userspace-tls",
-    },
-    Config {
         name: "trace-comm",
-        mode: "ktls-sendfile",
         tracer: Tracer::TraceComm,
         label: "trace --json --comm ktls-load-srv",
     },
-    Config {
-        name: "plain-sendfile",
-        mode: "plain-sendfile",
-        tracer: Tracer::None,
-        label: "plain-sendfile",
-    },
 ];
-
-const PATHS: [&str; 4] = [
-    "ktls-sendfile",
-    "ktls-write",
-    "userspace-tls",
-    "plain-sendfile",
-];
-const TRACED: [&str; 4] = [BASELINE, "trace-all", "top-all", "trace-comm"];
 
 fn config(name: &str) -> Option<&'static Config> {
     CONFIGS.iter().find(|c| c.name == name)
@@ -151,9 +126,10 @@ pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
         let run_id = run_id();
         let script = guest_script(&run_id, args.seconds, args.runs);
         // Per run: the load, plus up to ~30 s of tracer attach and detach under TCG.
+        // Four load modes and the tracers, every round.
+        let configs = 4 + CONFIGS.len() as u64;
         let per_run = u64::from(args.seconds) + 40;
-        let timeout =
-            Duration::from_secs(180 + per_run * CONFIGS.len() as u64 * u64::from(args.runs));
+        let timeout = Duration::from_secs(180 + per_run * configs * u64::from(args.runs));
         let started = std::time::Instant::now();
         let console = vm::run_script(series, &artifacts, &script, timeout, vm::Vcpus::Parallel)
             .with_context(|| format!("the {label} bench guest"))?;
@@ -190,127 +166,19 @@ fn run_id() -> String {
     format!("{:x}{:x}", t.as_secs(), std::process::id())
 }
 
-/// The guest plan. Every measurement prints one `KT-BENCH <id> ...` line (formats in
-/// [`parse`]).
+/// The guest plan (guest.sh, with this run's values). Every measurement prints one
+/// `KT-BENCH <id> ...` line (formats in [`parse`]).
 pub fn guest_script(run_id: &str, seconds: u32, runs: u32) -> String {
-    let configs: Vec<String> = CONFIGS
+    let tracers: Vec<String> = CONFIGS
         .iter()
-        .map(|c| {
-            let tracer = match c.tracer {
-                Tracer::None => "none",
-                Tracer::TraceAll => "trace",
-                Tracer::TopAll => "top",
-                Tracer::TraceComm => "trace-comm",
-            };
-            format!("{}:{}:{}", c.name, c.mode, tracer)
-        })
+        .map(|c| format!("{}:{}", c.name, c.tracer.kind()))
         .collect();
-    format!(
-        r#"dmesg -n 1
-KT=/opt/kt/ktls-trace
-ID={run_id}
-D={seconds}
-RUNS={runs}
-say() {{ echo "KT-BENCH $ID $*"; }}
-now() {{ cut -d' ' -f1 /proc/uptime; }}
-ticks() {{ awk '{{print $14 + $15}}' "/proc/$1/stat" 2>/dev/null || echo 0; }}
-# Voluntary context switches of all of a process's threads: about one per wake-up.
-cswitches() {{ cat /proc/$1/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {{s += $2}} END {{print s + 0}}'; }}
-say start kernel=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo) runs=$RUNS seconds=$D
-
-# load MODE: one `ktls-trace load --json` report on stdout; rc in LOAD_RC, wall time in LOAD_WALL.
-load() {{
-    opts="--tls 1.3 --cipher aes-128-gcm"
-    [ "$1" = plain-sendfile ] && opts=""
-    LT0=$(now)
-    timeout $((D * 3 + 60)) "$KT" load --mode "$1" --duration "$D" --json $opts \
-        >/tmp/load.out 2>/tmp/load.err
-    LOAD_RC=$?
-    LOAD_WALL=$(awk "BEGIN {{print $(now) - $LT0}}")
-}}
-
-# tracer KIND: starts it in the background (TP) and waits until its probes are attached.
-tracer() {{
-    rm -f /tmp/tr.out /tmp/tr.err
-    case "$1" in
-        trace) "$KT" trace --json >/tmp/tr.out 2>/tmp/tr.err & ;;
-        top) "$KT" top --once --interval 60 >/tmp/tr.out 2>/tmp/tr.err & ;;
-        trace-comm) "$KT" trace --json --comm ktls-load-srv >/tmp/tr.out 2>/tmp/tr.err & ;;
-    esac
-    TP=$!
-    AT0=$(now)
-    n=0
-    until grep -q "ktls-trace: attached" /tmp/tr.err 2>/dev/null; do
-        n=$((n + 1))
-        if [ $n -gt 1200 ] || ! kill -0 $TP 2>/dev/null; then
-            say "error tracer $1 did not attach: $(tail -n 3 /tmp/tr.err | tr '\n' ' ')"
-            kill -KILL $TP 2>/dev/null; wait $TP 2>/dev/null
-            TP=""
-            return 1
-        fi
-        sleep 0.1
-    done
-    ATTACH=$(awk "BEGIN {{print $(now) - $AT0}}")
-}}
-
-# stop: SIGTERM (trace and top end with their summary / snapshot), at most 60 s.
-stop() {{
-    kill -TERM $TP 2>/dev/null
-    ( sleep 60; kill -KILL $TP 2>/dev/null ) &
-    wd=$!
-    wait $TP
-    TRC=$?
-    kill $wd 2>/dev/null
-    wait $wd 2>/dev/null
-}}
-
-measure() {{ # NAME MODE TRACER ROUND
-    if [ "$3" != none ]; then
-        tracer "$3" || return
-        TK0=$(ticks $TP)
-        CS0=$(cswitches $TP)
-    fi
-    load "$2"
-    if [ "$3" != none ]; then
-        TK1=$(ticks $TP)
-        CS1=$(cswitches $TP)
-        alive=1; kill -0 $TP 2>/dev/null || alive=0
-        stop
-        if [ "$3" = top ]; then
-            summary=$(head -n 1 /tmp/tr.out)
-        else
-            summary=$(tail -n 1 /tmp/tr.out)
-        fi
-        say "tracer $1 $4 rc=$TRC alive=$alive ticks=$((TK1 - TK0)) wakeups=$((CS1 - CS0)) attach_s=$ATTACH $summary"
-        [ $TRC -eq 0 ] || say "error tracer $1 round $4 exited $TRC: $(tail -n 3 /tmp/tr.err | tr '\n' ' ')"
-        rm -f /tmp/tr.out
-    fi
-    say "load $1 $4 rc=$LOAD_RC wall_s=$LOAD_WALL $(head -n 1 /tmp/load.out)"
-    [ $LOAD_RC -eq 0 ] || say "error load $1 round $4 exited $LOAD_RC: $(tail -n 3 /tmp/load.err | tr '\n' ' ')"
-}}
-
-# On a real machine udev loads the AES-NI module from the CPU's modalias; the guest has
-# no udev, and without it 6.1's kernel TLS gets gcm(aes) from C AES (aes-generic).
-modprobe aesni_intel 2>/dev/null
-# Warm-up (page cache, crypto modules, first handshake, qemu's code cache); not measured.
-load ktls-sendfile
-say warmup rc=$LOAD_RC
-# Which AES-GCM implementation kernel TLS got, and whether the (emulated) CPU offers AES-NI.
-gcm=$(awk '/^name/ {{n = $3}} /^driver/ {{if (n == "gcm(aes)") print $3}}' /proc/crypto | sort -u | tr '\n' ' ')
-say "crypto aesni=$(grep -q -w aes /proc/cpuinfo && echo yes || echo no) gcm_aes_drivers=$gcm"
-
-r=1
-while [ $r -le $RUNS ]; do
-    for c in {configs}; do
-        name=${{c%%:*}}; rest=${{c#*:}}
-        measure "$name" "${{rest%%:*}}" "${{rest#*:}}" $r
-    done
-    r=$((r + 1))
-done
-say done uptime=$(now)
-"#,
-        configs = configs.join(" ")
-    )
+    include_str!("guest.sh")
+        .replace("@RUN_ID@", run_id)
+        .replace("@SECONDS@", &seconds.to_string())
+        .replace("@RUNS@", &runs.to_string())
+        .replace("@TRACERS@", &tracers.join(" "))
+        .replace("@BASELINE@", BASELINE)
 }
 
 /// One run of one configuration, as the guest reported it.
@@ -340,6 +208,8 @@ pub struct TracerSample {
 #[derive(Debug, Default)]
 pub struct Results {
     pub kernel: Option<String>,
+    /// The load modes the binary named (the untraced configurations).
+    pub modes: Vec<String>,
     /// `aesni=yes|no gcm_aes_drivers=...`: the crypto kernel TLS ran on.
     pub crypto: Option<String>,
     pub samples: BTreeMap<(String, u32), Sample>,
@@ -351,7 +221,8 @@ pub struct Results {
 ///
 /// ```text
 /// start kernel=<uname -r> cpus=N runs=N seconds=N
-/// tracer <config> <round> rc=N alive=0|1 ticks=N attach_s=X <summary JSON | top header>
+/// modes <mode> <mode> ...
+/// tracer <config> <round> rc=N alive=0|1 ticks=N attach_s=X <trace summary | top JSON>
 /// load <config> <round> rc=N wall_s=X <load report JSON>
 /// error <words>
 /// done uptime=X
@@ -369,6 +240,7 @@ pub fn parse(console: &str, run_id: &str, runs: u32) -> Results {
             "start" => {
                 r.kernel = field(rest, "kernel").map(str::to_string);
             }
+            "modes" => r.modes = rest.split_whitespace().map(str::to_string).collect(),
             "load" | "tracer" => {
                 let mut it = rest.splitn(3, ' ');
                 let (Some(name), Some(round), Some(rest)) = (it.next(), it.next(), it.next())
@@ -408,29 +280,35 @@ pub fn parse(console: &str, run_id: &str, runs: u32) -> Results {
         r.problems
             .push("the guest did not finish the bench (no done line)".into());
     }
-    for c in &CONFIGS {
+    if !r.modes.iter().any(|m| m == BASELINE) {
+        r.problems
+            .push(format!("the binary names no {BASELINE} mode: {:?}", r.modes));
+    }
+    let expected = r
+        .modes
+        .iter()
+        .map(|m| (m.clone(), false))
+        .chain(CONFIGS.iter().map(|c| (c.name.to_string(), true)))
+        .collect::<Vec<_>>();
+    for (name, traced) in expected {
         for round in 1..=runs {
-            match r.samples.get(&(c.name.to_string(), round)) {
-                None => r
-                    .problems
-                    .push(format!("{} round {round}: no result", c.name)),
+            match r.samples.get(&(name.clone(), round)) {
+                None => r.problems.push(format!("{name} round {round}: no result")),
                 Some(s) => {
                     if s.load.is_none() {
                         r.problems
-                            .push(format!("{} round {round}: no load report", c.name));
+                            .push(format!("{name} round {round}: no load report"));
                     }
-                    if c.tracer != Tracer::None {
+                    if traced {
                         match &s.tracer {
                             None => r
                                 .problems
-                                .push(format!("{} round {round}: no tracer result", c.name)),
+                                .push(format!("{name} round {round}: no tracer result")),
                             Some(t) if !t.alive => r.problems.push(format!(
-                                "{} round {round}: the tracer ended before the load did",
-                                c.name
+                                "{name} round {round}: the tracer ended before the load did"
                             )),
                             Some(t) if t.events.is_none() => r.problems.push(format!(
-                                "{} round {round}: no event count from the tracer",
-                                c.name
+                                "{name} round {round}: no event count from the tracer"
                             )),
                             Some(_) => {}
                         }
@@ -465,26 +343,20 @@ fn tracer_sample(text: &str) -> TracerSample {
         events: None,
         drops: None,
     };
-    if let Some(v) = json_tail(text) {
+    match json_tail(text) {
         // trace --json: {"summary":{"events":N,"drops":N,...}}
-        t.events = v.pointer("/summary/events").and_then(Value::as_u64);
-        t.drops = v.pointer("/summary/drops").and_then(Value::as_u64);
-    } else {
-        // top --once: "ktls-trace top - kernel K - interval 60.00s - events N (R/s) - dropped N"
-        t.events = after_word(text, "events");
-        t.drops = after_word(text, "dropped");
+        Some(v) if v.get("summary").is_some() => {
+            t.events = v.pointer("/summary/events").and_then(Value::as_u64);
+            t.drops = v.pointer("/summary/drops").and_then(Value::as_u64);
+        }
+        // top --once --json: {"kernel":..,"events":N,"drops_total":N,...}
+        Some(v) => {
+            t.events = v.get("events").and_then(Value::as_u64);
+            t.drops = v.get("drops_total").and_then(Value::as_u64);
+        }
+        None => {}
     }
     t
-}
-
-fn after_word(text: &str, word: &str) -> Option<u64> {
-    let mut it = text.split_whitespace();
-    while let Some(w) = it.next() {
-        if w == word {
-            return it.next().and_then(|n| n.parse().ok());
-        }
-    }
-    None
 }
 
 /// Median of the values (the mean of the middle two for an even count).
@@ -612,8 +484,8 @@ pub fn report_json(series: Series, args: &BenchArgs, r: &Results, elapsed: Durat
         "seconds": args.seconds,
         "workload": "ktls-trace load --file-size 4M (default), 1 connection, TLS 1.3 AES-128-GCM (plain-sendfile: no TLS)",
         "elapsed_s": elapsed.as_secs_f64(),
-        "paths": PATHS.iter().map(|n| cfg_summary(n, &["throughput", "server_cpu_per_gib", "process_cpu_per_gib"])).collect::<Vec<_>>(),
-        "tracing": TRACED.iter().map(|n| cfg_summary(n, &[
+        "paths": r.modes.iter().map(|n| cfg_summary(n, &["throughput", "server_cpu_per_gib", "process_cpu_per_gib"])).collect::<Vec<_>>(),
+        "tracing": std::iter::once(BASELINE).chain(CONFIGS.iter().map(|c| c.name)).map(|n| cfg_summary(n, &[
             "throughput", "server_cpu_per_gib", "events_per_s", "drops", "tracer_cpu_s",
             "tracer_cpu_per_gib", "tracer_cpu_share", "tracer_us_per_event", "events_per_wakeup",
             "attach_s",
@@ -764,32 +636,41 @@ mod tests {
         .to_string()
     }
 
+    const MODES: [&str; 4] = [
+        "ktls-sendfile",
+        "ktls-write",
+        "userspace-tls",
+        "plain-sendfile",
+    ];
+
     /// A console with every configuration in `runs` rounds; the baseline does 100 MB/s
     /// at 1 s/GiB, the others `factor` times that throughput.
     fn console(id: &str, runs: u32) -> String {
         let mut c = format!(
             "noise\n[   1.0] KT-BENCH {id} start kernel=6.12.1 cpus=2 runs={runs} seconds=6\n"
         );
+        c.push_str(&format!("KT-BENCH {id} modes {} \n", MODES.join(" ")));
         c.push_str(&format!(
             "KT-BENCH {id} crypto aesni=yes gcm_aes_drivers=generic-gcm-aesni \n"
         ));
+        let names = MODES
+            .iter()
+            .map(|m| (*m, None))
+            .chain(CONFIGS.iter().map(|c| (c.name, Some(c.tracer))));
         for round in 1..=runs {
-            for cfg in &CONFIGS {
-                let factor = if cfg.name == BASELINE { 1.0 } else { 0.5 };
-                if cfg.tracer == Tracer::TopAll {
-                    c.push_str(&format!(
-                        "KT-BENCH {id} tracer {} {round} rc=0 alive=1 ticks=150 attach_s=1.5 ktls-trace top - kernel 6.12.1 - interval 60.00s - events 6000 (1.00K/s) - dropped 3\n",
-                        cfg.name
-                    ));
-                } else if cfg.tracer != Tracer::None {
-                    c.push_str(&format!(
-                        "KT-BENCH {id} tracer {} {round} rc=0 alive=1 ticks=300 wakeups=600 attach_s=1.0 {{\"summary\":{{\"events\":6000,\"drops\":0}}}}\n",
-                        cfg.name
-                    ));
+            for (name, tracer) in names.clone() {
+                let factor = if name == BASELINE { 1.0 } else { 0.5 };
+                match tracer {
+                    Some(Tracer::TopAll) => c.push_str(&format!(
+                        "KT-BENCH {id} tracer {name} {round} rc=0 alive=1 ticks=150 attach_s=1.5 {{\"kernel\":\"6.12.1\",\"events\":6000,\"drops_total\":3,\"procs\":[]}}\n"
+                    )),
+                    Some(_) => c.push_str(&format!(
+                        "KT-BENCH {id} tracer {name} {round} rc=0 alive=1 ticks=300 wakeups=600 attach_s=1.0 {{\"summary\":{{\"events\":6000,\"drops\":0}}}}\n"
+                    )),
+                    None => {}
                 }
                 c.push_str(&format!(
-                    "KT-BENCH {id} load {} {round} rc=0 wall_s=6.5 {}\n",
-                    cfg.name,
+                    "KT-BENCH {id} load {name} {round} rc=0 wall_s=6.5 {}\n",
                     load_json(
                         1 << 30,
                         6.0,
@@ -812,7 +693,8 @@ mod tests {
             r.crypto.as_deref(),
             Some("aesni=yes gcm_aes_drivers=generic-gcm-aesni")
         );
-        assert_eq!(r.samples.len(), CONFIGS.len() * 3);
+        assert_eq!(r.modes, MODES);
+        assert_eq!(r.samples.len(), (MODES.len() + CONFIGS.len()) * 3);
         let top = r.samples[&("top-all".to_string(), 2)]
             .tracer
             .clone()
@@ -904,10 +786,18 @@ mod tests {
     fn script_runs_every_configuration_and_marks_lines() {
         let s = guest_script("id1", 6, 3);
         assert!(s.contains("ID=id1") && s.contains("D=6") && s.contains("RUNS=3"));
+        assert!(
+            s.split('@')
+                .skip(1)
+                .all(|rest| !rest.starts_with(|c: char| c.is_ascii_uppercase())),
+            "every placeholder filled: {s}"
+        );
         for c in &CONFIGS {
-            assert!(s.contains(&format!("{}:{}:", c.name, c.mode)), "{}", c.name);
+            assert!(s.contains(&format!("{}:{}", c.name, c.tracer.kind())), "{}", c.name);
         }
+        assert!(s.contains("BASELINE=ktls-sendfile"));
+        assert!(s.contains("load --list-modes"), "the modes come from the binary");
         assert!(s.contains("trace --json --comm ktls-load-srv"));
-        assert!(s.contains("top --once --interval 60"));
+        assert!(s.contains("top --once --json --interval 60"));
     }
 }
