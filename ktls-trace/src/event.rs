@@ -324,11 +324,11 @@ fn probe_named(name: &str) -> Result<Probe, JsonError> {
 
 fn tls_wire(version: &str, cipher: &str) -> Option<TlsWire> {
     use crate::tls::{Cipher, TlsVersion};
-    let version = match TlsVersion::ALL.into_iter().find(|v| v.name() == version) {
+    let version = match TlsVersion::from_name(version) {
         Some(v) => v.wire(),
         None => u16::from_str_radix(version.strip_prefix("0x")?, 16).ok()?,
     };
-    let cipher = match Cipher::ALL.into_iter().find(|c| c.name() == cipher) {
+    let cipher = match Cipher::from_name(cipher) {
         Some(c) => c.wire(),
         None => cipher.parse().ok()?,
     };

@@ -7,133 +7,116 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// TLS protocol version.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    clap::ValueEnum,
-    Serialize,
-    Deserialize,
-)]
-pub enum TlsVersion {
-    #[value(name = "1.2")]
-    #[serde(rename = "1.2")]
-    Tls12,
-    #[value(name = "1.3")]
-    #[serde(rename = "1.3")]
-    Tls13,
-}
-
-impl TlsVersion {
-    pub const ALL: [TlsVersion; 2] = [TlsVersion::Tls13, TlsVersion::Tls12];
-
-    /// "1.2" / "1.3".
-    pub fn name(self) -> &'static str {
-        match self {
-            TlsVersion::Tls12 => "1.2",
-            TlsVersion::Tls13 => "1.3",
+/// An enum whose variants have a name (command line, JSON, reports) and a value the kernel
+/// uses (`struct tls_crypto_info`, sock_diag): `ALL` in preference order, `name`, `wire`,
+/// their inverses, `Display`, and serde by name.
+macro_rules! wire_enum {
+    ($(#[$doc:meta])* $ty:ident { $($(#[$vdoc:meta])* $v:ident = ($name:literal, $wire:literal)),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $ty {
+            $($(#[$vdoc])* $v),+
         }
-    }
 
-    /// The wire value (`TLS_1_2_VERSION` = 0x0303, `TLS_1_3_VERSION` = 0x0304).
-    pub fn wire(self) -> u16 {
-        match self {
-            TlsVersion::Tls12 => 0x0303,
-            TlsVersion::Tls13 => 0x0304,
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$v),+];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$v => $name),+
+                }
+            }
+
+            /// The kernel's value.
+            pub fn wire(self) -> u16 {
+                match self {
+                    $($ty::$v => $wire),+
+                }
+            }
+
+            pub fn from_wire(v: u16) -> Option<$ty> {
+                Self::ALL.iter().copied().find(|x| x.wire() == v)
+            }
+
+            pub fn from_name(name: &str) -> Option<$ty> {
+                Self::ALL.iter().copied().find(|x| x.name() == name)
+            }
         }
-    }
 
-    pub fn from_wire(v: u16) -> Option<TlsVersion> {
-        TlsVersion::ALL.into_iter().find(|t| t.wire() == v)
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                let name = String::deserialize(d)?;
+                $ty::from_name(&name)
+                    .ok_or_else(|| serde::de::Error::custom(format!("unknown {}: {name}", stringify!($ty))))
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// TLS protocol version (`TLS_1_2_VERSION`, `TLS_1_3_VERSION`), newest first.
+    TlsVersion {
+        Tls13 = ("1.3", 0x0304),
+        Tls12 = ("1.2", 0x0303),
     }
 }
 
-impl fmt::Display for TlsVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+wire_enum! {
+    /// The AEAD of the TLS records: every cipher kernel TLS knows (`TLS_CIPHER_*` in
+    /// include/uapi/linux/tls.h).
+    Cipher {
+        Aes128Gcm = ("aes-128-gcm", 51),
+        Aes256Gcm = ("aes-256-gcm", 52),
+        Chacha20Poly1305 = ("chacha20-poly1305", 54),
+        Aes128Ccm = ("aes-128-ccm", 53),
+        Sm4Gcm = ("sm4-gcm", 55),
+        Sm4Ccm = ("sm4-ccm", 56),
+        Aria128Gcm = ("aria-128-gcm", 57),
+        Aria256Gcm = ("aria-256-gcm", 58),
     }
 }
 
-/// The AEAD of the TLS records: every cipher kernel TLS knows (`TLS_CIPHER_*` in
-/// include/uapi/linux/tls.h). rustls, and so `ktls-trace load`, offers the first three.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    clap::ValueEnum,
-    Serialize,
-    Deserialize,
-)]
-pub enum Cipher {
-    #[value(name = "aes-128-gcm")]
-    #[serde(rename = "aes-128-gcm")]
-    Aes128Gcm,
-    #[value(name = "aes-256-gcm")]
-    #[serde(rename = "aes-256-gcm")]
-    Aes256Gcm,
-    #[value(name = "chacha20-poly1305")]
-    #[serde(rename = "chacha20-poly1305")]
-    Chacha20Poly1305,
-    #[value(skip)]
-    #[serde(rename = "aes-128-ccm")]
-    Aes128Ccm,
-    #[value(skip)]
-    #[serde(rename = "sm4-gcm")]
-    Sm4Gcm,
-    #[value(skip)]
-    #[serde(rename = "sm4-ccm")]
-    Sm4Ccm,
-    #[value(skip)]
-    #[serde(rename = "aria-128-gcm")]
-    Aria128Gcm,
-    #[value(skip)]
-    #[serde(rename = "aria-256-gcm")]
-    Aria256Gcm,
+/// `--tls`: every version.
+impl clap::ValueEnum for TlsVersion {
+    fn value_variants<'a>() -> &'a [Self] {
+        TlsVersion::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
+/// `--cipher`: what the workload generator can negotiate.
+impl clap::ValueEnum for Cipher {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Cipher::LOAD
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
 }
 
 impl Cipher {
-    pub const ALL: [Cipher; 8] = [
-        Cipher::Aes128Gcm,
-        Cipher::Aes256Gcm,
-        Cipher::Chacha20Poly1305,
-        Cipher::Aes128Ccm,
-        Cipher::Sm4Gcm,
-        Cipher::Sm4Ccm,
-        Cipher::Aria128Gcm,
-        Cipher::Aria256Gcm,
-    ];
-
     /// The ciphers the workload generator can negotiate (rustls with ring).
     pub const LOAD: [Cipher; 3] = [
         Cipher::Aes128Gcm,
         Cipher::Aes256Gcm,
         Cipher::Chacha20Poly1305,
     ];
-
-    /// "aes-128-gcm", ...
-    pub fn name(self) -> &'static str {
-        match self {
-            Cipher::Aes128Gcm => "aes-128-gcm",
-            Cipher::Aes256Gcm => "aes-256-gcm",
-            Cipher::Chacha20Poly1305 => "chacha20-poly1305",
-            Cipher::Aes128Ccm => "aes-128-ccm",
-            Cipher::Sm4Gcm => "sm4-gcm",
-            Cipher::Sm4Ccm => "sm4-ccm",
-            Cipher::Aria128Gcm => "aria-128-gcm",
-            Cipher::Aria256Gcm => "aria-256-gcm",
-        }
-    }
 
     /// As `ss` prints it: "AES-GCM-128", ...
     pub fn kernel_name(self) -> &'static str {
@@ -147,30 +130,6 @@ impl Cipher {
             Cipher::Aria128Gcm => "ARIA-GCM-128",
             Cipher::Aria256Gcm => "ARIA-GCM-256",
         }
-    }
-
-    /// The kernel's `TLS_CIPHER_*` value.
-    pub fn wire(self) -> u16 {
-        match self {
-            Cipher::Aes128Gcm => 51,
-            Cipher::Aes256Gcm => 52,
-            Cipher::Aes128Ccm => 53,
-            Cipher::Chacha20Poly1305 => 54,
-            Cipher::Sm4Gcm => 55,
-            Cipher::Sm4Ccm => 56,
-            Cipher::Aria128Gcm => 57,
-            Cipher::Aria256Gcm => 58,
-        }
-    }
-
-    pub fn from_wire(v: u16) -> Option<Cipher> {
-        Cipher::ALL.into_iter().find(|c| c.wire() == v)
-    }
-}
-
-impl fmt::Display for Cipher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -270,11 +229,13 @@ mod tests {
         );
         // The load's --cipher offers what rustls can negotiate, nothing else.
         use clap::ValueEnum as _;
-        let offered: Vec<Cipher> = Cipher::value_variants()
-            .iter()
-            .filter(|c| c.to_possible_value().is_some())
-            .copied()
-            .collect();
-        assert_eq!(offered, Cipher::LOAD);
+        assert_eq!(Cipher::value_variants(), Cipher::LOAD);
+        assert_eq!(
+            Cipher::from_str("aes-256-gcm", false),
+            Ok(Cipher::Aes256Gcm)
+        );
+        assert!(Cipher::from_str("sm4-gcm", false).is_err());
+        assert_eq!(TlsVersion::from_str("1.2", false), Ok(TlsVersion::Tls12));
+        assert!(serde_json::from_str::<Cipher>("\"rot13\"").is_err());
     }
 }

@@ -258,11 +258,13 @@ fn sigterm_stops_verify_and_its_load_server() {
         assert!(Instant::now() < deadline, "verify did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
+    let said = reader.join().unwrap_or_default().join("\n");
     assert_eq!(
         status.code(),
         Some(1),
-        "an interrupted proof is a failure: {status}"
+        "an interrupted proof is a failure: {status}\n{said}"
     );
+    assert!(said.contains("interrupted"), "{said}");
     // The server is gone (a zombie reaped by init at the latest: not running).
     let deadline = Instant::now() + Duration::from_secs(10);
     while ktls_trace_tests::process_running(server as u32) {

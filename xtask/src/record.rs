@@ -53,7 +53,9 @@ pub fn record_cmd(args: &RecordArgs) -> Result<()> {
         .with_context(|| format!("the {label} guest"))?;
         let files = fixtures(&console);
         if files.is_empty() {
-            bail!("the {label} guest recorded nothing (console: target/vm/{label}/console-demo.log)");
+            bail!(
+                "the {label} guest recorded nothing (console: target/vm/{label}/console-demo.log)"
+            );
         }
         let dir = root.join(label);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -66,7 +68,11 @@ pub fn record_cmd(args: &RecordArgs) -> Result<()> {
 
 fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("record: wrote {} ({} lines)", path.display(), text.lines().count());
+    eprintln!(
+        "record: wrote {} ({} lines)",
+        path.display(),
+        text.lines().count()
+    );
     Ok(())
 }
 

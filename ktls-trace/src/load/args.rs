@@ -264,7 +264,7 @@ mod tests {
             assert_eq!(serde_json::to_value(c).unwrap(), c.name());
             assert_eq!(Cipher::from_str(c.name(), false).unwrap(), c);
         }
-        for v in TlsVersion::ALL {
+        for &v in TlsVersion::ALL {
             assert_eq!(serde_json::to_value(v).unwrap(), v.name());
             assert_eq!(TlsVersion::from_str(v.name(), false).unwrap(), v);
         }

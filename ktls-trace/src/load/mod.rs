@@ -376,12 +376,14 @@ async fn run_both(args: LoadArgs) -> anyhow::Result<ExitCode> {
     // The client's findings first: they say what went wrong with the data.
     let first = rep
         .client
-        .tally.error_messages
+        .tally
+        .error_messages
         .first()
         .map(|m| format!("client: {m}"))
         .or_else(|| {
             rep.server
-                .tally.error_messages
+                .tally
+                .error_messages
                 .first()
                 .map(|m| format!("server: {m}"))
         });
@@ -467,11 +469,17 @@ mod tests {
         };
         let client = run_client(ccfg, std::future::pending()).await.unwrap();
         assert!(client.verified, "{client:?}");
-        assert_eq!((client.tally.requests, client.tally.body_bytes), (3, 900_000));
+        assert_eq!(
+            (client.tally.requests, client.tally.body_bytes),
+            (3, 900_000)
+        );
         assert_eq!(client.tally.tls_version, Some(TlsVersion::Tls12));
         assert_eq!(client.tally.cipher, Some(Cipher::Aes128Gcm));
         let rep = server.await.unwrap().unwrap();
-        assert_eq!((rep.tally.requests, rep.tally.body_bytes, rep.tally.errors), (3, 900_000, 0));
+        assert_eq!(
+            (rep.tally.requests, rep.tally.body_bytes, rep.tally.errors),
+            (3, 900_000, 0)
+        );
         assert_eq!(rep.tally.header_bytes, client.tally.header_bytes);
         assert!(!std::path::Path::new(&rep.file).exists());
 
@@ -479,8 +487,18 @@ mod tests {
         let back: ServerReport =
             serde_json::from_str(&serde_json::to_string(&rep).unwrap()).unwrap();
         assert_eq!(
-            (back.mode, back.tally.requests, back.tally.body_bytes, back.tally.header_bytes),
-            (rep.mode, rep.tally.requests, rep.tally.body_bytes, rep.tally.header_bytes)
+            (
+                back.mode,
+                back.tally.requests,
+                back.tally.body_bytes,
+                back.tally.header_bytes
+            ),
+            (
+                rep.mode,
+                rep.tally.requests,
+                rep.tally.body_bytes,
+                rep.tally.header_bytes
+            )
         );
         assert_eq!(back.tally.negotiated, rep.tally.negotiated);
         let back: ClientReport =

@@ -372,7 +372,12 @@ pub fn render_server(r: &ServerReport) -> String {
         tls_words(&r.tally.tls_version, &r.tally.cipher_suite),
         file_words(r)
     );
-    requests_line(&mut out, r.tally.requests, r.tally.connections, r.tally.seconds);
+    requests_line(
+        &mut out,
+        r.tally.requests,
+        r.tally.connections,
+        r.tally.seconds,
+    );
     let _ = writeln!(
         out,
         "  {:<13} {} body ({} B) + {} B headers",
@@ -413,7 +418,12 @@ pub fn render_client(r: &ClientReport) -> String {
         r.path,
         tls_words(&r.tally.tls_version, &r.tally.cipher_suite)
     );
-    requests_line(&mut out, r.tally.requests, r.tally.connections, r.tally.seconds);
+    requests_line(
+        &mut out,
+        r.tally.requests,
+        r.tally.connections,
+        r.tally.seconds,
+    );
     let _ = writeln!(
         out,
         "  {:<13} {} body ({} B) + {} B headers",
@@ -440,7 +450,12 @@ pub fn render_combined(r: &CombinedReport) -> String {
         tls_words(&s.tally.tls_version, &s.tally.cipher_suite),
         file_words(s)
     );
-    requests_line(&mut out, c.tally.requests, c.tally.connections, c.tally.seconds);
+    requests_line(
+        &mut out,
+        c.tally.requests,
+        c.tally.connections,
+        c.tally.seconds,
+    );
     let _ = writeln!(
         out,
         "  {:<13} {} body ({} B) + {} B headers sent; {} B body received",
@@ -452,11 +467,17 @@ pub fn render_combined(r: &CombinedReport) -> String {
     );
     throughput_line(&mut out, r.throughput_bytes_per_sec);
     let mut msgs: Vec<String> = s
-        .tally.error_messages
+        .tally
+        .error_messages
         .iter()
         .map(|m| format!("server: {m}"))
         .collect();
-    msgs.extend(c.tally.error_messages.iter().map(|m| format!("client: {m}")));
+    msgs.extend(
+        c.tally
+            .error_messages
+            .iter()
+            .map(|m| format!("client: {m}")),
+    );
     errors_lines(r.errors, &msgs, &mut out);
     let _ = writeln!(out, "  {:<13} {}", "verified", verified_words(c));
     cpu_line("server CPU", &s.cpu, &mut out);

@@ -184,7 +184,8 @@ pub fn server_config(
     secret_extraction: bool,
 ) -> Result<Arc<rustls::ServerConfig>, LoadError> {
     let versions: Vec<TlsVersion> = TlsVersion::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|v| allowed.iter().any(|(av, _)| av == v))
         .collect();
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(provider(allowed)))

@@ -281,8 +281,10 @@ pub fn parse(console: &str, run_id: &str, runs: u32) -> Results {
             .push("the guest did not finish the bench (no done line)".into());
     }
     if !r.modes.iter().any(|m| m == BASELINE) {
-        r.problems
-            .push(format!("the binary names no {BASELINE} mode: {:?}", r.modes));
+        r.problems.push(format!(
+            "the binary names no {BASELINE} mode: {:?}",
+            r.modes
+        ));
     }
     let expected = r
         .modes
@@ -793,10 +795,17 @@ mod tests {
             "every placeholder filled: {s}"
         );
         for c in &CONFIGS {
-            assert!(s.contains(&format!("{}:{}", c.name, c.tracer.kind())), "{}", c.name);
+            assert!(
+                s.contains(&format!("{}:{}", c.name, c.tracer.kind())),
+                "{}",
+                c.name
+            );
         }
         assert!(s.contains("BASELINE=ktls-sendfile"));
-        assert!(s.contains("load --list-modes"), "the modes come from the binary");
+        assert!(
+            s.contains("load --list-modes"),
+            "the modes come from the binary"
+        );
         assert!(s.contains("trace --json --comm ktls-load-srv"));
         assert!(s.contains("top --once --json --interval 60"));
     }

@@ -7,6 +7,8 @@
 
 mod fixture;
 pub mod judge;
+#[cfg(test)]
+mod replay;
 
 use std::{
     process::{ExitCode, Stdio},
@@ -230,7 +232,8 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     let client = tokio::spawn(load::run_client(cfg, std::future::pending()));
     tokio::pin!(client);
     let mut judge = Judge::new(session.rules());
-    let mut recorded: Option<Vec<crate::event::TraceEvent>> = args.record.as_ref().map(|_| Vec::new());
+    let mut recorded: Option<Vec<crate::event::TraceEvent>> =
+        args.record.as_ref().map(|_| Vec::new());
     let mut take = |judge: &mut Judge, events: &[crate::event::TraceEvent]| {
         for e in events {
             judge.ingest(e);
@@ -304,7 +307,8 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         header_bytes: report.tally.header_bytes,
         requests: report.tally.requests,
         tls: report
-            .tally.tls_version
+            .tally
+            .tls_version
             .zip(report.tally.cipher)
             .map(|(version, cipher)| TlsParams { version, cipher }),
         client_verified: client.verified,

@@ -69,7 +69,11 @@ fn top_and_verify_agree_on_recorded_streams() {
             .unwrap_or_else(|| panic!("{name}: no row for the server {}", h.pid));
 
         // The same path, and the one the load mode takes.
-        assert_eq!(verdict.path, Some(Path::from(h.mode)), "{name}: {verdict:#?}");
+        assert_eq!(
+            verdict.path,
+            Some(Path::from(h.mode)),
+            "{name}: {verdict:#?}"
+        );
         assert_eq!(row.path, verdict.path, "{name}");
         // The same bytes on every path, the same ciphertext and records.
         for p in Path::ALL {
@@ -79,9 +83,15 @@ fn top_and_verify_agree_on_recorded_streams() {
                 "{name}: {p}"
             );
         }
-        assert_eq!(row.ciphertext_bps as u64, verdict.numbers.ciphertext_bytes, "{name}");
+        assert_eq!(
+            row.ciphertext_bps as u64, verdict.numbers.ciphertext_bytes,
+            "{name}"
+        );
         if h.mode.kernel_tls() {
-            assert!(verdict.numbers.records.is_some_and(|r| r > 0), "{name}: {verdict:#?}");
+            assert!(
+                verdict.numbers.records.is_some_and(|r| r > 0),
+                "{name}: {verdict:#?}"
+            );
             assert_eq!(
                 row.records_ps.map(|r| r as u64),
                 verdict.numbers.records,

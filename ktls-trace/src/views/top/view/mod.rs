@@ -492,53 +492,38 @@ pub(crate) mod tests {
 
     #[test]
     fn drops_are_shown_and_highlighted() {
+        // The background colour under the `dropped` text of the first line.
+        let drops_bg = |s: &Snapshot, text: &str| -> Color {
+            let mut t = Terminal::new(TestBackend::new(160, 24)).expect("terminal");
+            t.draw(|f| {
+                draw(
+                    f,
+                    s,
+                    &header(),
+                    &ViewState::default(),
+                    &DrillFacts::default(),
+                )
+            })
+            .expect("draw");
+            let buf = t.backend().buffer();
+            let row: String = (0..160)
+                .map(|x| buf.cell((x, 0)).map_or(" ", |c| c.symbol()))
+                .collect();
+            let at = row
+                .find(text)
+                .unwrap_or_else(|| panic!("{text} not in {row}"));
+            buf.cell((at as u16, 0)).map_or(Color::Reset, |c| c.bg)
+        };
         let mut s = snapshot();
         s.drops_total = 17;
         s.drops_window = 5;
-        let mut t = Terminal::new(TestBackend::new(160, 24)).expect("terminal");
-        let row0 = |t: &Terminal<TestBackend>| -> String {
-            let buf = t.backend().buffer();
-            (0..160)
-                .map(|x| buf.cell((x, 0)).map_or(" ", |c| c.symbol()))
-                .collect()
-        };
-        t.draw(|f| {
-            draw(
-                f,
-                &s,
-                &header(),
-                &ViewState::default(),
-                &DrillFacts::default(),
-            )
-        })
-        .expect("draw");
-        let r = row0(&t);
-        let at = r.find("dropped 17 (+5").unwrap_or_else(|| panic!("{r}"));
-        let cell = t
-            .backend()
-            .buffer()
-            .cell((at as u16, 0))
-            .expect("cell")
-            .clone();
-        assert_eq!(cell.bg, Color::Red, "drops are highlighted");
-        // No highlight when nothing was lost.
-        let s = snapshot();
-        t.draw(|f| {
-            draw(
-                f,
-                &s,
-                &header(),
-                &ViewState::default(),
-                &DrillFacts::default(),
-            )
-        })
-        .expect("draw");
-        let r = row0(&t);
-        let at = r.find("dropped 0").unwrap_or_else(|| panic!("{r}"));
-        assert_ne!(
-            t.backend().buffer().cell((at as u16, 0)).expect("cell").bg,
-            Color::Red
+        assert_eq!(
+            drops_bg(&s, "dropped 17 (+5"),
+            Color::Red,
+            "drops are highlighted"
         );
+        // No highlight when nothing was lost.
+        assert_ne!(drops_bg(&snapshot(), "dropped 0"), Color::Red);
     }
 
     #[test]
