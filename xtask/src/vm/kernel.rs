@@ -771,6 +771,44 @@ Pre-Depends: linux-base (>= 4.17~)
     }
 
     #[test]
+    fn cache_keeps_one_kernel_per_series_and_drops_the_old_layout() {
+        let cache = tempdir("cache");
+        // The layout before the matrix: kernels straight under cache/.
+        touch(&cache.join("linux-image-6.1.0-57-cloud-amd64_6.1.192-3_amd64.deb"));
+        touch(&cache.join("linux-image-6.1.0-57-cloud-amd64/.unpacked"));
+        let series = cache.join("latest");
+        touch(&series.join("linux-image-7.2.13+deb14-cloud-amd64/root/.unpacked"));
+        touch(&series.join("linux-image-7.3.4+deb13-cloud-amd64/root/.unpacked"));
+        touch(&series.join("linux-image-7.3.5+deb13-cloud-amd64/.download/x.deb"));
+        remove_old_layout(&cache);
+        let names = |d: &Path| -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&cache), ["latest"]);
+
+        let why = anyhow::anyhow!("apt-get download failed");
+        assert_eq!(
+            cached_fallback(Series::Latest, &series, &why).unwrap(),
+            "linux-image-7.3.4+deb13-cloud-amd64",
+            "the newest complete kernel; an interrupted download does not count"
+        );
+        let e = cached_fallback(Series::V5_10, &cache.join("5.10"), &why).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("apt-get download failed"),
+            "{e:#}"
+        );
+
+        prune_others(&series, "linux-image-7.3.4+deb13-cloud-amd64");
+        assert_eq!(names(&series), ["linux-image-7.3.4+deb13-cloud-amd64"]);
+        fs::remove_dir_all(&cache).unwrap();
+    }
+
+    #[test]
     fn every_suite_once() {
         let suites = all_suites();
         for s in Series::ALL {
