@@ -38,9 +38,10 @@ enum Command {
     Setup(setup::SetupArgs),
     /// Run setup, build the workspace and the test executables, list the test executables.
     Build(build::BuildArgs),
-    /// Everything CI runs: fmt, clippy, host tests (as root), then vm-test on 6.1 and 6.12.
+    /// Everything CI runs: fmt, clippy, host tests (as root), then vm-test on 5.10, 6.1, 6.12
+    /// and the newest Debian kernel.
     Test(test::TestArgs),
-    /// Run every test executable inside QEMU guests booting Debian's kTLS kernels.
+    /// Run every test executable inside QEMU guests booting Debian's kernels (the matrix).
     VmTest(vm::VmTestArgs),
     /// Boot a guest with the freshly built binaries and give an interactive shell (Ctrl-A X quits).
     VmShell(vm::VmShellArgs),

@@ -40,7 +40,16 @@ pub const DEBIAN_PACKAGES: &[(&str, &str, &str)] = &[
     ("busybox-static", "busybox", "the guests' shell and tools"),
     ("kmod", "depmod", "indexes the guest kernels' modules"),
     ("cpio", "cpio", "packs the initramfs"),
-    ("xz-utils", "xz", "unpacks 6.12's .ko.xz modules"),
+    (
+        "xz-utils",
+        "xz",
+        "unpacks .ko.xz kernel modules (6.12 and later)",
+    ),
+    (
+        "zstd",
+        "zstd",
+        "unpacks .ko.zst kernel modules of newer kernels",
+    ),
     (
         "tmux",
         "tmux",

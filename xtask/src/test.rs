@@ -23,7 +23,7 @@ pub struct TestArgs {
     #[arg(long)]
     pub only_vm: bool,
 
-    /// Which kernel series to boot.
+    /// Which kernel series to boot (5.10, 6.1, 6.12, latest, all).
     #[arg(long, value_enum, default_value = "all")]
     pub kernel: KernelChoice,
 
@@ -167,7 +167,8 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
                 Some(a) => {
                     steps.run(&name, || {
                         let run = vm::run_tests(series, a, &args.vm)?;
-                        let note = format!("{}: {}", run.package, run.summary());
+                        // Counts first: the table cuts long notes.
+                        let note = format!("{}; {}; {}", run.counts(), run.package, run.times());
                         let passed = run.passed();
                         runs.push(run);
                         if passed { Ok(note) } else { bail!("{note}") }
@@ -182,6 +183,9 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
         vm::print_summary(&runs);
     }
     steps.print(started.elapsed());
+    if !runs.is_empty() {
+        eprintln!("{}", vm::totals_line(&runs));
+    }
     let failed = steps.failures();
     if !failed.is_empty() {
         bail!("failed: {}", failed.join(", "));

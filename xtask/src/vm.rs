@@ -1,16 +1,21 @@
-//! `cargo xtask vm-test` and `cargo xtask vm-shell`: the project's tests on real kTLS
-//! kernels (Debian's 6.1 and 6.12 cloud kernels) under QEMU/TCG, because the build
-//! machines' own kernel has neither kprobes nor kernel TLS. docs/testing.md explains it.
+//! `cargo xtask vm-test` and `cargo xtask vm-shell`: the project's tests on real kernels
+//! with kprobes (Debian's 5.10, 6.1, 6.12 and newest cloud kernels; all but 5.10 with
+//! kernel TLS) under QEMU/TCG, because the build machines' own kernel has neither kprobes
+//! nor kernel TLS. docs/testing.md explains it.
 //!
+//! - series.rs     the kernel series: labels, package patterns, suites, kernel TLS or not
+//! - apt.rs        the project's own apt state (target/vm/apt/) on the host's mirrors
 //! - kernel.rs     resolve / download / unpack / depmod, cached under target/vm/cache/
 //! - initramfs.rs  busybox + modules + binaries + tests + generated /init
 //! - qemu.rs       boot, console capture, deadline
 //! - report.rs     console -> per-test results
 
+mod apt;
 mod initramfs;
 mod kernel;
 mod qemu;
 mod report;
+mod series;
 
 use std::{
     path::{Path, PathBuf},
@@ -19,58 +24,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 pub use initramfs::Plan;
 pub use qemu::Vcpus;
 use report::{GuestReport, Outcome};
+pub use series::{KernelChoice, Series};
 
 use crate::{
     build::{self, Artifacts},
     cmd, setup,
 };
-
-/// A kernel series the guests run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum Series {
-    /// 6.1: tls_sw_sendpage + do_tcp_sendpages (before sendpage was removed).
-    #[value(name = "6.1")]
-    V6_1,
-    /// 6.12: tls_sw_sendmsg with MSG_SPLICE_PAGES + tcp_sendmsg_locked.
-    #[value(name = "6.12")]
-    V6_12,
-}
-
-impl Series {
-    pub const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Series::V6_1 => "6.1",
-            Series::V6_12 => "6.12",
-        }
-    }
-}
-
-/// `--kernel` of vm-test: one series or all of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum KernelChoice {
-    #[value(name = "6.1")]
-    V6_1,
-    #[value(name = "6.12")]
-    V6_12,
-    All,
-}
-
-impl KernelChoice {
-    pub fn series(self) -> Vec<Series> {
-        match self {
-            KernelChoice::V6_1 => vec![Series::V6_1],
-            KernelChoice::V6_12 => vec![Series::V6_12],
-            KernelChoice::All => Series::ALL.to_vec(),
-        }
-    }
-}
 
 /// Options shared by `vm-test` and `test`.
 #[derive(Debug, Clone, Args)]
@@ -138,19 +102,41 @@ impl GuestRun {
         self.report.passed()
     }
 
-    /// `12 passed, 0 failed, 0 ignored in 3 executables; boot 4.1s, tests 1m28s, total 1m32s`
-    pub fn summary(&self) -> String {
+    /// `150 passed, 0 failed, 6 skipped` (`, 2 ignored` only when there are: the guests
+    /// run with --include-ignored).
+    pub fn counts(&self) -> String {
         let r = &self.report;
-        let time = |d: Option<Duration>| d.map(cmd::fmt_duration).unwrap_or_else(|| "-".into());
-        format!(
-            "{} passed, {} failed, {} ignored in {} executables; boot {}, tests {}, total {}",
+        let mut s = format!(
+            "{} passed, {} failed, {} skipped",
             r.count(Outcome::Passed),
             r.count(Outcome::Failed),
-            r.count(Outcome::Ignored),
-            r.exes.len(),
+            r.count(Outcome::Skipped),
+        );
+        let ignored = r.count(Outcome::Ignored);
+        if ignored > 0 {
+            s.push_str(&format!(", {ignored} ignored"));
+        }
+        s
+    }
+
+    /// `boot 4.1s, tests 4m28s, total 4m32s`
+    pub fn times(&self) -> String {
+        let time = |d: Option<Duration>| d.map(cmd::fmt_duration).unwrap_or_else(|| "-".into());
+        format!(
+            "boot {}, tests {}, total {}",
             time(self.boot),
             time(self.tests),
             cmd::fmt_duration(self.total),
+        )
+    }
+
+    /// `150 passed, 0 failed, 6 skipped in 12 executables; boot 4.1s, tests 4m28s, total 4m32s`
+    pub fn summary(&self) -> String {
+        format!(
+            "{} in {} executables; {}",
+            self.counts(),
+            self.report.exes.len(),
+            self.times()
         )
     }
 }
@@ -163,6 +149,7 @@ pub fn vm_test_cmd(args: &VmTestArgs) -> Result<()> {
         runs.push(run_tests(series, &artifacts, &args.vm)?);
     }
     print_summary(&runs);
+    eprintln!("{}", totals_line(&runs));
     let failed: Vec<&str> = runs
         .iter()
         .filter(|r| !r.passed())
@@ -294,7 +281,7 @@ fn image(
     exe_timeout_secs: u64,
     name: &str,
 ) -> Result<(kernel::Kernel, std::path::PathBuf, std::path::PathBuf)> {
-    let kernel = kernel::prepare(series, &cache_dir()?)?;
+    let kernel = kernel::prepare(series, &target_dir()?.join("vm"))?;
     let work = work_dir(series)?;
     let initrd = initramfs::build(
         &initramfs::Contents {
@@ -404,7 +391,8 @@ fn label_markers(line: &str, names: &std::collections::BTreeMap<String, String>)
     out
 }
 
-/// Per-kernel results and every failure with its details.
+/// Per-kernel results, every skip with its reason, every failure with its details, and
+/// the matrix as a table.
 pub fn print_summary(runs: &[GuestRun]) {
     eprintln!();
     for run in runs {
@@ -415,8 +403,54 @@ pub fn print_summary(runs: &[GuestRun]) {
             run.package,
             run.summary()
         );
+        print_skips(run);
         print_failures(run);
     }
+    eprintln!(
+        "\n{:<8} {:<40} {:>6} {:>6} {:>7} {:>7} {:>7}",
+        "kernel", "package", "passed", "failed", "skipped", "boot", "tests"
+    );
+    let time = |d: Option<Duration>| d.map(cmd::fmt_duration).unwrap_or_else(|| "-".into());
+    for run in runs {
+        let r = &run.report;
+        eprintln!(
+            "{:<8} {:<40} {:>6} {:>6} {:>7} {:>7} {:>7}",
+            run.series.label(),
+            run.package,
+            r.count(Outcome::Passed),
+            r.count(Outcome::Failed),
+            r.count(Outcome::Skipped),
+            time(run.boot),
+            time(run.tests),
+        );
+    }
+}
+
+/// `skipped [5.10] ktls-trace-tests/ktls (test) :: sendfile_bytes: kernel without kTLS`
+fn print_skips(run: &GuestRun) {
+    for e in &run.report.exes {
+        for t in e.tests.iter().filter(|t| t.outcome == Outcome::Skipped) {
+            eprintln!(
+                "  skipped [{}] {} :: {}: {}",
+                run.series.label(),
+                e.exe,
+                t.name,
+                t.details.first().map(String::as_str).unwrap_or("")
+            );
+        }
+    }
+}
+
+/// The totals of every guest as one closing line, `guests: 600 passed, 0 failed, 24
+/// skipped`: the shape CI log readers recognise.
+pub fn totals_line(runs: &[GuestRun]) -> String {
+    let sum = |o| runs.iter().map(|r| r.report.count(o)).sum::<usize>();
+    format!(
+        "guests: {} passed, {} failed, {} skipped",
+        sum(Outcome::Passed),
+        sum(Outcome::Failed),
+        sum(Outcome::Skipped)
+    )
 }
 
 fn print_failures(run: &GuestRun) {
@@ -469,10 +503,6 @@ fn target_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
-fn cache_dir() -> Result<PathBuf> {
-    Ok(target_dir()?.join("vm/cache"))
-}
-
 fn work_dir(series: Series) -> Result<PathBuf> {
     let dir = target_dir()?.join("vm").join(series.label());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -490,19 +520,6 @@ pub fn host_has_kprobes_and_ktls() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kernel_choice_expands() {
-        assert_eq!(
-            KernelChoice::All.series(),
-            vec![Series::V6_1, Series::V6_12]
-        );
-        assert_eq!(KernelChoice::V6_12.series(), vec![Series::V6_12]);
-        assert_eq!(
-            <Series as ValueEnum>::from_str("6.12", false).ok(),
-            Some(Series::V6_12)
-        );
-    }
 
     #[test]
     fn progress_lines() {

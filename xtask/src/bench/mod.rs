@@ -123,6 +123,14 @@ pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
     let mut failed = Vec::new();
     for series in args.kernel.series() {
         let label = series.label();
+        if !series.has_ktls() {
+            // Every configuration but plain-sendfile measures kernel TLS.
+            if args.kernel != KernelChoice::All {
+                bail!("bench: the {label} kernel has no kernel TLS, there is nothing to measure");
+            }
+            eprintln!("bench: skipping {label}: no kernel TLS");
+            continue;
+        }
         let run_id = run_id();
         let script = guest_script(&run_id, args.seconds, args.runs);
         // Per run: the load, plus up to ~30 s of tracer attach and detach under TCG.

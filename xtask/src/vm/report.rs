@@ -17,6 +17,12 @@
 //! Anything that does not end in a clean KT-END with every test accounted for is a
 //! failure: a panic, an oops, a timeout, an executable that never started or never
 //! finished, or one that exited non-zero without a failed test line.
+//!
+//! A test that cannot run on a kernel (kTLS tests on 5.10) says so on stderr, past
+//! libtest's capture, and returns: `KT-SKIP <test fn name>: <reason>`. It counts as
+//! skipped, not passed. The name is matched against the `test <path::name> ... ok` lines
+//! by the last path segment; the line usually lands right after `test <name> ... `,
+//! which binds it to that test even when two modules share a function name.
 
 use std::collections::BTreeMap;
 
@@ -25,13 +31,26 @@ pub enum Outcome {
     Passed,
     Failed,
     Ignored,
+    /// Passed after printing `KT-SKIP <name>: <reason>`.
+    Skipped,
+}
+
+/// What /init said about kernel TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// `KT-TLS loaded`
+    Loaded,
+    /// `KT-TLS none (...)`: a series built without CONFIG_TLS.
+    Absent,
+    /// `KT-TLS-FAILED ...`: `modprobe tls` failed on a series that has it.
+    Failed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestResult {
     pub name: String,
     pub outcome: Outcome,
-    /// The `---- name stdout ----` section for failed tests.
+    /// The `---- name stdout ----` section for failed tests; the reason for skipped ones.
     pub details: Vec<String>,
 }
 
@@ -44,12 +63,23 @@ pub struct ExeResult {
     pub tests: Vec<TestResult>,
     /// Why the executable itself counts as failed, beyond its failed tests.
     pub problem: Option<String>,
+    /// `KT-SKIP` lines seen while it ran, applied to its tests when it ends.
+    skips: Vec<SkipLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SkipLine {
+    /// The name the test printed (a function name, or a path).
+    name: String,
+    reason: String,
+    /// The full name of the test that was running when the line came, if it matched.
+    bound_to: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct GuestReport {
     pub booted: bool,
-    pub tls_loaded: Option<bool>,
+    pub tls: Option<Tls>,
     pub done: bool,
     pub panic: Option<String>,
     pub oops: Option<String>,
@@ -104,11 +134,15 @@ pub fn parse(lines: &[&str], plan: &[String], timed_out: bool) -> GuestReport {
             continue;
         }
         if marker(line, "KT-TLS-FAILED").is_some() {
-            report.tls_loaded = Some(false);
+            report.tls = Some(Tls::Failed);
             continue;
         }
-        if marker(line, "KT-TLS").is_some() {
-            report.tls_loaded = Some(true);
+        if let Some(rest) = marker(line, "KT-TLS") {
+            report.tls = Some(if rest.trim_start().starts_with("none") {
+                Tls::Absent
+            } else {
+                Tls::Loaded
+            });
             continue;
         }
         if marker(line, "KT-DONE").is_some() {
@@ -151,6 +185,22 @@ pub fn parse(lines: &[&str], plan: &[String], timed_out: bool) -> GuestReport {
         let Some(exe) = current.clone() else {
             continue;
         };
+
+        if let Some((name, reason)) = skip_line(line) {
+            // `test x ... KT-SKIP x: why`: the test line and the skip share a line.
+            if let Some((test, _)) = test_line(line) {
+                pending = Some(test.to_string());
+            }
+            let bound_to = pending
+                .clone()
+                .filter(|p| last_segment(p) == last_segment(&name));
+            exes.entry(exe.clone()).or_default().skips.push(SkipLine {
+                name,
+                reason,
+                bound_to,
+            });
+            continue;
+        }
 
         // A failure section runs until the next section header or the "failures:" list.
         if let Some(name) = line.strip_prefix("---- ").and_then(|r| {
@@ -242,6 +292,7 @@ pub fn parse(lines: &[&str], plan: &[String], timed_out: bool) -> GuestReport {
                 details: vec!["no verdict: the guest stopped while this test ran".into()],
             });
         }
+        apply_skips(e);
         e.problem = Some("no KT-END: the executable crashed the guest, hung or was cut off".into());
     }
 
@@ -261,7 +312,7 @@ pub fn parse(lines: &[&str], plan: &[String], timed_out: bool) -> GuestReport {
             .problems
             .push("the guest never reached /init (no KT-BOOTED)".into());
     }
-    if report.tls_loaded == Some(false) {
+    if report.tls == Some(Tls::Failed) {
         report
             .problems
             .push("`modprobe tls` failed in the guest".into());
@@ -307,6 +358,7 @@ fn settle(e: &mut ExeResult, pending: Option<String>, failure_list: &[String]) {
             details: Vec::new(),
         });
     }
+    apply_skips(e);
     let any_failed = e.tests.iter().any(|t| t.outcome == Outcome::Failed);
     e.problem = match e.rc {
         Some(0) => None,
@@ -318,6 +370,48 @@ fn settle(e: &mut ExeResult, pending: Option<String>, failure_list: &[String]) {
         Some(rc) => Some(format!("exited rc={rc} without a failed test line")),
         None => Some("KT-END without a readable exit code".into()),
     };
+}
+
+/// Turns passed tests that printed `KT-SKIP` into skipped ones: the test the line was
+/// bound to, else every test whose last path segment is the name. A test that printed
+/// KT-SKIP and then failed stays failed.
+fn apply_skips(e: &mut ExeResult) {
+    for skip in &e.skips {
+        for t in e.tests.iter_mut().filter(|t| t.outcome == Outcome::Passed) {
+            let matches = match &skip.bound_to {
+                Some(full) => &t.name == full,
+                None => last_segment(&t.name) == last_segment(&skip.name),
+            };
+            if matches {
+                t.outcome = Outcome::Skipped;
+                t.details = vec![skip.reason.clone()];
+            }
+        }
+    }
+}
+
+/// `tls::sendfile_bytes` -> `sendfile_bytes`.
+fn last_segment(name: &str) -> &str {
+    name.rsplit("::").next().unwrap_or(name).trim()
+}
+
+/// `KT-SKIP <name>: <reason>` anywhere in the line -> (name, reason). The name may be a
+/// path (`tls::sendfile_bytes`), so the separator is a colon followed by a blank.
+fn skip_line(line: &str) -> Option<(String, String)> {
+    let rest = marker(line, "KT-SKIP")?.trim();
+    let (name, reason) = match rest.split_once(": ") {
+        Some((n, r)) => (n.trim(), r.trim()),
+        None => (rest.strip_suffix(':').unwrap_or(rest).trim(), ""),
+    };
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    let reason = if reason.is_empty() {
+        "no reason given"
+    } else {
+        reason
+    };
+    Some((name.to_string(), reason.to_string()))
 }
 
 fn attach_details(
@@ -509,7 +603,7 @@ test hangs ... [   30.1] Kernel panic - not syncing: Fatal exception
         let lines: Vec<&str> = log.lines().collect();
         let r = parse(&lines, &plan(&["t-1", "t-2"]), false);
         assert!(!r.passed());
-        assert_eq!(r.tls_loaded, Some(false));
+        assert_eq!(r.tls, Some(Tls::Failed));
         assert!(
             r.panic
                 .as_deref()
@@ -547,5 +641,126 @@ test hangs ... [   30.1] Kernel panic - not syncing: Fatal exception
         assert_eq!(test_line("test a ..."), Some(("a", "")));
         assert_eq!(test_line("test result: ok. 1 passed"), None);
         assert_eq!(test_line("testing"), None);
+    }
+
+    #[test]
+    fn kt_skip_lines_make_skipped_tests() {
+        // As the 5.10 console shows it: the skip line lands right after libtest's
+        // `test <name> ... ` (stderr is not buffered), the verdict on the next line.
+        let log = "\
+KT-BOOTED guest=5.10 kernel=5.10.0-46-cloud-amd64 uptime=3.1s
+KT-TLS none (kernel built without CONFIG_TLS)
+KT-BEGIN ktls-1
+
+running 5 tests
+test tls::sendfile_bytes ... KT-SKIP sendfile_bytes: kernel without kTLS (CONFIG_TLS not set)
+ok
+test plain::sendfile_bytes ... ok
+test tls::write_records ... KT-SKIP tls::write_records: no kTLS
+ok
+test fallback::tracepoints ... ok
+test tls::broken ... KT-SKIP broken: no kTLS
+FAILED
+
+failures:
+
+---- tls::broken stdout ----
+thread 'tls::broken' panicked at tests/tests/ktls.rs:9:5:
+skipped, then panicked
+
+failures:
+    tls::broken
+
+test result: FAILED. 4 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out
+
+KT-END ktls-1 rc=101
+KT-BEGIN unit-2
+KT-SKIP late_name: printed before libtest's line reached the console
+test mod_a::late_name ... ok
+test mod_b::other ... ok
+KT-SKIP nobody: matches no test
+KT-END unit-2 rc=0
+KT-DONE uptime=20s
+";
+        let lines: Vec<&str> = log.lines().collect();
+        let r = parse(&lines, &plan(&["ktls-1", "unit-2"]), false);
+        assert_eq!(r.tls, Some(Tls::Absent));
+        assert!(
+            !r.problems.iter().any(|p| p.contains("tls")),
+            "{:?}",
+            r.problems
+        );
+        let outcome = |exe: usize, name: &str| {
+            r.exes[exe]
+                .tests
+                .iter()
+                .find(|t| t.name == name)
+                .map(|t| (t.outcome, t.details.first().cloned().unwrap_or_default()))
+        };
+        assert_eq!(
+            outcome(0, "tls::sendfile_bytes"),
+            Some((
+                Outcome::Skipped,
+                "kernel without kTLS (CONFIG_TLS not set)".to_string()
+            ))
+        );
+        assert_eq!(
+            outcome(0, "plain::sendfile_bytes").map(|o| o.0),
+            Some(Outcome::Passed),
+            "same function name in another module: the line was bound to the running test"
+        );
+        assert_eq!(
+            outcome(0, "tls::write_records"),
+            Some((Outcome::Skipped, "no kTLS".to_string()))
+        );
+        assert_eq!(
+            outcome(0, "tls::broken").map(|o| o.0),
+            Some(Outcome::Failed),
+            "a test that fails after KT-SKIP is a failure"
+        );
+        assert_eq!(
+            outcome(1, "mod_a::late_name").map(|o| o.0),
+            Some(Outcome::Skipped),
+            "matched by the last path segment"
+        );
+        assert_eq!(
+            outcome(1, "mod_b::other").map(|o| o.0),
+            Some(Outcome::Passed)
+        );
+        assert_eq!(r.count(Outcome::Skipped), 3);
+        assert_eq!(r.count(Outcome::Passed), 3);
+        assert_eq!(r.count(Outcome::Failed), 1);
+        assert!(!r.passed());
+    }
+
+    #[test]
+    fn skip_line_format() {
+        assert_eq!(
+            skip_line("KT-SKIP sendfile_bytes: no kTLS: CONFIG_TLS not set"),
+            Some((
+                "sendfile_bytes".to_string(),
+                "no kTLS: CONFIG_TLS not set".to_string()
+            ))
+        );
+        assert_eq!(
+            skip_line("test a ... KT-SKIP a::b:"),
+            Some(("a::b".to_string(), "no reason given".to_string()))
+        );
+        assert_eq!(skip_line("KT-SKIP : why"), None);
+        assert_eq!(skip_line("KT-SKIPPED x: y"), None);
+        assert_eq!(last_segment("a::b::c"), "c");
+        assert_eq!(last_segment("c"), "c");
+    }
+
+    #[test]
+    fn tls_markers() {
+        let tls = |line: &str| parse(&["KT-BOOTED x", line, "KT-DONE"], &plan(&[]), false);
+        assert_eq!(tls("KT-TLS loaded").tls, Some(Tls::Loaded));
+        let none = tls("KT-TLS none (kernel built without CONFIG_TLS)");
+        assert_eq!(none.tls, Some(Tls::Absent));
+        assert!(none.passed(), "{:?}", none.problems);
+        let failed = tls("KT-TLS-FAILED modprobe tls exited 1");
+        assert_eq!(failed.tls, Some(Tls::Failed));
+        assert!(!failed.passed());
     }
 }
