@@ -31,7 +31,7 @@ use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::{fentry, kprobe, kretprobe, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, ProbeContext, RetProbeContext, TracePointContext},
@@ -164,14 +164,22 @@ fn read_into<T: Copy>(addr: u64, dst: &mut T) -> bool {
     }
 }
 
-/// The `T` at `base + off`, or None when the offset is unknown or the read fails.
+/// Reads the `T` at `base + off` into `dst`; false (and `dst` untouched or zeroed) when
+/// the offset is unknown or the read fails. No `Option<T>`: its `None` leaves the value's
+/// bytes unwritten, and a copy of them is what 5.10's verifier rejects.
 #[inline(always)]
-fn read_at<T: Copy + Default>(base: u64, off: u32) -> Option<T> {
-    if off == OFF_UNKNOWN || base == 0 {
-        return None;
+fn read_off<T: Copy>(base: u64, off: u32, dst: &mut T) -> bool {
+    off != OFF_UNKNOWN && base != 0 && read_into(base + off as u64, dst)
+}
+
+/// The thread's name, NUL-padded (zeros when the helper fails).
+#[inline(always)]
+fn current_comm(dst: &mut [u8; COMM_LEN]) {
+    // SAFETY: the helper writes at most COMM_LEN bytes into `dst`, a valid, initialised
+    // buffer of that size.
+    unsafe {
+        generated::bpf_get_current_comm(dst.as_mut_ptr().cast::<c_void>(), COMM_LEN as u32);
     }
-    let mut v = T::default();
-    read_into(base + off as u64, &mut v).then_some(v)
 }
 
 #[inline(always)]
@@ -195,11 +203,9 @@ fn process_comm(name: &mut [u8; COMM_LEN]) -> bool {
     // SAFETY: bpf_get_current_task has no preconditions; the pointer is only read through
     // bpf_probe_read_kernel.
     let task = unsafe { generated::bpf_get_current_task() };
-    let Some(leader) = read_at::<u64>(task, setting!(off.task_group_leader)) else {
-        return false;
-    };
-    let off = setting!(off.task_comm);
-    off != OFF_UNKNOWN && read_into(leader + off as u64, name)
+    let mut leader = 0u64;
+    read_off(task, setting!(off.task_group_leader), &mut leader)
+        && read_off(leader, setting!(off.task_comm), name)
 }
 
 /// Does the current task's thread name, or its process's (the thread-group leader's),
@@ -208,7 +214,8 @@ fn process_comm(name: &mut [u8; COMM_LEN]) -> bool {
 #[inline(always)]
 fn comm_wanted() -> bool {
     let want: [u8; COMM_LEN] = setting!(comm);
-    let thread = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    let mut thread = [0u8; COMM_LEN];
+    current_comm(&mut thread);
     if same_comm(&want, &thread) {
         return true;
     }
@@ -267,29 +274,27 @@ fn remember_socket(id: u64, sk: u64, tgid: u32) {
         return;
     }
     const AF_INET6: u16 = 10;
-    let family: u16 = read_at(sk, setting!(off.skc_family)).unwrap_or(0);
     let mut info = SockInfo {
-        family,
-        sport: read_at(sk, setting!(off.skc_num)).unwrap_or(0),
-        dport_be: read_at(sk, setting!(off.skc_dport)).unwrap_or(0),
+        family: 0,
+        sport: 0,
+        dport_be: 0,
         _pad: 0,
         owner: tgid,
         saddr: [0; 16],
         daddr: [0; 16],
     };
-    if family == AF_INET6 {
-        let (s, d) = (setting!(off.skc_v6_rcv_saddr), setting!(off.skc_v6_daddr));
-        if s != OFF_UNKNOWN {
-            read_into(sk + s as u64, &mut info.saddr);
-        }
-        if d != OFF_UNKNOWN {
-            read_into(sk + d as u64, &mut info.daddr);
-        }
+    read_off(sk, setting!(off.skc_family), &mut info.family);
+    read_off(sk, setting!(off.skc_num), &mut info.sport);
+    read_off(sk, setting!(off.skc_dport), &mut info.dport_be);
+    if info.family == AF_INET6 {
+        read_off(sk, setting!(off.skc_v6_rcv_saddr), &mut info.saddr);
+        read_off(sk, setting!(off.skc_v6_daddr), &mut info.daddr);
     } else {
-        let s: u32 = read_at(sk, setting!(off.skc_rcv_saddr)).unwrap_or(0);
-        let d: u32 = read_at(sk, setting!(off.skc_daddr)).unwrap_or(0);
-        info.saddr[..4].copy_from_slice(&s.to_ne_bytes());
-        info.daddr[..4].copy_from_slice(&d.to_ne_bytes());
+        let (mut src, mut dst) = ([0u8; 4], [0u8; 4]);
+        read_off(sk, setting!(off.skc_rcv_saddr), &mut src);
+        read_off(sk, setting!(off.skc_daddr), &mut dst);
+        info.saddr[..4].copy_from_slice(&src);
+        info.daddr[..4].copy_from_slice(&dst);
     }
     let _ = SOCKINFO.insert(id, info, 0);
 }
@@ -310,12 +315,6 @@ fn nesting(tid: u32, parents: &[u8]) -> (u8, u8) {
     (NONE, NONE)
 }
 
-/// Reads `msg->msg_flags`.
-#[inline(always)]
-fn msg_flags(msg: u64) -> Option<u32> {
-    read_at(msg, setting!(off.msghdr_flags))
-}
-
 /// The kernel TLS state of a socket: its `tls_context` address, version and cipher, and
 /// the transmit record sequence number now.
 #[inline(always)]
@@ -323,24 +322,18 @@ fn tls_state(sk: u64, a: &mut Active) {
     let Some(layout) = TLS_LAYOUT.get(0) else {
         return;
     };
-    if layout.valid == 0 {
+    let mut ctx = 0u64;
+    if layout.valid == 0 || !read_off(sk, layout.icsk_ulp_data, &mut ctx) || ctx == 0 {
         return;
     }
-    let Some(ctx) = read_at::<u64>(sk, layout.icsk_ulp_data) else {
-        return;
-    };
-    if ctx == 0 {
-        return;
-    }
-    if let (Some(v), Some(c)) = (
-        read_at::<u16>(ctx, layout.version),
-        read_at::<u16>(ctx, layout.cipher),
-    ) {
-        a.tls_version = v;
-        a.tls_cipher = c;
+    let (mut version, mut cipher) = (0u16, 0u16);
+    if read_off(ctx, layout.version, &mut version) && read_off(ctx, layout.cipher, &mut cipher) {
+        a.tls_version = version;
+        a.tls_cipher = cipher;
         a.has |= has::TLS;
     }
-    if let Some(seq) = rec_seq(ctx, layout) {
+    let mut seq = 0u64;
+    if rec_seq(ctx, layout, &mut seq) {
         a.tls_ctx = ctx;
         a.rec_seq = seq;
         a.has |= has::RECORDS;
@@ -349,100 +342,106 @@ fn tls_state(sk: u64, a: &mut Active) {
 
 /// `tls_context.tx.rec_seq` as a number (big endian on the wire and in memory).
 #[inline(always)]
-fn rec_seq(ctx: u64, layout: &TlsLayout) -> Option<u64> {
-    if layout.tx_rec_seq == OFF_UNKNOWN {
-        return None;
+fn rec_seq(ctx: u64, layout: &TlsLayout, seq: &mut u64) -> bool {
+    let mut at = ctx + layout.tx_rec_seq as u64;
+    if layout.tx_rec_seq == OFF_UNKNOWN
+        || (layout.rec_seq_is_ptr != 0 && !read_off(ctx, layout.tx_rec_seq, &mut at))
+    {
+        return false;
     }
-    let at = if layout.rec_seq_is_ptr != 0 {
-        read_at::<u64>(ctx, layout.tx_rec_seq)?
-    } else {
-        ctx + layout.tx_rec_seq as u64
-    };
     let mut bytes = [0u8; 8];
-    read_into(at, &mut bytes).then(|| u64::from_be_bytes(bytes))
+    if !read_into(at, &mut bytes) {
+        return false;
+    }
+    *seq = u64::from_be_bytes(bytes);
+    true
 }
 
-/// What a probe's entry knows about a call.
+/// What a probe's entry knows about a call: `repr(C)` with every byte written (explicit
+/// padding), so the compiler's copies of it never read an unwritten stack slot.
+#[repr(C)]
 struct Call {
-    probe: Probe,
     sk: u64,
-    bytes: u64,
-    flags: Option<u32>,
-    fds: Option<(i32, i32)>,
-    /// Read the socket's kernel TLS state (a kTLS send).
-    tls: bool,
     /// Read the first payload bytes from this `struct msghdr` (0: no).
     head_of: u64,
+    /// The arguments, as they will be kept in `ACTIVE`.
+    a: Active,
+    probe: u8,
+    /// Read the socket's kernel TLS state (a kTLS send).
+    tls: u8,
+    _pad: [u8; 6],
 }
 
 impl Call {
     #[inline(always)]
     fn new(probe: Probe, sk: u64, bytes: u64) -> Call {
         Call {
-            probe,
             sk,
-            bytes,
-            flags: None,
-            fds: None,
-            tls: false,
             head_of: 0,
+            a: Active {
+                ts_ns: 0,
+                bytes,
+                sock: 0,
+                tls_ctx: 0,
+                rec_seq: 0,
+                flags: 0,
+                fd_out: 0,
+                fd_in: 0,
+                tls_version: 0,
+                tls_cipher: 0,
+                parent: NONE,
+                root: NONE,
+                has: has::LATENCY,
+                _pad: [0; 5],
+                head: [0; HEAD_LEN],
+            },
+            probe: probe as u8,
+            tls: 0,
+            _pad: [0; 6],
         }
+    }
+
+    #[inline(always)]
+    fn flags(&mut self, flags: u32) {
+        self.a.flags = flags;
+        self.a.has |= has::FLAGS;
     }
 }
 
 /// Entry side: filter, remember arguments, nesting and socket state.
 #[inline(always)]
-fn enter(call: &Call, parents: &[u8]) {
+fn enter(call: &mut Call, parents: &[u8]) {
     let (tid, tgid) = tid_tgid();
     if !wanted(tgid, call.sk) {
         return;
     }
     let (parent, root) = nesting(tid, parents);
-    let mut a = Active {
-        ts_ns: now(),
-        bytes: call.bytes,
-        sock: 0,
-        tls_ctx: 0,
-        rec_seq: 0,
-        flags: 0,
-        fd_out: 0,
-        fd_in: 0,
-        tls_version: 0,
-        tls_cipher: 0,
-        parent,
-        root,
-        has: has::LATENCY,
-        _pad: [0; 5],
-        head: [0; HEAD_LEN],
-    };
+    let a = &mut call.a;
+    a.ts_ns = now();
+    a.parent = parent;
+    a.root = root;
     if call.sk != 0 {
         a.sock = sock_id(call.sk, setting!(sock_key));
         a.has |= has::SOCK;
         remember_socket(a.sock, call.sk, tgid);
-        if call.tls {
-            tls_state(call.sk, &mut a);
+        if call.tls != 0 {
+            tls_state(call.sk, a);
         }
-    }
-    if let Some(f) = call.flags {
-        a.flags = f;
-        a.has |= has::FLAGS;
-    }
-    if let Some((o, i)) = call.fds {
-        a.fd_out = o;
-        a.fd_in = i;
-        a.has |= has::FDS;
     }
     if call.head_of != 0 && payload_head(call.head_of, &mut a.head) {
         a.has |= has::HEAD;
     }
-    if ACTIVE.insert(active_key(tid, call.probe), a, 0).is_err() {
+    if ACTIVE
+        .insert(((tid as u64) << 8) | call.probe as u64, *a, 0)
+        .is_err()
+    {
         bump(stat::ACTIVE_FULL);
     }
 }
 
 /// Return side: take the entry back and emit one event.
 #[inline(always)]
-fn leave<C: EbpfContext>(ctx: &C, probe: Probe, ret: Option<i64>) {
+fn leave<C: EbpfContext>(ctx: &C, probe: Probe, ret: Ret) {
     let (tid, tgid) = tid_tgid();
     let key = active_key(tid, probe);
     // SAFETY: copied out before the entry is removed.
@@ -453,20 +452,23 @@ fn leave<C: EbpfContext>(ctx: &C, probe: Probe, ret: Option<i64>) {
     let _ = ACTIVE.remove(key);
     let end = now();
     let mut hasf = a.has;
-    if ret.is_some() {
+    if ret.known {
         hasf |= has::RET;
     }
     let mut records = 0u32;
     if hasf & has::RECORDS != 0 {
         // The records this call closed: how far the sequence number moved. A key update
         // restarts it (TLS 1.3, 6.14+): no count then.
-        let moved = TLS_LAYOUT
-            .get(0)
-            .and_then(|layout| rec_seq(a.tls_ctx, layout))
-            .map(|seq| seq.wrapping_sub(a.rec_seq));
-        match moved {
-            Some(n) if n <= MAX_RECORDS_PER_CALL => records = n as u32,
-            _ => hasf &= !has::RECORDS,
+        let mut seq = 0u64;
+        let read = match TLS_LAYOUT.get(0) {
+            Some(layout) => rec_seq(a.tls_ctx, layout, &mut seq),
+            None => false,
+        };
+        let moved = seq.wrapping_sub(a.rec_seq);
+        if read && moved <= MAX_RECORDS_PER_CALL {
+            records = moved as u32;
+        } else {
+            hasf &= !has::RECORDS;
         }
     }
     emit(
@@ -475,7 +477,7 @@ fn leave<C: EbpfContext>(ctx: &C, probe: Probe, ret: Option<i64>) {
             ts_ns: end,
             latency_ns: end.wrapping_sub(a.ts_ns),
             bytes: a.bytes,
-            ret: ret.unwrap_or(0),
+            ret: ret.value,
             sock: a.sock,
             pid: tgid,
             tid,
@@ -514,9 +516,7 @@ fn wakeup_flags() -> u64 {
 
 #[inline(always)]
 fn emit<C: EbpfContext>(ctx: &C, mut ev: Event) {
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
-    }
+    current_comm(&mut ev.comm);
     remember_process(ev.tid, ev.pid);
     match EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
@@ -550,30 +550,32 @@ fn payload_head(msg: u64, head: &mut [u8; HEAD_LEN]) -> bool {
     let type_off = setting!(off.iter_type);
     let ty = if setting!(off.iter_type_old) != 0 {
         // `unsigned int type`: the iter type as a bit, READ/WRITE in bit 0.
-        match read_at::<u32>(iter, type_off) {
-            Some(t) => t & !1,
-            None => return false,
+        let mut t = 0u32;
+        if !read_off(iter, type_off, &mut t) {
+            return false;
         }
+        t & !1
     } else {
-        match read_at::<u8>(iter, type_off) {
-            Some(t) => t as u32,
-            None => return false,
+        let mut t = 0u8;
+        if !read_off(iter, type_off, &mut t) {
+            return false;
         }
+        t as u32
     };
-    let user_ptr = if ty == setting!(off.iter_ubuf_val) {
-        match read_at::<u64>(iter, setting!(off.iter_ubuf)) {
-            Some(p) => p,
-            None => return false,
+    let mut user_ptr = 0u64;
+    if ty == setting!(off.iter_ubuf_val) {
+        if !read_off(iter, setting!(off.iter_ubuf), &mut user_ptr) {
+            return false;
         }
     } else if ty == setting!(off.iter_iovec_val) {
         // iov_base is the first member of struct iovec.
-        match read_at::<u64>(iter, setting!(off.iter_iov)).and_then(|iov| read_at::<u64>(iov, 0)) {
-            Some(p) => p,
-            None => return false,
+        let mut iov = 0u64;
+        if !read_off(iter, setting!(off.iter_iov), &mut iov) || !read_into(iov, &mut user_ptr) {
+            return false;
         }
     } else {
         return false;
-    };
+    }
     if user_ptr == 0 {
         return false;
     }
@@ -594,7 +596,10 @@ fn payload_head(msg: u64, head: &mut [u8; HEAD_LEN]) -> bool {
 fn sendmsg_call(ctx: &ProbeContext, probe: Probe) -> Call {
     let msg = arg_u64(ctx, 1);
     let mut c = Call::new(probe, arg_u64(ctx, 0), arg_u64(ctx, 2));
-    c.flags = msg_flags(msg);
+    let mut flags = 0u32;
+    if read_off(msg, setting!(off.msghdr_flags), &mut flags) {
+        c.flags(flags);
+    }
     c
 }
 
@@ -602,42 +607,59 @@ fn sendmsg_call(ctx: &ProbeContext, probe: Probe) -> Call {
 #[inline(always)]
 fn sendpage_call(ctx: &ProbeContext, probe: Probe) -> Call {
     let mut c = Call::new(probe, arg_u64(ctx, 0), arg_u64(ctx, 3));
-    c.flags = Some(arg_u64(ctx, 4) as u32);
+    c.flags(arg_u64(ctx, 4) as u32);
     c
 }
 
 /// `void f(struct socket *sock)`: the sock is `sock->sk`.
 #[inline(always)]
 fn socket_call(ctx: &ProbeContext, probe: Probe) -> Call {
-    let sk = read_at::<u64>(arg_u64(ctx, 0), setting!(off.socket_sk)).unwrap_or(0);
+    let mut sk = 0u64;
+    read_off(arg_u64(ctx, 0), setting!(off.socket_sk), &mut sk);
     Call::new(probe, sk, 0)
 }
 
 /// A kTLS send: the same, plus the socket's TLS state.
 #[inline(always)]
 fn tls(mut c: Call) -> Call {
-    c.tls = true;
+    c.tls = 1;
     c
+}
+
+/// A return value, and whether the function has one.
+#[derive(Clone, Copy)]
+struct Ret {
+    value: i64,
+    known: bool,
 }
 
 /// Return value of a function declared `int`: only the low 32 bits of the register are
 /// defined by the x86-64 ABI.
 #[inline(always)]
-fn int_ret(ctx: &RetProbeContext) -> Option<i64> {
+fn int_ret(ctx: &RetProbeContext) -> Ret {
     let r: u64 = ctx.ret();
-    Some(r as u32 as i32 as i64)
+    Ret {
+        value: r as u32 as i32 as i64,
+        known: true,
+    }
 }
 
 /// Return value of a function declared `ssize_t` / `long`.
 #[inline(always)]
-fn long_ret(ctx: &RetProbeContext) -> Option<i64> {
-    Some(ctx.ret())
+fn long_ret(ctx: &RetProbeContext) -> Ret {
+    Ret {
+        value: ctx.ret(),
+        known: true,
+    }
 }
 
 /// No return value (`void`).
 #[inline(always)]
-fn no_ret(_ctx: &RetProbeContext) -> Option<i64> {
-    None
+fn no_ret(_ctx: &RetProbeContext) -> Ret {
+    Ret {
+        value: 0,
+        known: false,
+    }
 }
 
 /// A kprobe + kretprobe pair for the `Kfunc` probe `$probe`: the programs are named
@@ -647,8 +669,8 @@ macro_rules! probe_pair {
     ($entry:ident, $exit:ident, $probe:expr, $call:expr, $parents:ident, $ret:ident) => {
         #[kprobe]
         pub fn $entry(ctx: ProbeContext) -> u32 {
-            let call: Call = ($call)(&ctx, $probe);
-            enter(&call, &$parents);
+            let mut call: Call = ($call)(&ctx, $probe);
+            enter(&mut call, &$parents);
             0
         }
 
@@ -662,16 +684,24 @@ macro_rules! probe_pair {
 
 // ---- kprobes: sendfile ----
 
+/// sendfile's file descriptors.
+#[inline(always)]
+fn fds(c: &mut Call, out_fd: i32, in_fd: i32) {
+    c.a.fd_out = out_fd;
+    c.a.fd_in = in_fd;
+    c.a.has |= has::FDS;
+}
+
 /// `ssize_t do_sendfile(int out_fd, int in_fd, loff_t *ppos, size_t count, loff_t max)`
 #[inline(always)]
 fn sendfile_call(ctx: &ProbeContext, probe: Probe) -> Call {
     let (out_fd, in_fd) = (arg_u64(ctx, 0) as i32, arg_u64(ctx, 1) as i32);
     let mut c = Call::new(probe, 0, arg_u64(ctx, 3));
-    c.fds = Some((out_fd, in_fd));
+    fds(&mut c, out_fd, in_fd);
     if setting!(debug) != 0 {
         debug!(
             ctx,
-            "do_sendfile out_fd={} in_fd={} count={}", out_fd, in_fd, c.bytes
+            "do_sendfile out_fd={} in_fd={} count={}", out_fd, in_fd, c.a.bytes
         );
     }
     c
@@ -791,14 +821,18 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
         tp_read::<u64>(&ctx, SYS_ARG1) as i32,
     );
     let mut c = Call::new(Probe::Sendfile64, 0, tp_read::<u64>(&ctx, SYS_ARG3));
-    c.fds = Some((out_fd, in_fd));
-    enter(&c, &TOP_LEVEL);
+    fds(&mut c, out_fd, in_fd);
+    enter(&mut c, &TOP_LEVEL);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
-    leave(&ctx, Probe::Sendfile64, Some(tp_read::<i64>(&ctx, SYS_RET)));
+    let ret = Ret {
+        value: tp_read::<i64>(&ctx, SYS_RET),
+        known: true,
+    };
+    leave(&ctx, Probe::Sendfile64, ret);
     0
 }
 

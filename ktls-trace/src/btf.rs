@@ -457,6 +457,71 @@ mod tests {
         ));
     }
 
+    /// A module's split BTF: type ids and string offsets continue after the base's.
+    #[test]
+    fn split_btf_extends_the_base() {
+        let base_blob = blob();
+        let base = Btf::parse(&base_blob).unwrap();
+        let base_strings = base.strings.len() as u32;
+        let base_types = base.types.len() as u32; // 8: void + 7 types
+        let strings = b"\0modstruct\0ptr_member\0".to_vec();
+        let own = |name: &str| -> u32 {
+            let needle = format!("\0{name}\0");
+            let at = strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32;
+            base_strings + at + 1
+        };
+        let base_str = |name: &str| -> u32 {
+            let needle = format!("\0{name}\0");
+            base.strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32
+                + 1
+        };
+        let mut t = Vec::new();
+        let mut push = |v: u32| t.extend_from_slice(&v.to_le_bytes());
+        // base_types: struct modstruct { struct outer o @0 (base type 4); int *ptr_member @192 }
+        push(own("modstruct"));
+        push((KIND_STRUCT << 24) | 2);
+        push(32);
+        push(base_str("x"));
+        push(4);
+        push(0);
+        push(own("ptr_member"));
+        push(base_types + 1);
+        push(192);
+        // base_types + 1: int * (base type 1)
+        push(0);
+        push(KIND_PTR << 24);
+        push(1);
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.push(1);
+        b.push(0);
+        b.extend_from_slice(&24u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(strings.len() as u32).to_le_bytes());
+        b.extend_from_slice(&t);
+        b.extend_from_slice(&strings);
+        let m = Btf::parse_with_base(&b, Some(&base)).unwrap();
+        // A member named with a base string, whose type is a base struct: nested lookup.
+        assert_eq!(
+            m.member_path("modstruct", &["x", "z"]).unwrap(),
+            (16, MemberKind::Other)
+        );
+        assert_eq!(
+            m.member_path("modstruct", &["ptr_member"]).unwrap(),
+            (24, MemberKind::Pointer)
+        );
+        // The base's own types are still there.
+        assert_eq!(m.member_offset("outer", "z").unwrap(), 16);
+    }
+
     #[test]
     fn rejects_bad_input() {
         assert!(matches!(Btf::parse(&[0, 1, 2]), Err(BtfError::BadMagic)));
@@ -470,7 +535,8 @@ mod tests {
     }
 
     /// The running kernel's BTF (every machine and guest this project runs on has one):
-    /// the members ktls-trace reads exist at plausible offsets.
+    /// plain members, members inside anonymous unions, nested paths and enumerators are
+    /// found (attach/offsets.rs checks every member the programs read).
     #[test]
     fn kernel_btf_has_the_members_we_read() {
         let btf = Btf::from_sys_fs().unwrap();
@@ -478,18 +544,18 @@ mod tests {
         let sk = btf.member_offset("socket", "sk").unwrap();
         assert!(flags > 0 && flags < 256, "msg_flags at {flags}");
         assert!(sk > 0 && sk < 128, "socket.sk at {sk}");
-        // The iov_iter pieces the payload-head reader needs.
-        let iter = btf.member_offset("msghdr", "msg_iter").unwrap();
-        assert!(iter < flags, "msg_iter before msg_flags");
-        assert_eq!(btf.member_offset("iov_iter", "iter_type").unwrap(), 0);
-        let ubuf = btf.member_offset("iov_iter", "ubuf").unwrap();
-        let iov = btf
-            .member_offset("iov_iter", "__iov")
-            .or_else(|_| btf.member_offset("iov_iter", "iov"))
+        // skc_daddr lives in an anonymous union/struct of sock_common.
+        let daddr = btf.member_offset("sock_common", "skc_daddr").unwrap();
+        let (nested, kind) = btf
+            .member_path("sock", &["__sk_common", "skc_daddr"])
             .unwrap();
-        assert_eq!(ubuf, iov, "ubuf and the iovec pointer share a union");
-        let ubuf_v = btf.enum_value("ITER_UBUF").unwrap();
-        let iovec_v = btf.enum_value("ITER_IOVEC").unwrap();
-        assert_ne!(ubuf_v, iovec_v);
+        assert_eq!(nested, daddr, "sock starts with its sock_common");
+        assert_eq!(kind, MemberKind::Other);
+        let (_, kind) = btf.member_path("task_struct", &["group_leader"]).unwrap();
+        assert_eq!(kind, MemberKind::Pointer);
+        let (_, kind) = btf.member_path("task_struct", &["comm"]).unwrap();
+        assert_eq!(kind, MemberKind::Array);
+        assert!(btf.enum_value("ITER_IOVEC").is_ok());
+        assert!(btf.has_struct("inet_connection_sock"));
     }
 }

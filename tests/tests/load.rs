@@ -738,8 +738,11 @@ fn ktls_run(mode: &str, tls: &str, cipher: &str, requests: u64, connections: u64
 }
 
 #[test]
-#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+#[ignore = "needs kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn ktls_sendfile_every_version_and_cipher() {
+    if !ktls_trace_tests::needs_ktls("ktls_sendfile_every_version_and_cipher") {
+        return;
+    }
     for tls in ["1.3", "1.2"] {
         for cipher in ["aes-128-gcm", "aes-256-gcm", "chacha20-poly1305"] {
             ktls_run("ktls-sendfile", tls, cipher, 2, 1, "256K");
@@ -748,8 +751,11 @@ fn ktls_sendfile_every_version_and_cipher() {
 }
 
 #[test]
-#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+#[ignore = "needs kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn ktls_write_every_version_and_cipher() {
+    if !ktls_trace_tests::needs_ktls("ktls_write_every_version_and_cipher") {
+        return;
+    }
     for tls in ["1.3", "1.2"] {
         for cipher in ["aes-128-gcm", "aes-256-gcm", "chacha20-poly1305"] {
             ktls_run("ktls-write", tls, cipher, 2, 1, "256K");
@@ -758,15 +764,21 @@ fn ktls_write_every_version_and_cipher() {
 }
 
 #[test]
-#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+#[ignore = "needs kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn ktls_sendfile_parallel_connections_exact_bytes() {
+    if !ktls_trace_tests::needs_ktls("ktls_sendfile_parallel_connections_exact_bytes") {
+        return;
+    }
     ktls_run("ktls-sendfile", "1.3", "aes-128-gcm", 9, 3, "1M");
 }
 
 /// The default mode with default options is kernel TLS + sendfile and works.
 #[test]
-#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+#[ignore = "needs kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn ktls_default_mode_works() {
+    if !ktls_trace_tests::needs_ktls("ktls_default_mode_works") {
+        return;
+    }
     let out = load(&["--requests", "3", "--file-size", "1M", "--json"]);
     assert_eq!(out.status.code(), Some(0));
     let rep = stdout_json(&out);
@@ -775,8 +787,11 @@ fn ktls_default_mode_works() {
 }
 
 #[test]
-#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+#[ignore = "needs kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn ktls_write_corruption_is_caught() {
+    if !ktls_trace_tests::needs_ktls("ktls_write_corruption_is_caught") {
+        return;
+    }
     let out = load(&[
         "--mode",
         "ktls-write",
@@ -800,8 +815,11 @@ fn ktls_write_corruption_is_caught() {
 
 /// The kTLS server alone (how verify traces it), loaded by a separate client process.
 #[test]
-#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+#[ignore = "needs kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn ktls_sendfile_server_only_serves_a_separate_client() {
+    if !ktls_trace_tests::needs_ktls("ktls_sendfile_server_only_serves_a_separate_client") {
+        return;
+    }
     for tls in ["1.2", "1.3"] {
         let mut server = Server::start(&[
             "--mode",

@@ -442,14 +442,17 @@ fn interactive_view_in_a_real_terminal() {
     require_tmux();
     // On the build machine (no kprobes, no kTLS) the view runs in reduced mode over plain
     // sendfile; in the guests it shows what it is for: a kTLS sendfile server, recognised
-    // from the kernel TLS probes.
-    let (mode, backend, path, header) = if guest().is_some() {
+    // from the kernel TLS probes (plain sendfile in full mode where the kernel has no TLS).
+    let (mode, backend, path, header) = if guest().is_some() && ktls_trace_tests::has_ktls() {
         (
             "ktls-sendfile",
             "kprobe",
             "kTLS sendfile (zero-copy)",
             "full mode",
         )
+    } else if guest().is_some() {
+        // A kernel with kprobes but no kernel TLS (5.10): full mode over plain sendfile.
+        ("plain-sendfile", "kprobe", "plain sendfile", "full mode")
     } else {
         (
             "plain-sendfile",

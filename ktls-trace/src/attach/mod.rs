@@ -137,11 +137,7 @@ pub fn explain(err: &ProgramError) -> String {
                 // without the ftrace support it needs).
                 format!("the kernel refused to load it ({})", errno_words(io_error))
             } else {
-                let last = log
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("");
+                let last = verifier_reason(&log);
                 log::debug!("verifier log:\n{log}");
                 format!(
                     "the kernel's verifier rejected the program ({}: \"{}\"; -vv prints its log)",
@@ -167,6 +163,26 @@ pub fn explain(err: &ProgramError) -> String {
             "the kernel refused it".to_string()
         }
     }
+}
+
+/// The line of a verifier log that says why: the last one that is not a statistic
+/// ("processed N insns ...", "verification time ...", "stack depth ...").
+fn verifier_reason(log: &str) -> &str {
+    log.lines()
+        .map(str::trim)
+        .rev()
+        .find(|l| {
+            !l.is_empty()
+                && ![
+                    "processed ",
+                    "verification time",
+                    "stack depth",
+                    "max_states",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .unwrap_or("")
 }
 
 /// [`Config`] as an aya global.
@@ -713,6 +729,16 @@ mod tests {
         assert_eq!(c.comm[15], 0, "NUL-terminated like the kernel's");
         assert_eq!(c.off.msghdr_flags, 72);
         assert_eq!(c.sendfile_probe, Probe::Sendfile64 as u8);
+    }
+
+    #[test]
+    fn the_verifier_says_why() {
+        let log = "0: (bf) r6 = r1\n17: (79) r1 = *(u64 *)(r10 -200)\ninvalid read from stack R10 off=-200 size=8\nprocessed 2996 insns (limit 1000000) max_states_per_insn 4\n";
+        assert_eq!(
+            verifier_reason(log),
+            "invalid read from stack R10 off=-200 size=8"
+        );
+        assert_eq!(verifier_reason(""), "");
     }
 
     #[test]
