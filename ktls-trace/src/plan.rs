@@ -246,8 +246,9 @@ pub struct Number {
 /// What the programs can read on this kernel beyond function arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsLayoutState {
-    /// `struct tls_context` was found in BTF: version, cipher and record sequence number.
-    Known,
+    /// `struct tls_context` was found in BTF: version, cipher and record sequence number;
+    /// the string says where (for doctor).
+    Known(String),
     /// The tls module is not loaded yet.
     Waiting,
     /// Not readable; the string says why.
@@ -333,7 +334,7 @@ pub fn numbers(plan: &Plan, off: &Offsets, tls: &TlsLayoutState) -> Vec<Number> 
         },
     );
     let layout = |exact: &str| match tls {
-        TlsLayoutState::Known => Source::Exact(exact.into()),
+        TlsLayoutState::Known(where_) => Source::Exact(format!("{exact} ({where_})")),
         TlsLayoutState::Waiting => {
             Source::Pending("read from the tls module's BTF once it is loaded".into())
         }
@@ -483,7 +484,7 @@ mod tests {
         assert!(
             matches!(p.decision(Probe::Sendfile64), Some(Decision::Skip(w)) if w.contains("do_sendfile is probed"))
         );
-        let n = numbers(&p, &OFF, &TlsLayoutState::Known);
+        let n = numbers(&p, &OFF, &TlsLayoutState::Known("test".into()));
         assert_eq!(
             source(&n, "kernel TLS ciphertext"),
             &Source::Exact("do_tcp_sendpages + tcp_sendmsg_locked".into())
@@ -539,7 +540,7 @@ mod tests {
             "{:?}",
             p.decision(Probe::DoSendfile)
         );
-        let n = numbers(&p, &OFF, &TlsLayoutState::Known);
+        let n = numbers(&p, &OFF, &TlsLayoutState::Known("test".into()));
         assert!(n.iter().all(|n| !n.source.is_missing()), "{n:#?}");
         assert!(matches!(source(&n, "sendfile"), Source::Exact(s) if s.contains("tracepoints")));
     }

@@ -6,12 +6,14 @@
 //! - `vm-test` / `vm-shell` run the real kTLS kernels (see docs/testing.md);
 //! - `demo`    `ktls-trace top --load` on a kTLS kernel (this host, or a QEMU guest);
 //! - `bench`   transmit paths and tracing overhead, as ratios, in a kTLS guest;
-//! - `record`  real event streams for the replay tests, from the guests.
+//! - `record`  real event streams for the replay tests, from the guests;
+//! - `matrix`  what `ktls-trace doctor` says on every kernel of the matrix.
 
 mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod matrix;
 mod record;
 mod setup;
 mod test;
@@ -25,7 +27,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Developer tasks for ktls-trace (setup, build, test, vm-test, vm-shell, demo, bench, record)"
+    about = "Developer tasks for ktls-trace (setup, build, test, vm-test, vm-shell, demo, bench, record, matrix)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -52,6 +54,8 @@ enum Command {
     /// Record real event streams (verify --record, every load mode) in the guests, for the
     /// replay tests (ktls-trace/fixtures/).
     Record(record::RecordArgs),
+    /// What `ktls-trace doctor` says on every kernel of the matrix (docs/kernel-support.md).
+    Matrix(matrix::MatrixArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::demo_cmd(&args),
         Command::Bench(args) => bench::bench_cmd(&args),
         Command::Record(args) => record::record_cmd(&args),
+        Command::Matrix(args) => matrix::matrix_cmd(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -479,7 +479,7 @@ impl Tracer {
         let Some(btf) = &self.btf else {
             return TlsLayoutState::Unknown("the kernel has no BTF".into());
         };
-        let layout = match offsets::tls_layout(btf) {
+        let (layout, where_) = match offsets::tls_layout(btf) {
             Ok(l) => l,
             Err(why) => return TlsLayoutState::Unknown(why),
         };
@@ -495,7 +495,7 @@ impl Tracer {
                     .map_err(|e| format!("writing TLS_LAYOUT: {e}"))
             });
         match written {
-            Ok(()) => TlsLayoutState::Known,
+            Ok(()) => TlsLayoutState::Known(where_),
             Err(why) => TlsLayoutState::Unknown(why),
         }
     }
@@ -512,7 +512,7 @@ impl Tracer {
         if layout_pending {
             self.tls_layout = self.read_tls_layout();
             match &self.tls_layout {
-                TlsLayoutState::Known => notices.push(Notice::TlsLayout(Ok(()))),
+                TlsLayoutState::Known(_) => notices.push(Notice::TlsLayout(Ok(()))),
                 TlsLayoutState::Unknown(why) => notices.push(Notice::TlsLayout(Err(why.clone()))),
                 TlsLayoutState::Waiting => {}
             }
@@ -651,7 +651,7 @@ pub fn load_check(facts: &KernelFacts) -> LoadCheck {
             (_, true, false) => TlsLayoutState::Waiting,
             (None, true, true) => TlsLayoutState::Unknown("the kernel has no BTF".into()),
             (Some(b), true, true) => match offsets::tls_layout(b) {
-                Ok(_) => TlsLayoutState::Known,
+                Ok((_, where_)) => TlsLayoutState::Known(where_),
                 Err(why) => TlsLayoutState::Unknown(why),
             },
         },

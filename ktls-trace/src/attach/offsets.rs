@@ -64,20 +64,31 @@ pub fn read(btf: Option<&Btf>, tracefs: Option<&Path>) -> Offsets {
 }
 
 /// Where kernel TLS keeps version, cipher and the transmit record sequence number, from
-/// `btf` (vmlinux, where TLS may be built in) or else the tls module's split BTF.
-pub fn tls_layout(vmlinux: &Btf) -> Result<TlsLayout, String> {
+/// `btf` (vmlinux, where TLS may be built in) or else the tls module's split BTF; and in
+/// words, where that was found.
+pub fn tls_layout(vmlinux: &Btf) -> Result<(TlsLayout, String), String> {
     let module;
-    let btf = if vmlinux.has_struct("tls_context") {
-        vmlinux
+    let (btf, source) = if vmlinux.has_struct("tls_context") {
+        (vmlinux, "vmlinux BTF")
     } else {
         module = vmlinux.with_module("tls").map_err(|e| {
             format!(
                 "the tls module's BTF is not readable ({e}; needs CONFIG_DEBUG_INFO_BTF_MODULES)"
             )
         })?;
-        &module
+        (&module, "the tls module's BTF")
     };
-    layout_from(vmlinux, btf)
+    let layout = layout_from(vmlinux, btf)?;
+    let kind = if layout.rec_seq_is_ptr != 0 {
+        "a pointer"
+    } else {
+        "an array"
+    };
+    let where_ = format!(
+        "tls_context.tx.rec_seq, {kind}, at offset {} in {source}",
+        layout.tx_rec_seq
+    );
+    Ok((layout, where_))
 }
 
 /// [`tls_layout`] from parsed BTF: `base` has `inet_connection_sock`, `tls` has
@@ -167,7 +178,8 @@ mod tests {
             return;
         }
         let btf = Btf::from_sys_fs().expect("kernel BTF");
-        let l = tls_layout(&btf).expect("tls layout");
+        let (l, where_) = tls_layout(&btf).expect("tls layout");
+        assert!(where_.contains("tls_context.tx.rec_seq"), "{where_}");
         assert_eq!(l.valid, 1);
         // prot_info comes first in struct tls_context; version before cipher_type.
         assert!(l.version < l.cipher && l.cipher < 64, "{l:?}");
