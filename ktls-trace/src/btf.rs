@@ -421,17 +421,20 @@ mod tests {
         push(1);
         push(0);
 
+        wrap(&t, &strings)
+    }
+
+    /// A BTF blob of a type and a string section, after the 24-byte header.
+    fn wrap(types: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(&MAGIC.to_le_bytes());
         b.push(1);
         b.push(0);
-        b.extend_from_slice(&24u32.to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes());
-        b.extend_from_slice(&(t.len() as u32).to_le_bytes());
-        b.extend_from_slice(&(t.len() as u32).to_le_bytes());
-        b.extend_from_slice(&(strings.len() as u32).to_le_bytes());
-        b.extend_from_slice(&t);
-        b.extend_from_slice(&strings);
+        for v in [24, 0, types.len(), types.len(), strings.len()] {
+            b.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        b.extend_from_slice(types);
+        b.extend_from_slice(strings);
         b
     }
 
@@ -497,18 +500,7 @@ mod tests {
         push(0);
         push(KIND_PTR << 24);
         push(1);
-        let mut b = Vec::new();
-        b.extend_from_slice(&MAGIC.to_le_bytes());
-        b.push(1);
-        b.push(0);
-        b.extend_from_slice(&24u32.to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes());
-        b.extend_from_slice(&(t.len() as u32).to_le_bytes());
-        b.extend_from_slice(&(t.len() as u32).to_le_bytes());
-        b.extend_from_slice(&(strings.len() as u32).to_le_bytes());
-        b.extend_from_slice(&t);
-        b.extend_from_slice(&strings);
-        let m = Btf::parse_with_base(&b, Some(&base)).unwrap();
+        let m = Btf::parse_with_base(&wrap(&t, &strings), Some(&base)).unwrap();
         // A member named with a base string, whose type is a base struct: nested lookup.
         assert_eq!(
             m.member_path("modstruct", &["x", "z"]).unwrap(),

@@ -1,7 +1,8 @@
 //! `cargo xtask record`: records real event streams for the replay tests. In a guest of
 //! each kernel, `ktls-trace verify --record` runs every load mode once and writes the
 //! events it judged and what the load reported; the files are printed on the console
-//! between markers and written to `ktls-trace/fixtures/<kernel>/<mode>.jsonl`, where the
+//! between markers and written to `ktls-trace/fixtures/<major.minor>/<mode>.jsonl` (named
+//! after the kernel they were recorded on, which `latest` is not for long), where the
 //! replay test (ktls-trace/src/views/verify/replay.rs) feeds them to `top`'s model and
 //! `verify`'s judge. Run it again when the event format or a kernel era changes.
 
@@ -76,6 +77,14 @@ fn write(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// "7.3" from the recording's header (`{"fixture":{"kernel":"7.3.4+deb13-cloud-amd64",...}}`).
+fn kernel_version(text: &str) -> Option<String> {
+    let header: serde_json::Value = serde_json::from_str(text.lines().next()?).ok()?;
+    let release = header.pointer("/fixture/kernel")?.as_str()?;
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some(format!("{}.{}", parts.next()?, parts.next()?))
+}
+
 /// The files between `KT-FIXTURE-BEGIN <mode>` and `KT-FIXTURE-END <mode>` markers.
 pub fn fixtures(console: &[String]) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -124,5 +133,10 @@ mod tests {
         assert_eq!(f.len(), 1, "an unfinished file is not kept");
         assert_eq!(f[0].0, "ktls-sendfile");
         assert_eq!(f[0].1, "{\"fixture\":{}}\n{\"probe\":\"tls_sw_sendmsg\"}\n");
+        assert_eq!(
+            kernel_version("{\"fixture\":{\"kernel\":\"7.3.4+deb13-cloud-amd64\"}}\n").as_deref(),
+            Some("7.3")
+        );
+        assert_eq!(kernel_version(&f[0].1), None);
     }
 }

@@ -22,6 +22,7 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 
 use super::{
+    Waits,
     error::{LoadError, io_reason},
     file::{Sha256, finish, hex, parse_hex_sha256},
     http,
@@ -29,11 +30,13 @@ use super::{
     tls::{self, Negotiated, TlsChoice},
 };
 
-/// How long the server may stay silent in the middle of a response.
-const IDLE: Duration = Duration::from_secs(30);
-const CONNECT: Duration = Duration::from_secs(10);
-/// How long running requests may take to finish once the client is told to stop.
-const GRACE: Duration = Duration::from_secs(10);
+/// How long the client waits: for the server to say something in the middle of a
+/// response, to connect, and for running requests to finish once it is told to stop.
+const WAIT: Waits = Waits {
+    idle: Duration::from_secs(30),
+    start: Duration::from_secs(10),
+    grace: Duration::from_secs(10),
+};
 
 /// When the client stops.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -118,7 +121,7 @@ enum ReqError {
         want: String,
         from: &'static str,
     },
-    #[error("no data from the server for {} s", IDLE.as_secs())]
+    #[error("no data from the server for {} s", WAIT.idle.as_secs())]
     Idle,
 }
 
@@ -299,7 +302,7 @@ pub async fn run_client(
             () = &mut shutdown => {
                 // No new requests; running ones may finish for a while.
                 ctx.stopping.store(true, Relaxed);
-                let finished = tokio::time::timeout(GRACE, async {
+                let finished = tokio::time::timeout(WAIT.grace, async {
                     while tasks.join_next().await.is_some() {}
                 })
                 .await;
@@ -350,7 +353,7 @@ async fn connection(ctx: Arc<Ctx>, id: u32) {
             Some(connector) => match open(&ctx).await {
                 Ok(tcp) => {
                     let hs = tokio::time::timeout(
-                        CONNECT,
+                        WAIT.start,
                         connector.connect(ctx.server_name.clone(), tcp),
                     )
                     .await;
@@ -368,7 +371,7 @@ async fn connection(ctx: Arc<Ctx>, id: u32) {
                         Ok(Err(e)) => Err(ReqError::Handshake(io_reason(&e))),
                         Err(_) => Err(ReqError::Handshake(format!(
                             "timed out after {} s",
-                            CONNECT.as_secs()
+                            WAIT.start.as_secs()
                         ))),
                     }
                 }
@@ -394,13 +397,13 @@ async fn connection(ctx: Arc<Ctx>, id: u32) {
 }
 
 async fn open(ctx: &Ctx) -> Result<TcpStream, ReqError> {
-    let tcp = match tokio::time::timeout(CONNECT, TcpStream::connect(ctx.addr)).await {
+    let tcp = match tokio::time::timeout(WAIT.start, TcpStream::connect(ctx.addr)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return Err(ReqError::Connect(io_reason(&e))),
         Err(_) => {
             return Err(ReqError::Connect(format!(
                 "timed out after {} s",
-                CONNECT.as_secs()
+                WAIT.start.as_secs()
             )));
         }
     };
@@ -425,7 +428,7 @@ async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
     let mut first = true;
     loop {
         if !first && !ctx.claim() {
-            close(&mut s).await;
+            super::close(&mut s, false).await;
             return Ok(Again::Done);
         }
         first = false;
@@ -434,13 +437,13 @@ async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(k) => k,
             Err(e) => {
                 // Close as cleanly as the connection still allows.
-                close(&mut s).await;
+                super::close(&mut s, false).await;
                 return Err(e);
             }
         };
         ctx.counters.requests.fetch_add(1, Relaxed);
         if !keep_alive {
-            close(&mut s).await;
+            super::close(&mut s, false).await;
             return Ok(Again::Reconnect);
         }
     }
@@ -463,7 +466,7 @@ async fn one_request<S: AsyncRead + AsyncWrite + Unpin>(
         what: "sending the request",
         reason: io_reason(&e),
     })?;
-    let n = http::read_head(s, buf, "response", Some(IDLE))
+    let n = http::read_head(s, buf, "response", Some(WAIT.idle))
         .await?
         .ok_or(ReqError::NoAnswer)?;
     let head = http::parse_response(&buf[..n])?;
@@ -511,7 +514,7 @@ async fn one_request<S: AsyncRead + AsyncWrite + Unpin>(
     }
     while got < want {
         let room = (want - got).min(body.len() as u64) as usize;
-        let n = match tokio::time::timeout(IDLE, s.read(&mut body[..room])).await {
+        let n = match tokio::time::timeout(WAIT.idle, s.read(&mut body[..room])).await {
             Err(_) => return Err(ReqError::Idle),
             Ok(Ok(0)) => return Err(ReqError::Short { got, want }),
             Ok(Ok(n)) => n,
@@ -542,21 +545,6 @@ async fn one_request<S: AsyncRead + AsyncWrite + Unpin>(
     }
     ctx.checked(check);
     Ok(head.keep_alive)
-}
-
-/// close_notify (TLS) and FIN, then wait briefly for the server's side of the close.
-async fn close<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut sink = [0u8; 4096];
-        loop {
-            match s.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
 }
 
 #[cfg(test)]

@@ -35,6 +35,41 @@ pub use tls::TlsChoice;
 
 use report::CpuSample;
 
+/// Graceful close: shutdown (close_notify for TLS, then FIN); if the peer has not closed
+/// yet, read what it still sends until it does (so close() does not reset the connection
+/// under data the peer has not read yet). Errors here are of no interest.
+async fn close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    peer_closed: bool,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
+    if peer_closed {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut sink = [0u8; 4096];
+        loop {
+            match s.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// How long one side of the load waits for the other (each side has its own).
+#[derive(Debug, Clone, Copy)]
+struct Waits {
+    /// Silence in the middle of a request or response.
+    idle: Duration,
+    /// Connecting (client) or the handshake (server).
+    start: Duration,
+    /// Running requests or responses, once told to stop.
+    grace: Duration,
+}
+
 /// The line (on stderr) with which `load` says its client received the first body bytes:
 /// `top --load` starts measuring once it has seen it.
 pub const SERVING: &str = "ktls-trace: load: serving";

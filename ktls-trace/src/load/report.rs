@@ -372,24 +372,24 @@ pub fn render_server(r: &ServerReport) -> String {
         tls_words(&r.tally.tls_version, &r.tally.cipher_suite),
         file_words(r)
     );
-    requests_line(
-        &mut out,
-        r.tally.requests,
-        r.tally.connections,
-        r.tally.seconds,
-    );
+    tally_lines(&mut out, &r.tally, "sent");
+    cpu_line("CPU", &r.cpu, &mut out);
+    out
+}
+
+/// Requests, bytes, throughput and errors, as both sides count them.
+fn tally_lines(out: &mut String, t: &Tally, verb: &str) {
+    requests_line(out, t.requests, t.connections, t.seconds);
     let _ = writeln!(
         out,
         "  {:<13} {} body ({} B) + {} B headers",
-        "sent",
-        human_bytes(r.tally.body_bytes as f64),
-        r.tally.body_bytes,
-        r.tally.header_bytes
+        verb,
+        human_bytes(t.body_bytes as f64),
+        t.body_bytes,
+        t.header_bytes
     );
-    throughput_line(&mut out, r.tally.throughput_bytes_per_sec);
-    errors_lines(r.tally.errors, &r.tally.error_messages, &mut out);
-    cpu_line("CPU", &r.cpu, &mut out);
-    out
+    throughput_line(out, t.throughput_bytes_per_sec);
+    errors_lines(t.errors, &t.error_messages, out);
 }
 
 fn verified_words(r: &ClientReport) -> String {
@@ -418,22 +418,7 @@ pub fn render_client(r: &ClientReport) -> String {
         r.path,
         tls_words(&r.tally.tls_version, &r.tally.cipher_suite)
     );
-    requests_line(
-        &mut out,
-        r.tally.requests,
-        r.tally.connections,
-        r.tally.seconds,
-    );
-    let _ = writeln!(
-        out,
-        "  {:<13} {} body ({} B) + {} B headers",
-        "received",
-        human_bytes(r.tally.body_bytes as f64),
-        r.tally.body_bytes,
-        r.tally.header_bytes
-    );
-    throughput_line(&mut out, r.tally.throughput_bytes_per_sec);
-    errors_lines(r.tally.errors, &r.tally.error_messages, &mut out);
+    tally_lines(&mut out, &r.tally, "received");
     let _ = writeln!(out, "  {:<13} {}", "verified", verified_words(r));
     cpu_line("CPU", &r.cpu, &mut out);
     out

@@ -16,7 +16,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Interest},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, Interest},
     net::{TcpListener, TcpSocket, TcpStream},
     sync::{Notify, oneshot, watch},
     task::JoinSet,
@@ -24,6 +24,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 use super::{
+    Waits,
     args::Mode,
     error::{LoadError, chain, io_reason},
     file::{ServedFile, Sha256, hex},
@@ -33,12 +34,13 @@ use super::{
     tls::{self, CertAndKey, Negotiated, TlsChoice},
 };
 
-/// How long a connection may stay silent before the server closes it.
-const IDLE: Duration = Duration::from_secs(60);
-/// How long the handshake may take.
-const HANDSHAKE: Duration = Duration::from_secs(15);
-/// How long running responses may take to finish once the server stops.
-const GRACE: Duration = Duration::from_secs(15);
+/// How long the server waits: for a silent connection before it closes it, for a
+/// handshake, and for running responses to finish once it stops.
+const WAIT: Waits = Waits {
+    idle: Duration::from_secs(60),
+    start: Duration::from_secs(15),
+    grace: Duration::from_secs(15),
+};
 
 /// Where the served file comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +101,7 @@ pub struct Ready {
 enum ConnError {
     #[error("TLS handshake failed: {0}")]
     Handshake(String),
-    #[error("TLS handshake timed out after {} s", HANDSHAKE.as_secs())]
+    #[error("TLS handshake timed out after {} s", WAIT.start.as_secs())]
     HandshakeTimeout,
     #[error("handing the connection to kernel TLS failed: {0}")]
     Ktls(String),
@@ -328,7 +330,7 @@ pub async fn run_server(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(GRACE, async {
+    let drained = tokio::time::timeout(WAIT.grace, async {
         while let Some(res) = tasks.join_next().await {
             if let Err(e) = res
                 && e.is_panic()
@@ -342,7 +344,7 @@ pub async fn run_server(
         counters.error(format!(
             "{} connection(s) still busy {} s after the stop; aborted",
             tasks.len(),
-            GRACE.as_secs()
+            WAIT.grace.as_secs()
         ));
         tasks.abort_all();
     }
@@ -472,7 +474,7 @@ async fn handshake<T>(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<T>, ConnError> {
     tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE, accept) => match r {
+        r = tokio::time::timeout(WAIT.start, accept) => match r {
             Ok(Ok(t)) => Ok(Some(t)),
             Ok(Err(e)) => Err(ConnError::Handshake(io_reason(&e))),
             Err(_) => Err(ConnError::HandshakeTimeout),
@@ -493,7 +495,7 @@ async fn serve<S: ServerStream>(
     let res: Result<(), ConnError> = async {
         loop {
             let head = tokio::select! {
-                r = http::read_head(&mut s, &mut buf, "request", Some(IDLE)) => match r {
+                r = http::read_head(&mut s, &mut buf, "request", Some(WAIT.idle)) => match r {
                     Err(http::HttpError::Idle(_)) => break,
                     r => r?,
                 },
@@ -547,7 +549,7 @@ async fn serve<S: ServerStream>(
         Ok(())
     }
     .await;
-    close(&mut s, peer_closed || res.is_err()).await;
+    super::close(&mut s, peer_closed || res.is_err()).await;
     res
 }
 
@@ -611,24 +613,4 @@ async fn sendfile_all(
         }
     }
     Ok(())
-}
-
-/// Graceful close: shutdown (close_notify for TLS, then FIN); if the peer has not closed
-/// yet, read what it still sends until it does (so close() does not reset the connection
-/// under data the peer has not read yet). Errors here are of no interest.
-async fn close<S: ServerStream>(s: &mut S, peer_closed: bool) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
-    if peer_closed {
-        return;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut sink = [0u8; 4096];
-        loop {
-            match s.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
 }

@@ -1,7 +1,8 @@
 //! Event streams recorded on real kernels (`cargo xtask record`: one `verify --record` run
-//! of every load mode per kernel), fed to `verify`'s judge and to `top`'s model: both fold
-//! the same classifier's output, so they must reach the same path and the same byte counts,
-//! on every kernel era.
+//! of every load mode per kernel of the matrix: 5.10 without kernel TLS, 6.1 with
+//! sendpage, 6.12 with MSG_SPLICE_PAGES, 7.3 without tls_push_record), fed to `verify`'s
+//! judge and to `top`'s model: both fold the same classifier's output, so they must reach the
+//! same path and the same byte counts, on every kernel era.
 
 use super::{fixture, judge::judge};
 use crate::{
@@ -43,6 +44,30 @@ const RECORDINGS: &[(&str, &str)] = &[
     (
         "6.12/plain-sendfile",
         include_str!("../../../fixtures/6.12/plain-sendfile.jsonl"),
+    ),
+    (
+        "7.3/ktls-sendfile",
+        include_str!("../../../fixtures/7.3/ktls-sendfile.jsonl"),
+    ),
+    (
+        "7.3/ktls-write",
+        include_str!("../../../fixtures/7.3/ktls-write.jsonl"),
+    ),
+    (
+        "7.3/userspace-tls",
+        include_str!("../../../fixtures/7.3/userspace-tls.jsonl"),
+    ),
+    (
+        "7.3/plain-sendfile",
+        include_str!("../../../fixtures/7.3/plain-sendfile.jsonl"),
+    ),
+    (
+        "5.10/userspace-tls",
+        include_str!("../../../fixtures/5.10/userspace-tls.jsonl"),
+    ),
+    (
+        "5.10/plain-sendfile",
+        include_str!("../../../fixtures/5.10/plain-sendfile.jsonl"),
     ),
 ];
 
