@@ -58,9 +58,11 @@ pub fn record_cmd(args: &RecordArgs) -> Result<()> {
                 "the {label} guest recorded nothing (console: target/vm/{label}/console-demo.log)"
             );
         }
-        let dir = root.join(label);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for (mode, text) in files {
+            let version = kernel_version(&text)
+                .with_context(|| format!("the {label} recording of {mode} names no kernel"))?;
+            let dir = root.join(version);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             write(&dir.join(format!("{mode}.jsonl")), &text)?;
         }
     }
