@@ -279,11 +279,14 @@ pub fn numbers(plan: &Plan, off: &Offsets, tls: &TlsLayoutState) -> Vec<Number> 
     let ktls_sends = [Probe::TlsSwSendpage, Probe::TlsSwSendmsg];
     let pushes = [Probe::DoTcpSendpages, Probe::TcpSendmsgLocked];
     let tls_missing = || {
-        if plan.backend == Backend::Tracepoint {
-            Source::Missing("tracepoint mode: the kernel TLS functions need kprobes".into())
-        } else {
-            Source::Missing("no kernel TLS send function on this kernel".into())
-        }
+        Source::Missing(match (plan.backend, state(Probe::TlsSwSendmsg)) {
+            (Backend::Tracepoint, _) => {
+                "tracepoint mode: the kernel TLS functions need kprobes".into()
+            }
+            // Why the kTLS functions are not there: kernel TLS missing, or the build.
+            (Backend::Kprobe, Decision::Skip(why)) if !why.is_empty() => why,
+            _ => "no kernel TLS send function on this kernel".into(),
+        })
     };
     let tls_source = |exact: Source| {
         if any_of(&ktls_sends).is_some() {
@@ -333,8 +336,11 @@ pub fn numbers(plan: &Plan, off: &Offsets, tls: &TlsLayoutState) -> Vec<Number> 
             tls_missing()
         },
     );
-    let layout = |exact: &str| match tls {
-        TlsLayoutState::Known(where_) => Source::Exact(format!("{exact} ({where_})")),
+    let layout = |exact: &str, with_where: bool| match tls {
+        TlsLayoutState::Known(where_) if with_where => {
+            Source::Exact(format!("{exact} ({where_})"))
+        }
+        TlsLayoutState::Known(_) => Source::Exact(exact.into()),
         TlsLayoutState::Waiting => {
             Source::Pending("read from the tls module's BTF once it is loaded".into())
         }
@@ -344,11 +350,12 @@ pub fn numbers(plan: &Plan, off: &Offsets, tls: &TlsLayoutState) -> Vec<Number> 
         "TLS records (REC/s, AVG-REC)",
         tls_source(layout(
             "the socket's TLS record sequence number, before and after each kTLS send",
+            true,
         )),
     );
     push(
         "TLS version and cipher",
-        tls_source(layout("tls_context.prot_info of the socket")),
+        tls_source(layout("tls_context.prot_info of the socket", false)),
     );
     push(
         "user-space TLS vs plain",
@@ -585,7 +592,10 @@ mod tests {
             matches!(p.decision(Probe::TlsSwSendmsg), Some(Decision::Skip(w)) if w.contains("CONFIG_TLS"))
         );
         let n = numbers(&p, &OFF, &TlsLayoutState::Unknown("no tls module".into()));
-        assert!(source(&n, "kernel TLS plaintext").is_missing());
+        assert!(
+            matches!(source(&n, "kernel TLS plaintext"), Source::Missing(w) if w.contains("CONFIG_TLS")),
+            "{n:#?}"
+        );
         assert!(source(&n, "kernel TLS ciphertext").is_missing());
         assert!(matches!(source(&n, "user-space TLS"), Source::Exact(_)));
         assert!(matches!(source(&n, "sendfile"), Source::Exact(_)));
