@@ -337,9 +337,7 @@ pub fn numbers(plan: &Plan, off: &Offsets, tls: &TlsLayoutState) -> Vec<Number> 
         },
     );
     let layout = |exact: &str, with_where: bool| match tls {
-        TlsLayoutState::Known(where_) if with_where => {
-            Source::Exact(format!("{exact} ({where_})"))
-        }
+        TlsLayoutState::Known(where_) if with_where => Source::Exact(format!("{exact} ({where_})")),
         TlsLayoutState::Known(_) => Source::Exact(exact.into()),
         TlsLayoutState::Waiting => {
             Source::Pending("read from the tls module's BTF once it is loaded".into())

@@ -337,6 +337,22 @@ impl TraceOutput {
     pub fn stderr_text(&self) -> String {
         self.stderr.join("\n")
     }
+
+    /// What was seen, for a failing assertion's message: events per probe, the summary
+    /// and stderr.
+    pub fn census(&self) -> String {
+        let mut per_probe = std::collections::BTreeMap::<String, usize>::new();
+        for e in &self.events {
+            *per_probe.entry(e["probe"].to_string()).or_default() += 1;
+        }
+        format!(
+            "events per probe: {per_probe:?}\nsummary: {}\nstderr:\n{}",
+            self.summary
+                .as_ref()
+                .map_or("none".into(), |s| s.to_string()),
+            self.stderr_text()
+        )
+    }
 }
 
 /// Runs `ktls-trace ARGS` to completion: (exit code, stdout, stderr).

@@ -48,7 +48,12 @@ fn tracepoint_mode_reports_exact_sendfile_bytes_for_the_traced_pid_only() {
         assert_ne!(e["pid"], other_pid);
     }
     // Exactly the file's bytes through sendfile, in one call here.
-    assert_eq!(out.bytes_done("sendfile64", None), N);
+    assert_eq!(
+        out.bytes_done("sendfile64", None),
+        N,
+        "sendfile's bytes: {}",
+        out.census()
+    );
     let calls: Vec<_> = out.of("sendfile64").collect();
     assert!(!calls.is_empty());
     for c in &calls {
