@@ -49,7 +49,12 @@ impl Steps {
         eprintln!("\n==> {name}");
         let started = Instant::now();
         let result = f();
-        let time = started.elapsed();
+        self.record(name, result, started.elapsed())
+    }
+
+    /// Records a step that ran elsewhere (the guests, side by side); returns whether it
+    /// passed.
+    fn record(&mut self, name: &str, result: Result<String>, time: Duration) -> bool {
         let (ok, note) = match result {
             Ok(note) => (true, note),
             Err(e) => {
@@ -161,20 +166,27 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
         }
     }
     if !args.no_vm {
-        for series in args.kernel.series() {
-            let name = format!("vm {}", series.label());
-            match &artifacts {
-                Some(a) => {
-                    steps.run(&name, || {
-                        let run = vm::run_tests(series, a, &args.vm)?;
+        let series = args.kernel.series();
+        match &artifacts {
+            Some(a) => {
+                let jobs = args.vm.jobs();
+                eprintln!("\n==> vm: {} guests, {jobs} at a time", series.len());
+                for o in vm::run_guests(&series, a, &args.vm, jobs) {
+                    let name = format!("vm {}", o.series.label());
+                    let result = o.result.and_then(|run| {
                         // Counts first: the table cuts long notes.
                         let note = format!("{}; {}; {}", run.counts(), run.package, run.times());
                         let passed = run.passed();
                         runs.push(run);
                         if passed { Ok(note) } else { bail!("{note}") }
                     });
+                    steps.record(&name, result, o.time);
                 }
-                None => steps.skip(&name, "no build"),
+            }
+            None => {
+                for s in series {
+                    steps.skip(&format!("vm {}", s.label()), "no build");
+                }
             }
         }
     }

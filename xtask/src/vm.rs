@@ -54,6 +54,16 @@ pub struct VmOptions {
     /// Print the whole guest console live, not only markers and test verdicts.
     #[arg(short, long)]
     pub verbose: bool,
+
+    /// Guests booted at the same time (default: one per core, at most 2).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub jobs: Option<u16>,
+}
+
+impl VmOptions {
+    pub fn jobs(&self) -> usize {
+        self.jobs.map_or_else(default_jobs, usize::from)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -145,8 +155,11 @@ pub fn vm_test_cmd(args: &VmTestArgs) -> Result<()> {
     setup::setup(false)?;
     let artifacts = build::build(args.release)?;
     let mut runs = Vec::new();
-    for series in args.kernel.series() {
-        runs.push(run_tests(series, &artifacts, &args.vm)?);
+    for o in run_guests(&args.kernel.series(), &artifacts, &args.vm, args.vm.jobs()) {
+        runs.push(
+            o.result
+                .with_context(|| format!("vm {}", o.series.label()))?,
+        );
     }
     print_summary(&runs);
     eprintln!("{}", totals_line(&runs));
@@ -175,10 +188,102 @@ pub fn vm_shell_cmd(args: &VmShellArgs) -> Result<()> {
     qemu::run_interactive(qemu::command(&kernel.vmlinuz, &initrd, true, Vcpus::Serial))
 }
 
-/// Boots one kernel with every test executable and parses the results. Errors only for
-/// harness problems (no kernel, no qemu); test failures are in the returned report.
-pub fn run_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Result<GuestRun> {
-    let label = series.label();
+/// One guest's result in [`run_guests`], with the time its boot took.
+pub struct GuestOutcome {
+    pub series: Series,
+    pub result: Result<GuestRun>,
+    pub time: Duration,
+}
+
+/// Boots every series' kernel with every test executable, `jobs` guests at a time, and
+/// parses the results, in the order of `series`. A guest's error is a harness problem
+/// (no kernel, no qemu); test failures are in its report.
+///
+/// Kernels and images are prepared one after another first: the series share one apt
+/// state (and its lock), and a download or unpack error should stop nothing else. Then
+/// the boots run side by side. Each guest's TCG runs on one host thread
+/// ([`Vcpus::Serial`]), so on a two-core machine two guests take the two cores without
+/// slowing each other down; the newest kernels start first because they take longest.
+pub fn run_guests(
+    series: &[Series],
+    artifacts: &Artifacts,
+    opts: &VmOptions,
+    jobs: usize,
+) -> Vec<GuestOutcome> {
+    let mut ready = Vec::new();
+    let mut outcomes: Vec<Option<GuestOutcome>> = series.iter().map(|_| None).collect();
+    for (i, s) in series.iter().enumerate() {
+        let started = std::time::Instant::now();
+        match prepare_tests(*s, artifacts, opts) {
+            Ok(p) => ready.push((i, p)),
+            Err(e) => {
+                outcomes[i] = Some(GuestOutcome {
+                    series: *s,
+                    result: Err(e),
+                    time: started.elapsed(),
+                })
+            }
+        }
+    }
+    // Newest first (Series orders by age).
+    ready.sort_by_key(|(_, p)| std::cmp::Reverse(p.series));
+    let queue = std::sync::Mutex::new(ready);
+    let done = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    // The guard is a temporary of this statement: released before the boot.
+                    let next = queue.lock().ok().and_then(|mut q| {
+                        if q.is_empty() {
+                            None
+                        } else {
+                            Some(q.remove(0))
+                        }
+                    });
+                    let Some((i, p)) = next else { break };
+                    let series = p.series;
+                    let started = std::time::Instant::now();
+                    let result = boot_tests(p, opts);
+                    let outcome = GuestOutcome {
+                        series,
+                        result,
+                        time: started.elapsed(),
+                    };
+                    if let Ok(mut d) = done.lock() {
+                        d.push((i, outcome));
+                    }
+                }
+            });
+        }
+    });
+    for (i, o) in done.into_inner().unwrap_or_default() {
+        outcomes[i] = Some(o);
+    }
+    outcomes.into_iter().flatten().collect()
+}
+
+/// How many guests run at once unless `--jobs` says: one per core, at most two (the
+/// machines this runs on have two; more guests than cores only slows each one down).
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 2)
+}
+
+/// A test guest ready to boot: kernel resolved, initramfs built.
+struct Prepared {
+    series: Series,
+    kernel: kernel::Kernel,
+    initrd: PathBuf,
+    work: PathBuf,
+    /// Test executables in plan order, and their cargo labels by file name.
+    plan: Vec<String>,
+    names: std::collections::BTreeMap<String, String>,
+}
+
+fn prepare_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Result<Prepared> {
     let tests: Vec<_> = artifacts
         .tests
         .iter()
@@ -200,17 +305,36 @@ pub fn run_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Res
         opts.exe_timeout,
         "test",
     )?;
+    Ok(Prepared {
+        series,
+        kernel,
+        initrd,
+        work,
+        plan: tests.iter().map(|t| t.file_name()).collect(),
+        names: tests
+            .iter()
+            .map(|t| (t.file_name(), t.label.clone()))
+            .collect(),
+    })
+}
+
+fn boot_tests(p: Prepared, opts: &VmOptions) -> Result<GuestRun> {
+    let label = p.series.label();
+    let Prepared {
+        series,
+        kernel,
+        initrd,
+        work,
+        plan,
+        names,
+    } = p;
     let size = std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "vm {label}: booting {} with {} test executables (initramfs {} MB)",
         kernel.package,
-        tests.len(),
+        plan.len(),
         size / 1_000_000
     );
-    let names: std::collections::BTreeMap<String, String> = tests
-        .iter()
-        .map(|t| (t.file_name(), t.label.clone()))
-        .collect();
     let log = work.join("console.log");
     let verbose = opts.verbose;
     let captured = qemu::run_captured(
@@ -239,7 +363,6 @@ pub fn run_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Res
         .zip(marker_time("KT-DONE"))
         .map(|(b, d)| d.saturating_sub(b));
     let lines: Vec<&str> = captured.lines.iter().map(|(_, l)| l.as_str()).collect();
-    let plan: Vec<String> = tests.iter().map(|t| t.file_name()).collect();
     let mut report = report::parse(&lines, &plan, captured.timed_out);
     note_qemu_failure(&mut report, &captured);
     // Show the cargo labels instead of hashed file names from here on.
