@@ -361,67 +361,39 @@ mod tests {
                 .map(|p| p as u32 + 1)
                 .unwrap_or(0)
         };
-        let mut t = Vec::new();
-        let mut push = |v: u32| t.extend_from_slice(&v.to_le_bytes());
-        // 1: int
-        push(s("int"));
-        push(KIND_INT << 24);
-        push(4);
-        push(32);
-        // 2: struct inner { a @0, b @32 bits }
-        push(s("inner"));
-        push((KIND_STRUCT << 24) | 2);
-        push(8);
-        push(s("a"));
-        push(1);
-        push(0);
-        push(s("b"));
-        push(1);
-        push(32);
-        // 3: anonymous union { struct inner in; int y; }
-        push(0);
-        push((KIND_UNION << 24) | 2);
-        push(8);
-        push(s("in"));
-        push(2);
-        push(0);
-        push(s("y"));
-        push(1);
-        push(0);
-        // 4: struct outer { x @0, <anon union> @64 bits, z @128 bits }
-        push(s("outer"));
-        push((KIND_STRUCT << 24) | 3);
-        push(20);
-        push(s("x"));
-        push(1);
-        push(0);
-        push(0);
-        push(3);
-        push(64);
-        push(s("z"));
-        push(1);
-        push(128);
-        // 5: typedef outer_t -> 4
-        push(s("outer_t"));
-        push(KIND_TYPEDEF << 24);
-        push(4);
-        // 6: enum iter_type { ITER_A = 0, ITER_B = 6 }
-        push(s("iter_type"));
-        push((KIND_ENUM << 24) | 2);
-        push(4);
-        push(s("ITER_A"));
-        push(0);
-        push(s("ITER_B"));
-        push(6);
-        // 7: a struct after the enum still parses
-        push(s("z"));
-        push((KIND_STRUCT << 24) | 1);
-        push(4);
-        push(s("x"));
-        push(1);
-        push(0);
-
+        // One BTF record per line: a type's header (name, info, size or type), then its
+        // members (name, type, bit offset) or enumerators (name, value).
+        let t = words(&[
+            // 1: int
+            &[s("int"), KIND_INT << 24, 4, 32],
+            // 2: struct inner { a @0, b @32 bits }
+            &[s("inner"), (KIND_STRUCT << 24) | 2, 8],
+            &[s("a"), 1, 0, s("b"), 1, 32],
+            // 3: anonymous union { struct inner in; int y; }
+            &[0, (KIND_UNION << 24) | 2, 8],
+            &[s("in"), 2, 0, s("y"), 1, 0],
+            // 4: struct outer { x @0, <anon union> @64 bits, z @128 bits }
+            &[s("outer"), (KIND_STRUCT << 24) | 3, 20],
+            &[s("x"), 1, 0, 0, 3, 64, s("z"), 1, 128],
+            // 5: typedef outer_t -> 4
+            &[s("outer_t"), KIND_TYPEDEF << 24, 4],
+            // 6: enum iter_type { ITER_A = 0, ITER_B = 6 }
+            &[s("iter_type"), (KIND_ENUM << 24) | 2, 4],
+            &[s("ITER_A"), 0, s("ITER_B"), 6],
+            // 7: a struct after the enum still parses
+            &[s("z"), (KIND_STRUCT << 24) | 1, 4],
+            &[s("x"), 1, 0],
+        ]);
         wrap(&t, &strings)
+    }
+
+    /// The little-endian bytes of BTF type records given as 32-bit words.
+    fn words(records: &[&[u32]]) -> Vec<u8> {
+        records
+            .iter()
+            .flat_map(|r| r.iter())
+            .flat_map(|w| w.to_le_bytes())
+            .collect()
     }
 
     /// A BTF blob of a type and a string section, after the 24-byte header.
@@ -484,22 +456,13 @@ mod tests {
                 .unwrap() as u32
                 + 1
         };
-        let mut t = Vec::new();
-        let mut push = |v: u32| t.extend_from_slice(&v.to_le_bytes());
-        // base_types: struct modstruct { struct outer o @0 (base type 4); int *ptr_member @192 }
-        push(own("modstruct"));
-        push((KIND_STRUCT << 24) | 2);
-        push(32);
-        push(base_str("x"));
-        push(4);
-        push(0);
-        push(own("ptr_member"));
-        push(base_types + 1);
-        push(192);
-        // base_types + 1: int * (base type 1)
-        push(0);
-        push(KIND_PTR << 24);
-        push(1);
+        let t = words(&[
+            // base_types: struct modstruct { struct outer o @0 (base type 4); int *ptr_member @192 }
+            &[own("modstruct"), (KIND_STRUCT << 24) | 2, 32],
+            &[base_str("x"), 4, 0, own("ptr_member"), base_types + 1, 192],
+            // base_types + 1: int * (base type 1)
+            &[0, KIND_PTR << 24, 1],
+        ]);
         let m = Btf::parse_with_base(&wrap(&t, &strings), Some(&base)).unwrap();
         // A member named with a base string, whose type is a base struct: nested lookup.
         assert_eq!(

@@ -40,12 +40,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
     /// Trace only these processes (and all their threads); repeat or separate with commas.
-    #[arg(
-        short,
-        long = "pid",
-        value_name = "PID[,PID...]",
-        value_delimiter = ','
-    )]
+    #[arg(short, long = "pid", value_name = "PID,...", value_delimiter = ',')]
     pub pids: Vec<u32>,
 
     /// Trace only processes with this name, or threads with this name (the kernel keeps

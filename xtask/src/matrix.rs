@@ -8,10 +8,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use serde_json::Value;
 
-use crate::{
-    build, setup,
-    vm::{self, KernelChoice},
-};
+use crate::vm::{self, KernelChoice};
 
 #[derive(Debug, Args)]
 pub struct MatrixArgs {
@@ -29,28 +26,24 @@ echo "KT-DOCTOR-END"
 "#;
 
 pub fn matrix_cmd(args: &MatrixArgs) -> Result<()> {
-    setup::setup(false)?;
-    let artifacts = build::build(true)?;
     let dir = crate::cmd::workspace_root().join("target/matrix");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut reports = Vec::new();
-    for series in args.kernel.series() {
-        let label = series.label();
-        let console = vm::run_script(
-            series,
-            &artifacts,
-            SCRIPT,
-            Duration::from_secs(600),
-            vm::Vcpus::Serial,
-        )
-        .with_context(|| format!("the {label} guest"))?;
-        let report = doctor_report(&console)
-            .with_context(|| format!("no doctor report from the {label} guest"))?;
-        let path = dir.join(format!("{label}.json"));
-        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        reports.push((label, report));
-    }
+    vm::script_on_each(
+        args.kernel,
+        SCRIPT,
+        Duration::from_secs(600),
+        |series, console| {
+            let label = series.label();
+            let report = doctor_report(console)
+                .with_context(|| format!("no doctor report from the {label} guest"))?;
+            let path = dir.join(format!("{label}.json"));
+            std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+            reports.push((label, report));
+            Ok(())
+        },
+    )?;
     print!("{}", table(&reports));
     Ok(())
 }

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use crate::{
-    build, cmd, setup,
+    cmd,
     vm::{self, KernelChoice},
 };
 
@@ -39,34 +39,30 @@ done
 "#;
 
 pub fn record_cmd(args: &RecordArgs) -> Result<()> {
-    setup::setup(false)?;
-    let artifacts = build::build(true)?;
     let root = cmd::workspace_root().join("ktls-trace/fixtures");
-    for series in args.kernel.series() {
-        let label = series.label();
-        let console = vm::run_script(
-            series,
-            &artifacts,
-            SCRIPT,
-            Duration::from_secs(1800),
-            vm::Vcpus::Serial,
-        )
-        .with_context(|| format!("the {label} guest"))?;
-        let files = fixtures(&console);
-        if files.is_empty() {
-            bail!(
-                "the {label} guest recorded nothing (console: target/vm/{label}/console-demo.log)"
-            );
-        }
-        for (mode, text) in files {
-            let version = kernel_version(&text)
-                .with_context(|| format!("the {label} recording of {mode} names no kernel"))?;
-            let dir = root.join(version);
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            write(&dir.join(format!("{mode}.jsonl")), &text)?;
-        }
-    }
-    Ok(())
+    vm::script_on_each(
+        args.kernel,
+        SCRIPT,
+        Duration::from_secs(1800),
+        |series, console| {
+            let label = series.label();
+            let files = fixtures(console);
+            if files.is_empty() {
+                bail!(
+                    "the {label} guest recorded nothing (console: target/vm/{label}/console-demo.log)"
+                );
+            }
+            for (mode, text) in files {
+                let version = kernel_version(&text)
+                    .with_context(|| format!("the {label} recording of {mode} names no kernel"))?;
+                let dir = root.join(version);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                write(&dir.join(format!("{mode}.jsonl")), &text)?;
+            }
+            Ok(())
+        },
+    )
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

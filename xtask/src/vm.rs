@@ -470,6 +470,25 @@ pub fn run_script(
     Ok(lines.into_iter().map(String::from).collect())
 }
 
+/// `script` in a guest of every series of `kernels`, one after another, with a release
+/// build of the binaries (setup first): the plan of the tasks that ask each kernel
+/// something (`matrix`, `record`). `each` gets the series and the guest's console.
+pub fn script_on_each(
+    kernels: KernelChoice,
+    script: &str,
+    timeout: Duration,
+    mut each: impl FnMut(Series, &[String]) -> Result<()>,
+) -> Result<()> {
+    setup::setup(false)?;
+    let artifacts = build::build(true)?;
+    for series in kernels.series() {
+        let console = run_script(series, &artifacts, script, timeout, Vcpus::Serial)
+            .with_context(|| format!("the {} guest", series.label()))?;
+        each(series, &console)?;
+    }
+    Ok(())
+}
+
 /// Boots one kernel and runs `script` with the serial console as the guest's terminal,
 /// attached to this terminal (the demo's `top`). Ctrl-A X leaves qemu.
 pub fn run_script_interactive(series: Series, artifacts: &Artifacts, script: &str) -> Result<()> {

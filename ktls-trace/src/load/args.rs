@@ -86,16 +86,20 @@ pub struct LoadArgs {
 
     /// Run only the server (until --requests are served, --duration ends, or SIGINT/SIGTERM).
     /// Prints a JSON ready line on stdout once listening (see docs/load.md).
-    #[arg(long, conflicts_with = "client_only")]
+    #[arg(long)]
     pub server_only: bool,
 
     /// Run only the client, against --connect (any HTTPS server: curl-like GET requests).
-    #[arg(long, requires = "connect")]
+    #[arg(
+        long,
+        requires = "connect",
+        conflicts_with_all = ["server_only", "listen", "cert", "key"]
+    )]
     pub client_only: bool,
 
     /// Server address [default: 127.0.0.1:8443 with --server-only, a free port on 127.0.0.1
     /// otherwise]; port 0 picks a free port.
-    #[arg(long, value_name = "ADDR", conflicts_with = "client_only")]
+    #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
     /// Server the client loads, HOST:PORT (with --client-only).
@@ -122,21 +126,11 @@ pub struct LoadArgs {
     pub file_size: Option<u64>,
 
     /// Server certificate chain (PEM) [default: a self-signed certificate for localhost].
-    #[arg(
-        long,
-        value_name = "PEM",
-        requires = "key",
-        conflicts_with = "client_only"
-    )]
+    #[arg(long, value_name = "PEM", requires = "key")]
     pub cert: Option<PathBuf>,
 
     /// Private key of --cert (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(
-        long,
-        value_name = "PEM",
-        requires = "cert",
-        conflicts_with = "client_only"
-    )]
+    #[arg(long, value_name = "PEM", requires = "cert")]
     pub key: Option<PathBuf>,
 
     /// Client: verify the server's certificate against this CA/certificate (PEM).
