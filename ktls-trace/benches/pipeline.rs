@@ -18,7 +18,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use ktls_trace::{
     Model, Summary,
     classify::{Classifier, Rules},
-    event::{JsonEvent, TraceEvent, decode},
+    event::{JsonLine, TraceEvent, decode},
 };
 use ktls_trace_common::{COMM_LEN, EVENT_SIZE, Event, HEAD_LEN, Probe, has, msg, sock_id};
 
@@ -184,7 +184,7 @@ fn bench(c: &mut Criterion) {
                 for r in &raw {
                     if let Ok(e) = decode(black_box(r)) {
                         s.add(&e, &k.classify(&e));
-                        serde_json::to_writer(&mut *out, &JsonEvent::from(&e)).ok();
+                        serde_json::to_writer(&mut *out, &JsonLine(&e)).ok();
                         out.write_all(b"\n").ok();
                     }
                 }

@@ -198,18 +198,28 @@ const FLAG_NAMES: [(u32, &str); 8] = [
 
 /// `MSG_SPLICE_PAGES|MSG_MORE`; unknown bits as hex; empty for 0.
 pub fn flag_names(flags: u32) -> String {
-    let mut parts = Vec::new();
-    let mut rest = flags;
-    for (bit, name) in FLAG_NAMES {
-        if flags & bit != 0 {
-            parts.push(name.to_string());
-            rest &= !bit;
+    FlagNames(flags).to_string()
+}
+
+/// [`flag_names`] written in place (the JSON writer allocates nothing per event).
+struct FlagNames(u32);
+
+impl fmt::Display for FlagNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        let mut sep = "";
+        for (bit, name) in FLAG_NAMES {
+            if self.0 & bit != 0 {
+                write!(f, "{sep}{name}")?;
+                sep = "|";
+                rest &= !bit;
+            }
         }
+        if rest != 0 {
+            write!(f, "{sep}{rest:#x}")?;
+        }
+        Ok(())
     }
-    if rest != 0 {
-        parts.push(format!("{rest:#x}"));
-    }
-    parts.join("|")
 }
 
 /// The inverse of [`flag_names`].
@@ -229,8 +239,61 @@ pub fn sock_hex(sock: u64) -> String {
     format!("{sock:016x}")
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Bytes as lowercase hex digits, written in place.
+struct Hex<'a>(&'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// A socket id as [`sock_hex`] writes it, in place.
+struct SockHex(u64);
+
+impl fmt::Display for SockHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// The TLS version and cipher as JSON names them: this build's names, or the kernel's
+/// numbers (version in hex) for values it does not know.
+enum TlsText {
+    Name(&'static str),
+    Version(u16),
+    Cipher(u16),
+}
+
+impl TlsText {
+    fn of(w: TlsWire) -> (TlsText, TlsText) {
+        match w.params() {
+            Some(p) => (
+                TlsText::Name(p.version.name()),
+                TlsText::Name(p.cipher.name()),
+            ),
+            None => (TlsText::Version(w.version), TlsText::Cipher(w.cipher)),
+        }
+    }
+}
+
+impl fmt::Display for TlsText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsText::Name(n) => f.write_str(n),
+            TlsText::Version(v) => write!(f, "{v:#06x}"),
+            TlsText::Cipher(c) => write!(f, "{c}"),
+        }
+    }
+}
+
+/// A [`fmt::Display`] value serialized as a JSON string, written straight into the output.
+struct Text<T>(T);
+
+impl<T: fmt::Display> Serialize for Text<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
 }
 
 fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -244,8 +307,8 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// The JSON form of an event (one object per line; see docs/event-schema.md).
-#[derive(Debug, Serialize, Deserialize)]
+/// A `trace --json` line read back (see docs/event-schema.md); [`JsonLine`] writes it.
+#[derive(Debug, Deserialize)]
 pub struct JsonEvent {
     pub ts_ns: u64,
     pub pid: u32,
@@ -280,33 +343,46 @@ pub struct JsonEvent {
     pub tls_cipher: Option<String>,
 }
 
-impl From<&TraceEvent> for JsonEvent {
-    fn from(e: &TraceEvent) -> Self {
-        let tls = e.tls.map(|w| match w.params() {
-            Some(p) => (p.version.name().to_string(), p.cipher.name().to_string()),
-            None => (format!("{:#06x}", w.version), w.cipher.to_string()),
-        });
-        JsonEvent {
-            ts_ns: e.ts_ns,
-            pid: e.pid,
-            tid: e.tid,
-            comm: e.comm.to_string(),
-            process: e.process.map(|p| p.to_string()),
-            probe: e.probe.name().to_string(),
-            bytes: e.bytes,
-            ret: e.ret,
-            latency_ns: e.latency_ns,
-            sock: e.sock.map(sock_hex),
-            flags: e.flags.map(flag_names),
-            parent: e.parent.map(|p| p.name().to_string()),
-            root: e.root.map(|p| p.name().to_string()),
-            out_fd: e.fds.map(|f| f.0),
-            in_fd: e.fds.map(|f| f.1),
-            head: e.head.map(|h| hex(&h)),
-            records: e.records,
-            tls_version: tls.as_ref().map(|t| t.0.clone()),
-            tls_cipher: tls.map(|t| t.1),
+/// An event as `trace --json` writes it (one object per line; docs/event-schema.md),
+/// serialized straight from the decoded event: names are borrowed and hex written in
+/// place, so a line costs no allocation. [`JsonEvent`] reads it back; `None` fields are
+/// `null`, except the ones only some probes have, which are left out.
+pub struct JsonLine<'a>(pub &'a TraceEvent);
+
+impl Serialize for JsonLine<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let e = self.0;
+        let mut m = s.serialize_struct("JsonEvent", 19)?;
+        m.serialize_field("ts_ns", &e.ts_ns)?;
+        m.serialize_field("pid", &e.pid)?;
+        m.serialize_field("tid", &e.tid)?;
+        m.serialize_field("comm", e.comm.as_str())?;
+        m.serialize_field("process", &e.process.as_ref().map(Comm::as_str))?;
+        m.serialize_field("probe", e.probe.name())?;
+        m.serialize_field("bytes", &e.bytes)?;
+        m.serialize_field("ret", &e.ret)?;
+        m.serialize_field("latency_ns", &e.latency_ns)?;
+        m.serialize_field("sock", &e.sock.map(|s| Text(SockHex(s))))?;
+        m.serialize_field("flags", &e.flags.map(|f| Text(FlagNames(f))))?;
+        m.serialize_field("parent", &e.parent.map(|p| p.name()))?;
+        m.serialize_field("root", &e.root.map(|p| p.name()))?;
+        if let Some((out_fd, in_fd)) = e.fds {
+            m.serialize_field("out_fd", &out_fd)?;
+            m.serialize_field("in_fd", &in_fd)?;
         }
+        if let Some(head) = &e.head {
+            m.serialize_field("head", &Text(Hex(head)))?;
+        }
+        if let Some(records) = e.records {
+            m.serialize_field("records", &records)?;
+        }
+        if let Some(w) = e.tls {
+            let (version, cipher) = TlsText::of(w);
+            m.serialize_field("tls_version", &Text(version))?;
+            m.serialize_field("tls_cipher", &Text(cipher))?;
+        }
+        m.end()
     }
 }
 
@@ -567,7 +643,7 @@ pub(crate) mod tests {
         let mut e = decode(&bytes_of(&raw())).unwrap();
         e.process = Some(Comm::new("nginx-master"));
         e.head = Some([0x17, 3, 3, 0, 1, 2, 3, 4]);
-        let v = serde_json::to_value(JsonEvent::from(&e)).unwrap();
+        let v = serde_json::to_value(JsonLine(&e)).unwrap();
         for key in [
             "ts_ns",
             "pid",
@@ -597,14 +673,26 @@ pub(crate) mod tests {
         assert_eq!(v["tls_cipher"], "aes-128-gcm");
         assert_eq!(v["head"], "1703030001020304");
         assert!(v.get("out_fd").is_none());
-        let line = serde_json::to_string(&JsonEvent::from(&e)).unwrap();
+        let line = serde_json::to_string(&JsonLine(&e)).unwrap();
         assert_eq!(parse_json_line(&line).unwrap(), Some(e.clone()));
+        // sendfile's descriptors; flag bits this build has no name for.
+        let mut f = e.clone();
+        f.fds = Some((7, 9));
+        f.flags = Some(msg::MSG_MORE | 0x1000_0000);
+        let line = serde_json::to_string(&JsonLine(&f)).unwrap();
+        assert!(line.contains(r#""out_fd":7,"in_fd":9"#), "{line}");
+        assert!(line.contains(r#""flags":"MSG_MORE|0x10000000""#), "{line}");
+        assert_eq!(parse_json_line(&line).unwrap(), Some(f));
         // Unknown kernel values survive the round trip as numbers.
         e.tls = Some(TlsWire {
             version: 0x0305,
             cipher: 99,
         });
-        let line = serde_json::to_string(&JsonEvent::from(&e)).unwrap();
+        let line = serde_json::to_string(&JsonLine(&e)).unwrap();
+        assert!(
+            line.contains(r#""tls_version":"0x0305","tls_cipher":"99""#),
+            "{line}"
+        );
         assert_eq!(parse_json_line(&line).unwrap(), Some(e));
         assert_eq!(parse_json_line(r#"{"summary":{}}"#).unwrap(), None);
         assert!(parse_json_line(r#"{"probe":"x"}"#).is_err());

@@ -10,7 +10,7 @@ use super::summary::Summary;
 use crate::{
     attach::{TraceOptions, WAKEUP_BYTES},
     cli::{FilterArgs, TraceArgs},
-    event::{JsonEvent, TraceEvent, human_line},
+    event::{JsonLine, TraceEvent, human_line},
     kernel::KernelFacts,
     procs::{self, UsageError},
     session::{Session, SessionOptions, Stop, Update, announce},
@@ -163,7 +163,7 @@ impl Printer {
             }
             let start = *self.t0.get_or_insert(e.ts_ns);
             let res = if self.json {
-                serde_json::to_writer(&mut out, &JsonEvent::from(e))
+                serde_json::to_writer(&mut out, &JsonLine(e))
                     .map_err(io::Error::other)
                     .and_then(|()| out.write_all(b"\n"))
             } else {

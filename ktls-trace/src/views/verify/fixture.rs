@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::judge::Served;
 use crate::{
-    event::{JsonEvent, TraceEvent},
+    event::{JsonLine, TraceEvent},
     load::Mode,
 };
 
@@ -42,7 +42,7 @@ pub fn write(
     serde_json::to_writer(&mut out, &serde_json::json!({ "fixture": header }))?;
     out.write_all(b"\n")?;
     for e in events {
-        serde_json::to_writer(&mut out, &JsonEvent::from(e))?;
+        serde_json::to_writer(&mut out, &JsonLine(e))?;
         out.write_all(b"\n")?;
     }
     out.flush()
