@@ -44,8 +44,8 @@ pub struct FilterArgs {
     pub pids: Vec<u32>,
 
     /// Trace only processes with this name, or threads with this name (the kernel keeps
-    /// 15 characters): `--comm envoy` also catches its `wrk:worker_N` threads.
-    #[arg(short, long, value_name = "NAME")]
+    /// 15 bytes of a name): `--comm envoy` also catches its `wrk:worker_N` threads.
+    #[arg(short, long, value_name = "NAME", value_parser = comm_name)]
     pub comm: Option<String>,
 
     /// Probe backend: kprobes (full picture) or tracepoints (works without kprobes, no
@@ -77,4 +77,48 @@ pub struct DoctorArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The kernel keeps this many bytes of a task's name (`TASK_COMM_LEN` 16, with the NUL).
+const COMM_MAX: usize = ktls_trace_common::COMM_LEN - 1;
+
+/// `--comm`: a name the kernel can hold. A longer one could never match, since the kernel
+/// cuts every name to 15 bytes; the error says which 15 to give instead.
+fn comm_name(name: &str) -> Result<String, String> {
+    if name.is_empty() {
+        return Err("a command name is needed".into());
+    }
+    if name.len() > COMM_MAX {
+        let cut = (0..=COMM_MAX)
+            .rev()
+            .find(|&i| name.is_char_boundary(i))
+            .unwrap_or(0);
+        return Err(format!(
+            "{} bytes, but the kernel keeps only the first {COMM_MAX} of a name \
+             (a process started as {name:?} is called {:?} there)",
+            name.len(),
+            &name[..cut]
+        ));
+    }
+    Ok(name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_names_the_kernel_can_hold() {
+        assert_eq!(comm_name("envoy").as_deref(), Ok("envoy"));
+        assert_eq!(
+            comm_name("ktls-load-srv01").as_deref(),
+            Ok("ktls-load-srv01")
+        );
+        assert!(comm_name("").is_err());
+        let e = comm_name("ktls-load-server").unwrap_err();
+        assert!(e.contains(r#"called "ktls-load-serve" there"#), "{e}");
+        // Cut on a character boundary: 14 ASCII bytes, then a 2-byte character.
+        let e = comm_name("abcdefghijklmné").unwrap_err();
+        assert!(e.contains(r#""abcdefghijklmn""#), "{e}");
+    }
 }

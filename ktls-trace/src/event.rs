@@ -29,8 +29,21 @@ pub struct Comm {
 impl Comm {
     /// From a NUL-padded kernel `comm`.
     pub fn from_kernel(raw: &[u8; COMM_LEN]) -> Comm {
+        let len = raw
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(COMM_LEN)
+            .min(COMM_LEN - 1);
+        // The common case, per event: printable ASCII, copied as it is.
+        if raw[..len].iter().all(|b| (0x20..0x7f).contains(b)) {
+            let mut bytes = [0u8; COMM_LEN];
+            bytes[..len].copy_from_slice(&raw[..len]);
+            return Comm {
+                bytes,
+                len: len as u8,
+            };
+        }
         let mut bytes = *raw;
-        let len = bytes.iter().position(|&c| c == 0).unwrap_or(COMM_LEN);
         if std::str::from_utf8(&bytes[..len]).is_err() {
             for b in &mut bytes[..len] {
                 if !b.is_ascii() {
@@ -38,23 +51,26 @@ impl Comm {
                 }
             }
         }
+        Comm::new(std::str::from_utf8(&bytes[..len]).unwrap_or("?"))
+    }
+
+    /// From text (cut to what the kernel keeps, on a character boundary). Any process can
+    /// name itself anything, escape sequences included, and names reach terminals: control
+    /// characters read as `?`.
+    pub fn new(name: &str) -> Comm {
+        let mut bytes = [0u8; COMM_LEN];
+        let mut len = 0;
+        for c in name.chars() {
+            let c = if c.is_control() { '?' } else { c };
+            if len + c.len_utf8() > COMM_LEN - 1 {
+                break;
+            }
+            c.encode_utf8(&mut bytes[len..]);
+            len += c.len_utf8();
+        }
         Comm {
             bytes,
             len: len as u8,
-        }
-    }
-
-    /// From text (cut to what the kernel keeps, on a character boundary).
-    pub fn new(name: &str) -> Comm {
-        let mut end = name.len().min(COMM_LEN - 1);
-        while !name.is_char_boundary(end) {
-            end -= 1;
-        }
-        let mut bytes = [0u8; COMM_LEN];
-        bytes[..end].copy_from_slice(&name.as_bytes()[..end]);
-        Comm {
-            bytes,
-            len: end as u8,
         }
     }
 
@@ -606,10 +622,16 @@ pub(crate) mod tests {
         let mut raw = [0u8; COMM_LEN];
         raw[..4].copy_from_slice(&[b'a', 0xff, b'b', b'c']);
         assert_eq!(Comm::from_kernel(&raw).as_str(), "a?bc");
+        // The kernel's names end in a NUL; without one, the 15 bytes it would keep.
         assert_eq!(
             Comm::from_kernel(&[b'x'; COMM_LEN]).as_str().len(),
-            COMM_LEN
+            COMM_LEN - 1
         );
+        // A name that would drive the terminal (clear screen, C1 CSI) is shown inert.
+        let mut raw = [0u8; COMM_LEN];
+        raw[..8].copy_from_slice(b"\x1b[2Jevil");
+        assert_eq!(Comm::from_kernel(&raw).as_str(), "?[2Jevil");
+        assert_eq!(Comm::new("a\u{9b}b\tc\x7f").as_str(), "a?b?c?");
         assert_eq!(
             Comm::new("a-very-long-thread-name").as_str(),
             "a-very-long-thr"

@@ -164,6 +164,20 @@ fn missing_pid_is_one_line_and_exit_2() {
     assert!(stderr.contains("no process with PID 4194305"), "{stderr}");
 }
 
+/// A name longer than the kernel keeps could never match: refused, with the name to use.
+#[test]
+fn comm_longer_than_the_kernel_keeps_is_refused() {
+    for cmd in ["trace", "top"] {
+        let (code, stdout, stderr) = run_ktls_trace(&[cmd, "--comm", "ktls-load-server"]);
+        assert_eq!(code, 2, "{cmd}: {stderr}");
+        assert!(stdout.is_empty(), "{cmd}: {stdout}");
+        assert!(
+            stderr.contains(r#"called "ktls-load-serve" there"#),
+            "{cmd}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn unprivileged_user_gets_one_line_saying_what_is_needed() {
     require_root();

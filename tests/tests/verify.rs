@@ -55,6 +55,21 @@ fn where_verify_is_impossible_it_exits_2_with_the_reason() {
     assert!(stderr.contains("needs root"), "{stderr}");
 }
 
+/// Bad numbers are the user's to fix on any machine: said before anything is checked or
+/// started, exit 2.
+#[test]
+fn zero_requests_or_connections_are_refused_first() {
+    for (flag, value) in [("--connections", "0"), ("--requests", "0")] {
+        let (code, stdout, stderr) = run_ktls_trace(&["verify", flag, value]);
+        assert_eq!(code, 2, "{flag}: {stderr}");
+        assert!(stdout.is_empty(), "{flag}: {stdout}");
+        assert!(
+            stderr.contains(&format!("{flag} must be at least 1")),
+            "{flag}: {stderr}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn ktls_sendfile_passes_all_five_stages() {

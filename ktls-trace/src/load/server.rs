@@ -529,7 +529,8 @@ async fn serve<S: ServerStream>(
             }
             sh.started_one();
             let keep_alive = req.keep_alive && !sh.budget_spent();
-            log::debug!("{:?} {}", req.method, req.path);
+            // The path is the client's text: quoted and escaped before it reaches a terminal.
+            log::debug!("{:?} {:?}", req.method, req.path);
             let head = http::ok_head(sh.file.size, &sh.sha_hex, sh.mode.name(), keep_alive);
             s.write_all(&head)
                 .await

@@ -19,9 +19,6 @@ use crate::{
 /// Turns the filter flags into tracer options, checking the PIDs exist.
 pub fn options(filter: &FilterArgs, verbose: u8) -> anyhow::Result<TraceOptions> {
     let pids = procs::resolve_pids(&filter.pids)?;
-    if filter.comm.as_deref() == Some("") {
-        return Err(UsageError::Other("--comm needs a command name".into()).into());
-    }
     Ok(TraceOptions {
         backend: filter.backend,
         pids,

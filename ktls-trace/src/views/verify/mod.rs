@@ -109,15 +109,21 @@ fn precondition(facts: &KernelFacts, mode: Mode) -> Option<String> {
 /// Runs verify; the exit code is 0 when every stage holds, 1 when one fails, 2 when
 /// verification is impossible on this machine.
 pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
+    // The user's mistakes first: they hold on every machine.
+    let size = load::args::parse_size(&args.file_size)
+        .map_err(|e| UsageError::Other(format!("--file-size: {e}")))?;
+    for (flag, n) in [
+        ("--requests", args.requests),
+        ("--connections", u64::from(args.connections)),
+    ] {
+        if n == 0 {
+            return Err(UsageError::Other(format!("{flag} must be at least 1")).into());
+        }
+    }
     let facts = KernelFacts::probe();
     if let Some(why) = precondition(&facts, args.mode) {
         eprintln!("ktls-trace: verify: cannot verify here: {why}");
         return Ok(ExitCode::from(2));
-    }
-    let size = load::args::parse_size(&args.file_size)
-        .map_err(|e| UsageError::Other(format!("--file-size: {e}")))?;
-    if args.requests == 0 {
-        return Err(UsageError::Other("--requests must be at least 1".into()).into());
     }
     // Before the server starts: SIGINT/SIGTERM must end verify through its destructors,
     // which stop the server (the session listens for them too, once it runs).
