@@ -70,6 +70,11 @@ pub struct TraceArgs {
     /// Ring buffer size in MiB (a power of two); raise it if the summary reports drops.
     #[arg(long, value_name = "MIB", default_value_t = 8)]
     pub ring_mib: u32,
+
+    /// Ring buffer size in KiB instead (a power of two from 4): small enough to lose
+    /// events on purpose, which is how the tests prove that drops are counted and shown.
+    #[arg(long, value_name = "KIB", hide = true, conflicts_with = "ring_mib")]
+    pub ring_kib: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]

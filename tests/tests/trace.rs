@@ -164,6 +164,33 @@ fn missing_pid_is_one_line_and_exit_2() {
     assert!(stderr.contains("no process with PID 4194305"), "{stderr}");
 }
 
+/// Lost events are counted and said, never silent. A 4 KiB ring buffer holds 39 events
+/// and the reader drains it every 100 ms; 32 MB written as 16 KiB records, one write()
+/// each, make about 2,000 TCP sends (each one event or two on every backend and kernel),
+/// far more than 39 per 100 ms even in the emulated guests, so some must be lost.
+#[test]
+fn a_tiny_ring_buffer_loses_events_and_says_so() {
+    require_root();
+    const N: u64 = 32_000_000;
+    let mut w = Workload::start("userspace-tls", N);
+    let pid = w.pid.to_string();
+    let trace = Trace::start(&["--pid", &pid, "--ring-kib", "4"]);
+    w.go();
+    assert_eq!(w.finish()["sent"], N);
+    let out = trace.wait();
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let summary = out.summary.as_ref().expect("summary");
+    let drops = summary["drops"].as_u64().unwrap_or(0);
+    assert!(drops > 0, "nothing was dropped: {}", out.census());
+    assert_eq!(summary["events"], out.events.len(), "{}", out.census());
+    assert!(
+        out.stderr_text()
+            .contains(&format!("{drops} events were dropped in the kernel")),
+        "{}",
+        out.stderr_text()
+    );
+}
+
 /// A name longer than the kernel keeps could never match: refused, with the name to use.
 #[test]
 fn comm_longer_than_the_kernel_keeps_is_refused() {

@@ -371,6 +371,26 @@ fn boot_tests(p: Prepared, opts: &VmOptions) -> Result<GuestRun> {
             e.exe = l.clone();
         }
     }
+    let unexpected: Vec<String> = report
+        .exes
+        .iter()
+        .flat_map(|e| {
+            e.tests
+                .iter()
+                .filter(|t| t.outcome == Outcome::Skipped)
+                .map(move |t| (e, t))
+        })
+        .filter_map(|(e, t)| {
+            let why = t.details.first().map(String::as_str).unwrap_or("");
+            (!series.allows_skip(why)).then(|| {
+                format!(
+                    "{} :: {} skipped, but the {label} guest should have what it needs: {why}",
+                    e.exe, t.name
+                )
+            })
+        })
+        .collect();
+    report.problems.extend(unexpected);
     let tail = lines
         .iter()
         .rev()

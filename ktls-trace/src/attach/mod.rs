@@ -345,6 +345,8 @@ pub struct Tracer {
     lost: Vec<Lost>,
     skipped: Vec<(Probe, String)>,
     log_task: Option<tokio::task::JoinHandle<()>>,
+    /// The drop counters could not be read once (said then; see [`Tracer::drops`]).
+    drops_unreadable: std::sync::atomic::AtomicBool,
 }
 
 impl Tracer {
@@ -409,6 +411,7 @@ impl Tracer {
             lost: Vec::new(),
             skipped: Vec::new(),
             log_task,
+            drops_unreadable: std::sync::atomic::AtomicBool::new(false),
         };
         t.tls_layout = t.read_tls_layout();
         for (probe, decision) in &plan.decisions {
@@ -547,19 +550,38 @@ impl Tracer {
         self.ring.take()
     }
 
-    /// Events lost in the kernel so far (all CPUs).
+    /// Events lost in the kernel so far (all CPUs): the ring buffer was full, or the table
+    /// of calls in flight. If the counters cannot be read, that is said once (a warning,
+    /// shown by default) and 0 is returned: never a silent zero.
     pub fn drops(&self) -> u64 {
-        let Some(map) = self.ebpf.map(maps::STATS) else {
-            return 0;
-        };
-        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
-            return 0;
-        };
-        [stat::RINGBUF_FULL, stat::ACTIVE_FULL]
-            .iter()
-            .filter_map(|i| arr.get(i, 0).ok())
-            .map(|v| v.iter().sum::<u64>())
-            .sum()
+        match self.read_drops() {
+            Ok(n) => n,
+            Err(why) => {
+                if !self
+                    .drops_unreadable
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    log::warn!(
+                        "cannot read the drop counters ({why}): lost events are not counted"
+                    );
+                }
+                0
+            }
+        }
+    }
+
+    fn read_drops(&self) -> Result<u64, String> {
+        let map = self
+            .ebpf
+            .map(maps::STATS)
+            .ok_or_else(|| format!("no {} map", maps::STATS))?;
+        let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|e| e.to_string())?;
+        let mut total = 0;
+        for i in [stat::RINGBUF_FULL, stat::ACTIVE_FULL] {
+            let per_cpu = arr.get(&i, 0).map_err(|e| e.to_string())?;
+            total += per_cpu.iter().sum::<u64>();
+        }
+        Ok(total)
     }
 
     /// The name of a process one of whose other threads was traced (None if the programs

@@ -54,6 +54,15 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         )
         .into());
     }
+    // A BPF ring buffer is a power of two of whole pages.
+    if let Some(kib) = args.ring_kib
+        && (!kib.is_power_of_two() || !(4..=1 << 20).contains(&kib))
+    {
+        return Err(UsageError::Other(
+            "--ring-kib must be a power of two between 4 and 1048576".into(),
+        )
+        .into());
+    }
     if let Some(d) = args.duration
         && !(d.is_finite() && d >= 0.0)
     {
@@ -61,7 +70,7 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
             UsageError::Other(format!("--duration must be a number of seconds (got {d})")).into(),
         );
     }
-    opts.ring_bytes = Some(args.ring_mib << 20);
+    opts.ring_bytes = Some(args.ring_kib.map_or(args.ring_mib << 20, |kib| kib << 10));
     let mut session = start(
         &opts,
         SessionOptions {
@@ -106,6 +115,13 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     if end == End::Session(Stop::ProcessesGone) {
         eprintln!("ktls-trace: the traced processes have exited");
+    }
+    if args.json && summary.counts.drops > 0 {
+        // The text summary says it in its body; JSON readers get it on stderr too.
+        eprintln!(
+            "ktls-trace: {} events were dropped in the kernel (ring buffer full): the totals are low; raise --ring-mib",
+            summary.counts.drops
+        );
     }
     let backend = session.tracer().plan().backend.name();
     drop(session);

@@ -46,6 +46,19 @@ impl Series {
         !matches!(self, Series::V5_10)
     }
 
+    /// May a test skip on this series, given the reason it printed (`KT-SKIP <test>:
+    /// <why>`)? Only for the one capability the series is chosen to have or lack, kernel
+    /// TLS: a kTLS test on 5.10, a test of the no-TLS explanations on the others. Every
+    /// guest has every tool and every other capability the tests need, so any other skip
+    /// hides a broken image or a broken test and fails the run.
+    pub fn allows_skip(self, reason: &str) -> bool {
+        if self.has_ktls() {
+            reason.ends_with("has kernel TLS") && !reason.contains("no kernel TLS")
+        } else {
+            reason.contains("no kernel TLS")
+        }
+    }
+
     /// The Debian suites that carry the series, from the mirrors of the host's own apt
     /// sources (vm/apt.rs). Point releases land in the release suite, security updates in
     /// `-security`, which usually holds the newest build. When Debian releases forky,
@@ -276,6 +289,20 @@ mod tests {
             Series::release("linux-image-7.3.4+deb13-cloud-amd64"),
             Some("7.3.4+deb13-cloud-amd64")
         );
+    }
+
+    #[test]
+    fn only_the_kernel_tls_skips_are_allowed() {
+        let no_tls = "kernel 5.10.0-46-cloud-amd64 has no kernel TLS";
+        let has_tls = "this kernel has kernel TLS";
+        assert!(Series::V5_10.allows_skip(no_tls));
+        assert!(!Series::V5_10.allows_skip(has_tls));
+        for s in [Series::V6_1, Series::V6_12, Series::Latest] {
+            assert!(s.allows_skip(has_tls));
+            assert!(!s.allows_skip(no_tls));
+            assert!(!s.allows_skip("tmux not found"));
+        }
+        assert!(!Series::V5_10.allows_skip("no sock_send_length tracepoint"));
     }
 
     #[test]

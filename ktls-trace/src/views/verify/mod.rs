@@ -265,9 +265,13 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
                 // The server child is killed when `server` drops (kill_on_drop).
                 Update::Stop(_) => anyhow::bail!("interrupted: the load server was stopped"),
             },
-            res = &mut client, if client_result.is_none() => {
-                client_result = Some(res);
-            }
+            res = &mut client, if client_result.is_none() => match res {
+                Ok(Ok(c)) => client_result = Some(c),
+                // At once: the server would wait for requests that never come. It is
+                // killed when `server` drops (kill_on_drop).
+                Ok(Err(e)) => return Err(anyhow::Error::new(e).context("the load client failed")),
+                Err(e) => anyhow::bail!("the load client stopped: {e}"),
+            },
             st = server.wait(), if server_status.is_none() => {
                 server_status = Some(st);
             }
@@ -295,10 +299,8 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
                 .unwrap_or("no message")
         ),
     };
-    let client = match client_result {
-        Some(Ok(Ok(c))) => c,
-        Some(Ok(Err(e))) => return Err(anyhow::Error::new(e).context("the load client failed")),
-        _ => anyhow::bail!("the load client did not finish"),
+    let Some(client) = client_result else {
+        anyhow::bail!("the load client did not finish");
     };
     if counts.drops > 0 || counts.undecodable > 0 {
         anyhow::bail!(
