@@ -121,6 +121,20 @@ pub struct Session {
     start_ns: u64,
     counts: Counts,
     stopped: bool,
+    /// Debug builds only: when to panic on purpose (see [`test_panic_at`]).
+    panic_at: Option<tokio::time::Instant>,
+}
+
+/// The probe-lifetime tests need a tracer that panics with its probes attached. Debug
+/// builds (the ones the tests run) read `KTLS_TRACE_TEST_PANIC=<seconds>` and panic at the
+/// first housekeeping tick after that long; release builds never do.
+fn test_panic_at() -> Option<tokio::time::Instant> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let secs: f64 = std::env::var("KTLS_TRACE_TEST_PANIC").ok()?.parse().ok()?;
+    let secs = Duration::try_from_secs_f64(secs).ok()?;
+    Some(tokio::time::Instant::now() + secs)
 }
 
 impl Session {
@@ -152,6 +166,7 @@ impl Session {
             start_ns: crate::clock::now_ns(),
             counts: Counts::default(),
             stopped: false,
+            panic_at: test_panic_at(),
         })
     }
 
@@ -200,6 +215,9 @@ impl Session {
                     }
                 }
                 _ = self.house.tick() => {
+                    if self.panic_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                        panic!("KTLS_TRACE_TEST_PANIC: panicking with the probes attached");
+                    }
                     let notices = self.tracer.poll_tls_module();
                     if !notices.is_empty() {
                         return Ok(Update::Notices(notices));
