@@ -273,21 +273,32 @@ fn once_with_builtin_load() {
     require_root();
     let (code, _, help) = run_ktls_trace(&["load", "--help"]);
     assert_eq!(code, 0, "the load command is missing: {help}");
-    let (code, out, err) = run_ktls_trace(&[
-        "top",
-        "--once",
-        "--load",
-        "--mode",
-        "plain-sendfile",
-        "--backend",
-        "tracepoint",
-        "--interval",
-        "3",
-    ]);
+    let (out, r) = once_on_builtin_load("plain-sendfile", &["--backend", "tracepoint"]);
+    assert_eq!(r["PATH"], "plain sendfile", "{out}");
+}
+
+/// Real rustls traffic (the built-in load's user-space TLS mode, not a helper's framed
+/// records) is classified as user-space TLS.
+#[test]
+#[ignore = "needs kprobes: runs in the QEMU guests (cargo xtask vm-test)"]
+fn once_classifies_real_rustls_traffic_as_userspace_tls() {
+    require_root();
+    let (out, r) = once_on_builtin_load("userspace-tls", &[]);
+    assert_eq!(r["PATH"], "user-space TLS", "{out}");
+    assert_eq!(r["TLS-IN/s"], "0", "not kernel TLS: {out}");
+    assert_eq!(r["ZC%"], "0", "{out}");
+}
+
+/// `top --once --load --mode MODE ARGS`: the row of the load's process (which has sent),
+/// after checking that the load stopped with top.
+fn once_on_builtin_load(mode: &str, args: &[&str]) -> (String, OnceRow) {
+    let mut all = vec!["top", "--once", "--load", "--mode", mode, "--interval", "3"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run_ktls_trace(&all);
     assert_eq!(code, 0, "{err}\n{out}");
     let status = out
         .lines()
-        .find(|l| l.starts_with("load: plain-sendfile"))
+        .find(|l| l.starts_with(&format!("load: {mode}")))
         .unwrap_or_else(|| panic!("no load status line:\n{out}"));
     assert!(status.contains("running (pid "), "{out}");
     let pid: u32 = status
@@ -298,14 +309,15 @@ fn once_with_builtin_load() {
     let r = rows
         .iter()
         .find(|r| r["PID"] == pid.to_string())
-        .unwrap_or_else(|| panic!("no row of the load process {pid}:\n{out}"));
-    assert_eq!(r["PATH"], "plain sendfile", "{out}");
+        .unwrap_or_else(|| panic!("no row of the load process {pid}:\n{out}"))
+        .clone();
     assert!(value(&r["PAYLOAD/s"]) > 0.0, "{out}");
     // The load is stopped with top.
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "the load process {pid} outlived top"
     );
+    (out, r)
 }
 
 // ---- a real terminal: tmux ----

@@ -55,6 +55,8 @@ pub const DEBIAN_PACKAGES: &[(&str, &str, &str)] = &[
         "tmux",
         "terminal multiplexer for the interactive demos",
     ),
+    ("curl", "curl", "a real TLS client in the guests' tests"),
+    ("openssl", "openssl", "a second real TLS client (s_client)"),
     (
         "binutils",
         "strip",

@@ -14,6 +14,7 @@
 //! /opt/kt/plan             the test executables to run, one per line
 //! /opt/kt/run-tests        runs the plan with KT-BEGIN / KT-END markers
 //! /usr/bin/tmux, bash      a terminal for the test of `top`'s interactive view
+//! /usr/bin/curl, openssl   real TLS clients for the load server's tests
 //! /lib/terminfo, /usr/lib/locale/C.utf8   what tmux needs to draw UTF-8 in its panes
 //! /lib*/...                the glibc libraries `ldd` names, at their host paths
 //! ```
@@ -269,14 +270,20 @@ fn install_busybox(root: &Path) -> Result<PathBuf> {
     Ok(host)
 }
 
-/// tmux and bash from the host (`cargo xtask setup` installs tmux), so that the test of
+/// tmux, bash, curl and openssl from the host (`cargo xtask setup` installs them); tmux so that the test of
 /// `top`'s interactive view drives a real terminal on the kTLS kernels too, not only on the
 /// build machine, where there is no kTLS to show. tmux needs the terminfo entry of its
 /// panes and a UTF-8 locale (without one it draws `_` for the sort arrows and borders);
 /// glibc reads C.UTF-8 from /usr/lib/locale. Returns the host paths of the executables.
 fn install_terminal(root: &Path) -> Result<Vec<PathBuf>> {
     let mut elves = Vec::new();
-    for (name, package) in [("tmux", "tmux"), ("bash", "bash")] {
+    // curl and openssl: real TLS clients for the test that fetches from the load server.
+    for (name, package) in [
+        ("tmux", "tmux"),
+        ("bash", "bash"),
+        ("curl", "curl"),
+        ("openssl", "openssl"),
+    ] {
         let host = cmd::which(name).with_context(|| {
             format!("{name} not found; run `cargo xtask setup` (package {package})")
         })?;
