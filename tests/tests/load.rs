@@ -467,6 +467,103 @@ fn corruption_is_caught() {
 
 /// Server and client as separate processes (how `verify` runs them): ready line, exact
 /// counts on both sides, the client checks against the generated pattern.
+/// Connections that never make a valid request (connect-and-close, a health check, a
+/// failed handshake, a malformed request) are counted apart and do not fail a
+/// `--server-only` run; the real request is served.
+#[test]
+fn stray_connections_are_counted_apart_and_do_not_fail_the_server() {
+    use std::io::Write as _;
+    let mut server = Server::start(&[
+        "--mode",
+        "userspace-tls",
+        "--listen",
+        "127.0.0.1:0",
+        "--requests",
+        "1",
+        "--file-size",
+        "64K",
+        "--json",
+    ]);
+    let addr = listen_addr(&server.ready());
+    // Connect and close; a plain-text request to the TLS port.
+    drop(std::net::TcpStream::connect(&addr).expect("connect"));
+    let mut plain = std::net::TcpStream::connect(&addr).expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    drop(plain);
+    // Let the server see both end before the real request ends the run.
+    std::thread::sleep(Duration::from_millis(300));
+    let out = load(&[
+        "--client-only",
+        "--mode",
+        "userspace-tls",
+        "--connect",
+        &addr,
+        "--requests",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_text(&out));
+    let (code, rep, err) = server.finish(60);
+    assert_eq!(
+        code,
+        Some(0),
+        "stray connections are not errors: {err}\n{rep}"
+    );
+    assert_eq!(u(&rep, "errors"), 0, "{rep}");
+    assert_eq!(u(&rep, "requests"), 1, "{rep}");
+    assert_eq!(u(&rep, "stray_connections"), 2, "{rep}");
+    assert_eq!(u(&rep, "connections"), 3, "{rep}");
+}
+
+/// A client that asks and then never reads holds its request only until the send timeout:
+/// the connection is dropped (a stray, not an error), the request goes back to the budget,
+/// and the next client gets it.
+#[test]
+fn a_client_that_stops_reading_cannot_hold_the_server() {
+    use std::io::Write as _;
+    let mut server = Server::start(&[
+        "--mode",
+        "plain-sendfile",
+        "--listen",
+        "127.0.0.1:0",
+        "--requests",
+        "1",
+        "--file-size",
+        "32M",
+        "--send-timeout",
+        "2",
+        "--json",
+    ]);
+    let addr = listen_addr(&server.ready());
+    // 32 MiB cannot fit in loopback's socket buffers: the response stalls.
+    let mut stalled = std::net::TcpStream::connect(&addr).expect("connect");
+    stalled
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    std::thread::sleep(Duration::from_secs(4));
+    let out = load(&[
+        "--client-only",
+        "--mode",
+        "plain-sendfile",
+        "--connect",
+        &addr,
+        "--requests",
+        "1",
+        "--file-size",
+        "32M",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_text(&out));
+    let (code, rep, err) = server.finish(60);
+    drop(stalled);
+    assert_eq!(code, Some(0), "{err}\n{rep}");
+    assert_eq!(u(&rep, "requests"), 1, "{rep}");
+    assert_eq!(u(&rep, "errors"), 0, "{rep}");
+    assert_eq!(u(&rep, "stray_connections"), 1, "{rep}");
+}
+
 #[test]
 fn server_only_and_client_only_agree() {
     let mut server = Server::start(&[

@@ -171,6 +171,11 @@ pub struct LoadArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Server: drop a connection whose client reads nothing of its response for this many
+    /// seconds (a stalled or malicious client must not hold a request for good).
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub send_timeout: u64,
+
     /// Test-only fault injection: the server flips the body byte at this offset
     /// (ktls-write and userspace-tls only), so the client's check must fail.
     #[arg(long, value_name = "OFFSET", hide = true)]

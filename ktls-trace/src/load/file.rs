@@ -144,6 +144,16 @@ impl ServedFile {
     pub fn generate(size: u64) -> Result<ServedFile, LoadError> {
         let dir = TempDir::create()?;
         let path = dir.path.join(format!("payload-{size}.bin"));
+        // Refuse before writing: a file that fills /tmp (often RAM) hurts the machine,
+        // and would fail half-way anyway. A tenth of what is free stays free.
+        if let Ok(free) = free_bytes(&dir.path)
+            && size > free - free / 10
+        {
+            return Err(LoadError::Usage(format!(
+                "--file-size {size} does not fit in {}: {free} bytes are free there (at most 90% may be used)",
+                dir.path.display()
+            )));
+        }
         let write = || -> io::Result<Sha256> {
             let mut out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
             let sha256 = stream_pattern(size, |chunk| out.write_all(chunk))?;
@@ -196,8 +206,35 @@ impl ServedFile {
     }
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs only writes the struct it is given; `c` is a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; both pointers are valid for the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // fsblkcnt_t and c_ulong are 32 bits wide on some targets.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, size) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    Ok(blocks.saturating_mul(size))
+}
+
 /// Opens `path`, checks it is a regular file, and returns it with its size and SHA-256.
 pub fn hash_file(path: &Path, what: &'static str) -> Result<(File, u64, Sha256), LoadError> {
+    // Checked before opening: opening a FIFO blocks until a writer comes, and a device
+    // or a directory is no file to serve.
+    let meta = fs::metadata(path).map_err(|e| LoadError::read(what, path, &e))?;
+    if !meta.is_file() {
+        return Err(LoadError::Read {
+            what,
+            path: path.display().to_string(),
+            reason: "not a regular file".into(),
+        });
+    }
     let mut file = File::open(path).map_err(|e| LoadError::read(what, path, &e))?;
     let meta = file
         .metadata()
@@ -308,6 +345,26 @@ mod tests {
         let dir = f.temp_dir().unwrap().to_path_buf();
         drop(f);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_file_larger_than_the_free_space_is_refused_before_writing() {
+        let e = ServedFile::generate(1 << 60).unwrap_err().to_string();
+        assert!(e.contains("does not fit in"), "{e}");
+        assert!(e.contains("bytes are free there"), "{e}");
+    }
+
+    /// A FIFO would block open() until a writer came: refused at once instead.
+    #[test]
+    fn a_fifo_is_not_served() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = TempDir::create().unwrap();
+        let fifo = dir.path.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = ServedFile::open(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]

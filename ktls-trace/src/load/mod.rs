@@ -148,6 +148,7 @@ fn server_config(args: &LoadArgs, listen: SocketAddr) -> anyhow::Result<ServerCo
         duration: None,
         corrupt_byte: args.corrupt_byte,
         progress: false,
+        send_timeout: Duration::from_secs(args.send_timeout),
     })
 }
 

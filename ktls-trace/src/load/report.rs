@@ -31,6 +31,8 @@ pub struct Counters {
     pub connections: AtomicU64,
     pub active: AtomicU64,
     pub errors: AtomicU64,
+    /// Connections that ended before a valid request (see [`Counters::stray`]).
+    pub stray: AtomicU64,
     messages: Mutex<Vec<String>>,
     negotiated: Mutex<BTreeMap<Negotiated, u64>>,
 }
@@ -44,6 +46,15 @@ impl Counters {
         {
             m.push(msg);
         }
+    }
+
+    /// A connection that never made a valid request: a port scan, a health check that
+    /// connects and closes, a failed handshake, a malformed or idle request. The client's
+    /// doing, not the run's: counted apart, never an error (a `--server-only` server on a
+    /// public port sees them all the time).
+    pub fn stray(&self, msg: String) {
+        log::info!("{msg}");
+        self.stray.fetch_add(1, Relaxed);
     }
 
     pub fn negotiated(&self, n: Negotiated) {
@@ -200,6 +211,9 @@ pub struct Tally {
     pub connections: u64,
     pub errors: u64,
     pub error_messages: Vec<String>,
+    /// Connections that ended before a valid request (server; not errors).
+    #[serde(default)]
+    pub stray_connections: u64,
     pub seconds: f64,
     pub throughput_bytes_per_sec: f64,
 }
@@ -228,6 +242,7 @@ impl Counters {
             connections: self.connections.load(Relaxed),
             errors: self.errors.load(Relaxed),
             error_messages: self.messages(),
+            stray_connections: self.stray.load(Relaxed),
             seconds,
             throughput_bytes_per_sec: rate(body_bytes, seconds),
         }
@@ -390,6 +405,13 @@ fn tally_lines(out: &mut String, t: &Tally, verb: &str) {
     );
     throughput_line(out, t.throughput_bytes_per_sec);
     errors_lines(t.errors, &t.error_messages, out);
+    if t.stray_connections > 0 {
+        let _ = writeln!(
+            out,
+            "  {:<13} {} connections ended before a valid request (not errors)",
+            "stray", t.stray_connections
+        );
+    }
 }
 
 fn verified_words(r: &ClientReport) -> String {

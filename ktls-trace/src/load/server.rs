@@ -67,6 +67,8 @@ pub struct ServerConfig {
     pub corrupt_byte: Option<u64>,
     /// Show the progress line on stderr (if it is a terminal).
     pub progress: bool,
+    /// A response that makes no progress for this long drops its connection.
+    pub send_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -82,6 +84,7 @@ impl ServerConfig {
             duration: None,
             corrupt_byte: None,
             progress: false,
+            send_timeout: WAIT.idle,
         }
     }
 }
@@ -113,6 +116,24 @@ enum ConnError {
     FileShrank(u64),
     #[error("refused a {0} request")]
     Refused(&'static str),
+    #[error("the client read nothing of its response for {0} s")]
+    Stalled(u64),
+}
+
+impl ConnError {
+    /// Is this the client's doing (see [`super::report::Counters::stray`])? Handshake
+    /// failures and timeouts, requests that are malformed, refused, cut off or never come,
+    /// and responses the client stopped reading.
+    fn is_stray(&self) -> bool {
+        match self {
+            ConnError::Handshake(_)
+            | ConnError::HandshakeTimeout
+            | ConnError::Refused(_)
+            | ConnError::Stalled(_) => true,
+            ConnError::Http(h) => !matches!(h, http::HttpError::Io(_)),
+            ConnError::Ktls(_) | ConnError::Io { .. } | ConnError::FileShrank(_) => false,
+        }
+    }
 }
 
 fn io_err(what: &'static str) -> impl Fn(io::Error) -> ConnError {
@@ -147,6 +168,7 @@ struct Shared {
     limit: Option<Limit>,
     limit_reached: Notify,
     window: Mutex<(Option<Instant>, Option<Instant>)>,
+    send_timeout: Duration,
 }
 
 impl Shared {
@@ -158,6 +180,15 @@ impl Shared {
                 .claimed
                 .fetch_update(Relaxed, Relaxed, |c| (c < l.total).then_some(c + 1))
                 .is_ok(),
+        }
+    }
+
+    /// Gives a claimed request back: its response failed, another connection may serve it.
+    fn unclaim(&self) {
+        if let Some(l) = &self.limit {
+            let _ = l
+                .claimed
+                .fetch_update(Relaxed, Relaxed, |c| c.checked_sub(1));
         }
     }
 
@@ -278,6 +309,7 @@ pub async fn run_server(
         }),
         limit_reached: Notify::new(),
         window: Mutex::new((None, None)),
+        send_timeout: cfg.send_timeout,
         file,
     });
     log::info!(
@@ -427,9 +459,14 @@ async fn connection(
     if let Err(e) = sock.set_nodelay(true) {
         log::debug!("connection {id}: TCP_NODELAY: {}", io_reason(&e));
     }
-    if let Err(e) = setup_and_serve(&sh, sock, &mut stop).await {
-        sh.counters
-            .error(format!("connection {id} from {peer}: {e}"));
+    match setup_and_serve(&sh, sock, &mut stop).await {
+        Ok(()) => {}
+        Err(e) if e.is_stray() => sh
+            .counters
+            .stray(format!("connection {id} from {peer}: {e}")),
+        Err(e) => sh
+            .counters
+            .error(format!("connection {id} from {peer}: {e}")),
     }
 }
 
@@ -531,17 +568,10 @@ async fn serve<S: ServerStream>(
             let keep_alive = req.keep_alive && !sh.budget_spent();
             // The path is the client's text: quoted and escaped before it reaches a terminal.
             log::debug!("{:?} {:?}", req.method, req.path);
-            let head = http::ok_head(sh.file.size, &sh.sha_hex, sh.mode.name(), keep_alive);
-            s.write_all(&head)
-                .await
-                .map_err(io_err("writing the response head"))?;
-            sh.counters
-                .header_bytes
-                .fetch_add(head.len() as u64, Relaxed);
-            if req.method == Method::Get {
-                send_body(sh, &mut s).await?;
+            if let Err(e) = respond(sh, &mut s, req.method, keep_alive).await {
+                sh.unclaim();
+                return Err(e);
             }
-            s.flush().await.map_err(io_err("flushing the response"))?;
             sh.finished_one();
             if !keep_alive {
                 break;
@@ -554,24 +584,54 @@ async fn serve<S: ServerStream>(
     res
 }
 
-async fn send_body<S: ServerStream>(sh: &Shared, s: &mut S) -> Result<(), ConnError> {
-    match &sh.body {
-        Body::Buffer(data) => {
-            s.write_all(data)
-                .await
-                .map_err(io_err("writing the response body"))?;
-            sh.counters.body_bytes.fetch_add(data.len() as u64, Relaxed);
-            Ok(())
+/// One response: head, body (GET), flush. Every write must make progress within the
+/// send timeout.
+async fn respond<S: ServerStream>(
+    sh: &Shared,
+    s: &mut S,
+    method: Method,
+    keep_alive: bool,
+) -> Result<(), ConnError> {
+    let stall = sh.send_timeout;
+    let head = http::ok_head(sh.file.size, &sh.sha_hex, sh.mode.name(), keep_alive);
+    within(stall, "writing the response head", s.write_all(&head)).await?;
+    sh.counters
+        .header_bytes
+        .fetch_add(head.len() as u64, Relaxed);
+    if method == Method::Get {
+        match &sh.body {
+            Body::Buffer(data) => {
+                for chunk in data.chunks(1 << 16) {
+                    within(stall, "writing the response body", s.write_all(chunk)).await?;
+                    sh.counters
+                        .body_bytes
+                        .fetch_add(chunk.len() as u64, Relaxed);
+                }
+            }
+            Body::Sendfile => {
+                sendfile_all(
+                    s.tcp(),
+                    sh.file.file(),
+                    sh.file.size,
+                    &sh.counters.body_bytes,
+                    stall,
+                )
+                .await?;
+            }
         }
-        Body::Sendfile => {
-            sendfile_all(
-                s.tcp(),
-                sh.file.file(),
-                sh.file.size,
-                &sh.counters.body_bytes,
-            )
-            .await
-        }
+    }
+    within(stall, "flushing the response", s.flush()).await
+}
+
+/// `io` unless it makes no progress for `stall`.
+async fn within<T>(
+    stall: Duration,
+    what: &'static str,
+    io: impl Future<Output = io::Result<T>>,
+) -> Result<T, ConnError> {
+    match tokio::time::timeout(stall, io).await {
+        Ok(r) => r.map_err(io_err(what)),
+        Err(_) => Err(ConnError::Stalled(stall.as_secs())),
     }
 }
 
@@ -582,6 +642,7 @@ async fn sendfile_all(
     file: &std::fs::File,
     len: u64,
     sent: &AtomicU64,
+    stall: Duration,
 ) -> Result<(), ConnError> {
     let mut offset: libc::off_t = 0;
     let out_fd = tcp.as_raw_fd();
@@ -605,9 +666,7 @@ async fn sendfile_all(
                 sent.fetch_add(n, Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tcp.writable()
-                    .await
-                    .map_err(io_err("waiting for the socket"))?;
+                within(stall, "waiting for the socket", tcp.writable()).await?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err("sendfile")(e)),
