@@ -564,6 +564,55 @@ fn a_client_that_stops_reading_cannot_hold_the_server() {
     assert_eq!(u(&rep, "stray_connections"), 1, "{rep}");
 }
 
+/// Connections beyond --max-connections are closed at once (stray, not errors); once
+/// one goes, the next client is served.
+#[test]
+fn connections_beyond_the_cap_are_closed_at_once() {
+    use std::io::Read as _;
+    let mut server = Server::start(&[
+        "--mode",
+        "plain-sendfile",
+        "--listen",
+        "127.0.0.1:0",
+        "--requests",
+        "1",
+        "--file-size",
+        "64K",
+        "--max-connections",
+        "1",
+        "--json",
+    ]);
+    let addr = listen_addr(&server.ready());
+    let first = std::net::TcpStream::connect(&addr).expect("connect");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = std::net::TcpStream::connect(&addr).expect("connect");
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut b = [0u8; 1];
+    assert_eq!(second.read(&mut b).expect("closed, not timed out"), 0);
+    drop(first);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = load(&[
+        "--client-only",
+        "--mode",
+        "plain-sendfile",
+        "--connect",
+        &addr,
+        "--requests",
+        "1",
+        "--file-size",
+        "64K",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_text(&out));
+    let (code, rep, err) = server.finish(60);
+    assert_eq!(code, Some(0), "{err}\n{rep}");
+    assert_eq!(u(&rep, "requests"), 1, "{rep}");
+    assert_eq!(u(&rep, "errors"), 0, "{rep}");
+    assert_eq!(u(&rep, "stray_connections"), 1, "{rep}");
+}
+
 #[test]
 fn server_only_and_client_only_agree() {
     let mut server = Server::start(&[

@@ -176,6 +176,11 @@ pub struct LoadArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub send_timeout: u64,
 
+    /// Server: connections open at once; more are closed as soon as they are accepted
+    /// (counted as stray).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+
     /// Test-only fault injection: the server flips the body byte at this offset
     /// (ktls-write and userspace-tls only), so the client's check must fail.
     #[arg(long, value_name = "OFFSET", hide = true)]

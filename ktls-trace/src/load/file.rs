@@ -182,23 +182,6 @@ impl ServedFile {
         &self.file
     }
 
-    /// The whole content in memory (for the modes that write from a user buffer).
-    pub fn read_all(&self) -> Result<Vec<u8>, LoadError> {
-        let mut data = Vec::new();
-        let mut f = File::open(&self.path).map_err(|e| LoadError::read("file", &self.path, &e))?;
-        f.read_to_end(&mut data)
-            .map_err(|e| LoadError::read("file", &self.path, &e))?;
-        if data.len() as u64 != self.size {
-            return Err(LoadError::Runtime(format!(
-                "{} changed size while loading ({} bytes, was {})",
-                self.path.display(),
-                data.len(),
-                self.size
-            )));
-        }
-        Ok(data)
-    }
-
     /// The temporary directory of a generated file.
     #[cfg(test)]
     pub fn temp_dir(&self) -> Option<&Path> {
@@ -341,7 +324,6 @@ mod tests {
         assert_eq!(f.sha256, pattern_sha256(size));
         let (_, n, h) = hash_file(&f.path, "--file").unwrap();
         assert_eq!((n, h), (size, f.sha256));
-        assert_eq!(f.read_all().unwrap().len() as u64, size);
         let dir = f.temp_dir().unwrap().to_path_buf();
         drop(f);
         assert!(!dir.exists());

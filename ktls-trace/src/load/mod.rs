@@ -149,6 +149,7 @@ fn server_config(args: &LoadArgs, listen: SocketAddr) -> anyhow::Result<ServerCo
         corrupt_byte: args.corrupt_byte,
         progress: false,
         send_timeout: Duration::from_secs(args.send_timeout),
+        max_connections: args.max_connections as usize,
     })
 }
 

@@ -69,6 +69,8 @@ pub struct ServerConfig {
     pub progress: bool,
     /// A response that makes no progress for this long drops its connection.
     pub send_timeout: Duration,
+    /// Connections served at once; more are closed at accept.
+    pub max_connections: usize,
 }
 
 impl ServerConfig {
@@ -85,6 +87,7 @@ impl ServerConfig {
             corrupt_byte: None,
             progress: false,
             send_timeout: WAIT.idle,
+            max_connections: 1024,
         }
     }
 }
@@ -147,8 +150,9 @@ fn io_err(what: &'static str) -> impl Fn(io::Error) -> ConnError {
 enum Body {
     /// sendfile(2) from the open file.
     Sendfile,
-    /// write(2) from memory (the file read once at start, maybe corrupted on purpose).
-    Buffer(Arc<[u8]>),
+    /// write(2) from a user buffer: the file read in 64 KiB pieces per response (never
+    /// all of it in memory), with the byte at this offset flipped on purpose (tests).
+    Write { corrupt: Option<u64> },
 }
 
 /// The request budget of `--requests`.
@@ -286,13 +290,9 @@ pub async fn run_server(
     let body = if cfg.mode.sendfile() {
         Body::Sendfile
     } else {
-        let mut data = file.read_all()?;
-        if let Some(off) = cfg.corrupt_byte
-            && let Some(b) = data.get_mut(off as usize)
-        {
-            *b ^= 0x01;
+        Body::Write {
+            corrupt: cfg.corrupt_byte,
         }
-        Body::Buffer(data.into())
     };
 
     let counters = Arc::new(Counters::default());
@@ -336,6 +336,14 @@ pub async fn run_server(
     loop {
         tokio::select! {
             acc = listener.accept() => match acc {
+                // A flood of connections must not grow tasks and descriptors without bound.
+                Ok((sock, peer)) if tasks.len() >= cfg.max_connections => {
+                    counters.stray(format!(
+                        "connection from {peer} closed at once: {} connections are open (--max-connections)",
+                        cfg.max_connections
+                    ));
+                    drop(sock);
+                }
                 Ok((sock, peer)) => {
                     next_id += 1;
                     let sh = shared.clone();
@@ -600,12 +608,22 @@ async fn respond<S: ServerStream>(
         .fetch_add(head.len() as u64, Relaxed);
     if method == Method::Get {
         match &sh.body {
-            Body::Buffer(data) => {
-                for chunk in data.chunks(1 << 16) {
-                    within(stall, "writing the response body", s.write_all(chunk)).await?;
-                    sh.counters
-                        .body_bytes
-                        .fetch_add(chunk.len() as u64, Relaxed);
+            Body::Write { corrupt } => {
+                let mut piece = vec![0u8; 1 << 16];
+                let mut off = 0u64;
+                while off < sh.file.size {
+                    let want = (sh.file.size - off).min(piece.len() as u64) as usize;
+                    let buf = &mut piece[..want];
+                    // The file is in the page cache (hashed at start): a read is a copy.
+                    read_exact_at(sh.file.file(), buf, off)?;
+                    if let Some(c) = corrupt
+                        && (off..off + want as u64).contains(c)
+                    {
+                        buf[(c - off) as usize] ^= 0x01;
+                    }
+                    within(stall, "writing the response body", s.write_all(buf)).await?;
+                    sh.counters.body_bytes.fetch_add(want as u64, Relaxed);
+                    off += want as u64;
                 }
             }
             Body::Sendfile => {
@@ -621,6 +639,18 @@ async fn respond<S: ServerStream>(
         }
     }
     within(stall, "flushing the response", s.flush()).await
+}
+
+/// `buf.len()` bytes of `file` from `offset`; a file that shrank is an error.
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> Result<(), ConnError> {
+    use std::os::unix::fs::FileExt as _;
+    file.read_exact_at(buf, offset).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            ConnError::FileShrank(offset)
+        } else {
+            io_err("reading the file")(e)
+        }
+    })
 }
 
 /// `io` unless it makes no progress for `stall`.
