@@ -554,8 +554,13 @@ fn interactive_view_in_a_real_terminal() {
         s.contains("payload B/s over the last minute")
     });
     assert!(s.contains("SOCKET") && s.contains("PEER"), "{s}");
-    // The row is the process; the drill-down names the thread that sent.
-    assert!(s.contains(&format!("threads: {LOAD_THREAD} (")), "{s}");
+    // The row is the process; the drill-down names the threads that sent (the load's
+    // client threads send requests too), the server's sender among them.
+    let threads = s
+        .lines()
+        .find(|l| l.contains("threads: "))
+        .unwrap_or_else(|| panic!("no threads line:\n{s}"));
+    assert!(threads.contains(&format!("{LOAD_THREAD} (")), "{s}");
     // The loopback connection's addresses: from the tracer's socket table, or from
     // sock_diag's list of the process's sockets where an id could not be resolved.
     assert!(s.contains("127.0.0.1:"), "{s}");

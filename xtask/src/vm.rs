@@ -40,7 +40,7 @@ use crate::{
 #[derive(Debug, Clone, Args)]
 pub struct VmOptions {
     /// Seconds one guest may take (boot + every test) before qemu is killed.
-    #[arg(long, value_name = "SECS", default_value_t = 1200)]
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
     pub timeout: u64,
 
     /// Seconds one test executable may run inside the guest before it is killed.

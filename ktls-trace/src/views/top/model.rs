@@ -112,6 +112,9 @@ struct ConnState {
 struct ThreadState {
     comm: Comm,
     payload: u64,
+    /// Payload since the thread was first seen: orders the drill-down when no thread
+    /// sent in the window (the sender stays first between requests).
+    total: u64,
     last_active_ns: u64,
 }
 
@@ -294,6 +297,7 @@ impl Model {
             let t = p.threads.entry(e.tid).or_insert(ThreadState {
                 comm: e.comm,
                 payload: 0,
+                total: 0,
                 last_active_ns: 0,
             });
             t.comm = e.comm;
@@ -472,21 +476,26 @@ fn close_threads(
         if t.payload > 0 {
             t.last_active_ns = now_ns;
         }
-        rows.push(ThreadRow {
-            tid,
-            comm: t.comm.to_string(),
-            payload_bps: rate(t.payload),
-        });
+        t.total += t.payload;
+        rows.push((
+            t.total,
+            ThreadRow {
+                tid,
+                comm: t.comm.to_string(),
+                payload_bps: rate(t.payload),
+            },
+        ));
         t.payload = 0;
     }
     threads.retain(|_, t| now_ns.saturating_sub(t.last_active_ns) <= LINGER_NS);
-    rows.retain(|r| threads.contains_key(&r.tid));
-    rows.sort_by(|a, b| {
+    rows.retain(|(_, r)| threads.contains_key(&r.tid));
+    rows.sort_by(|(ta, a), (tb, b)| {
         b.payload_bps
             .total_cmp(&a.payload_bps)
+            .then(tb.cmp(ta))
             .then(a.tid.cmp(&b.tid))
     });
-    rows
+    rows.into_iter().map(|(_, r)| r).collect()
 }
 
 #[cfg(test)]
@@ -672,6 +681,14 @@ pub(crate) mod tests {
             .map(|t| (t.comm.as_str(), t.payload_bps))
             .collect();
         assert_eq!(threads, [("wrk:worker_1", 700.0), ("wrk:worker_0", 300.0)]);
+        // A window in which no thread sent: the one that sent most stays first.
+        let s = m.close_window(12 * SEC);
+        let names: Vec<&str> = row(&s, 500)
+            .threads
+            .iter()
+            .map(|t| t.comm.as_str())
+            .collect();
+        assert_eq!(names, ["wrk:worker_1", "wrk:worker_0"]);
     }
 
     #[test]
