@@ -108,6 +108,9 @@ static TLS_LAYOUT: Array<TlsLayout> = Array::with_max_entries(1, 0);
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
 const IPPROTO_TCP: u16 = 6;
+/// `bpf_map_update_elem` flag: fail with -EEXIST if the key is there.
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = -17;
 const NONE: u8 = Probe::NONE;
 
 /// Parents a call can run inside, innermost first; `SENDFILE` stands for the configured
@@ -431,11 +434,18 @@ fn enter(call: &mut Call, parents: &[u8]) {
     if call.head_of != 0 && payload_head(call.head_of, &mut a.head) {
         a.has |= has::HEAD;
     }
-    if ACTIVE
-        .insert(((tid as u64) << 8) | call.probe as u64, *a, 0)
-        .is_err()
-    {
-        bump(stat::ACTIVE_FULL);
+    let key = ((tid as u64) << 8) | call.probe as u64;
+    // BPF_NOEXIST costs nothing when the slot is free (every call but a missed one): a
+    // thread cannot enter a non-recursive function while it is still inside it, so an
+    // entry already there is a call whose return the kretprobe missed (its `maxactive`
+    // instances were all in use). Counted, then replaced.
+    match ACTIVE.insert(key, *a, BPF_NOEXIST) {
+        Ok(()) => {}
+        Err(EEXIST) => {
+            bump(stat::RETURN_MISSED);
+            let _ = ACTIVE.insert(key, *a, 0);
+        }
+        Err(_) => bump(stat::ACTIVE_FULL),
     }
 }
 

@@ -67,7 +67,14 @@ pub struct TraceArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Ring buffer size in MiB (a power of two); raise it if the summary reports drops.
+    #[command(flatten)]
+    pub ring: RingArgs,
+}
+
+/// The size of the ring buffer events travel through (trace and top).
+#[derive(Debug, Clone, Args)]
+pub struct RingArgs {
+    /// Ring buffer size in MiB (a power of two); raise it if drops are reported.
     #[arg(long, value_name = "MIB", default_value_t = 8)]
     pub ring_mib: u32,
 
@@ -75,6 +82,28 @@ pub struct TraceArgs {
     /// events on purpose, which is how the tests prove that drops are counted and shown.
     #[arg(long, value_name = "KIB", hide = true, conflicts_with = "ring_mib")]
     pub ring_kib: Option<u32>,
+}
+
+impl RingArgs {
+    /// The size in bytes, or why it cannot be: a BPF ring buffer is a power of two of
+    /// whole pages.
+    pub fn bytes(&self) -> Result<u32, crate::procs::UsageError> {
+        use crate::procs::UsageError;
+        if let Some(kib) = self.ring_kib {
+            if !kib.is_power_of_two() || !(4..=1 << 20).contains(&kib) {
+                return Err(UsageError::Other(
+                    "--ring-kib must be a power of two between 4 and 1048576".into(),
+                ));
+            }
+            return Ok(kib << 10);
+        }
+        if !self.ring_mib.is_power_of_two() || self.ring_mib > 1024 {
+            return Err(UsageError::Other(
+                "--ring-mib must be a power of two between 1 and 1024".into(),
+            ));
+        }
+        Ok(self.ring_mib << 20)
+    }
 }
 
 #[derive(Debug, Clone, Args)]

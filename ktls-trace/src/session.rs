@@ -67,8 +67,11 @@ pub struct Counts {
     pub events: u64,
     /// Ring-buffer records that could not be decoded.
     pub undecodable: u64,
-    /// Events the kernel could not deliver (ring buffer or in-flight map full).
+    /// Events the kernel could not deliver (ring buffer or in-flight map full, or a
+    /// return probe missed).
     pub drops: u64,
+    /// Of `drops`: calls whose return probe never ran (see [`crate::attach::Losses`]).
+    pub returns_missed: u64,
     /// Events that completed before every probe was attached (dropped).
     pub before_start: u64,
 }
@@ -186,8 +189,10 @@ impl Session {
 
     /// The counts so far (drops read from the kernel now).
     pub fn counts(&self) -> Counts {
+        let l = self.tracer.losses();
         Counts {
-            drops: self.tracer.drops(),
+            drops: l.total(),
+            returns_missed: l.returns_missed,
             ..self.counts
         }
     }

@@ -243,6 +243,47 @@ fn once_json_for_scripts() {
     assert_eq!(code, 2, "{err}");
 }
 
+/// Lost events reach top's header and its JSON, never a silent zero: a 4 KiB ring buffer
+/// (39 events) cannot hold what 16 KiB records sent as fast as the loopback takes them
+/// make in 100 ms, on every backend and kernel.
+#[test]
+fn a_tiny_ring_buffer_shows_drops_in_the_header_and_the_json() {
+    require_root();
+    let looper = Looper::start("userspace-tls", 32_000_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let args = [
+        "top",
+        "--once",
+        "--ring-kib",
+        "4",
+        "--interval",
+        "3",
+        "--comm",
+        "ktls-workload",
+    ];
+    let (code, text, err) = run_ktls_trace(&args);
+    assert_eq!(code, 0, "{err}\n{text}");
+    let dropped: u64 = text
+        .split_once("dropped ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no drop count in the header:\n{text}"));
+    assert!(dropped > 0, "nothing dropped:\n{text}");
+    assert!(
+        text.contains(&format!(
+            "WARNING: {dropped} events were dropped in the kernel"
+        )),
+        "{text}"
+    );
+    let mut json_args = args.to_vec();
+    json_args.insert(2, "--json");
+    let (code, out, err) = run_ktls_trace(&json_args);
+    looper.finish();
+    assert_eq!(code, 0, "{err}\n{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(v["drops_total"].as_u64().unwrap_or(0) > 0, "{out}");
+}
+
 #[test]
 fn without_a_terminal_top_points_to_once_and_trace_json() {
     // stdout is a pipe here.

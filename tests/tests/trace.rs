@@ -191,6 +191,48 @@ fn a_tiny_ring_buffer_loses_events_and_says_so() {
     );
 }
 
+/// A kretprobe follows at most `maxactive` calls at once (10 on these 2-CPU guests):
+/// 32 threads blocked inside tcp_sendmsg lose returns. Each lost return is counted when
+/// its thread next enters the function, so every write() is accounted for exactly: an
+/// event, or one of `returns_missed` (which `drops` includes and stderr says).
+#[test]
+#[ignore = "needs kprobes: runs in the QEMU guests (cargo xtask vm-test)"]
+fn missed_kretprobe_returns_are_counted() {
+    require_root();
+    let mut w = Workload::start("parallel-write", 1 << 20);
+    let pid = w.pid.to_string();
+    let trace = Trace::start(&["--pid", &pid]);
+    w.go();
+    let report = w.finish();
+    let calls = report["calls"].as_u64().expect("calls");
+    assert_eq!(report["wire_bytes"], report["sent"]);
+    let out = trace.stop();
+    assert!(out.status.success(), "{}", out.census());
+    let summary = out.summary.as_ref().expect("summary");
+    let missed = summary["returns_missed"].as_u64().expect("returns_missed");
+    assert!(missed > 0, "no return was missed: {}", out.census());
+    assert_eq!(summary["drops"], missed, "{}", out.census());
+    let attached = out
+        .stderr
+        .iter()
+        .find_map(|l| l.strip_prefix("ktls-trace: attached "))
+        .unwrap_or_else(|| panic!("no attached line: {}", out.census()));
+    let mut unseen = 0;
+    for probe in ["tcp_sendmsg", "tcp_sendmsg_locked"] {
+        if attached.split(", ").any(|p| p == probe) {
+            let seen = out.of(probe).count() as u64;
+            assert!(seen <= calls, "{probe}: {seen} events for {calls} calls");
+            unseen += calls - seen;
+        }
+    }
+    assert_eq!(unseen, missed, "{}", out.census());
+    assert!(
+        out.stderr_text().contains("return probe never ran"),
+        "{}",
+        out.stderr_text()
+    );
+}
+
 /// A name longer than the kernel keeps could never match: refused, with the name to use.
 #[test]
 fn comm_longer_than_the_kernel_keeps_is_refused() {

@@ -51,6 +51,11 @@ pub struct VmOptions {
     #[arg(long, value_name = "TEXT")]
     pub exe: Option<String>,
 
+    /// Only run the tests whose name contains this (libtest's filter; letters, digits,
+    /// `_` and `::`). Executables with no such test run nothing.
+    #[arg(long, value_name = "NAME", value_parser = test_filter)]
+    pub test: Option<String>,
+
     /// Print the whole guest console live, not only markers and test verdicts.
     #[arg(short, long)]
     pub verbose: bool,
@@ -58,6 +63,19 @@ pub struct VmOptions {
     /// Guests booted at the same time (default: one per core, at most 2).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=8))]
     pub jobs: Option<u16>,
+}
+
+/// The filter goes into the guest's shell command line: only characters that need no
+/// quoting there.
+fn test_filter(s: &str) -> Result<String, String> {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    {
+        Ok(s.to_string())
+    } else {
+        Err("a test name: letters, digits, `_` and `::` only".into())
+    }
 }
 
 impl VmOptions {
@@ -301,7 +319,7 @@ fn prepare_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Res
         series,
         artifacts,
         &tests,
-        Plan::Tests,
+        Plan::Tests(opts.test.clone()),
         opts.exe_timeout,
         "test",
     )?;

@@ -331,6 +331,25 @@ fn attach_probe(ebpf: &mut Ebpf, probe: Probe) -> Result<(), String> {
     Ok(())
 }
 
+/// Events the kernel side lost, by cause (summed over CPUs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// The ring buffer was full.
+    pub ring_full: u64,
+    /// The table of calls in flight was full.
+    pub in_flight_full: u64,
+    /// Calls whose kretprobe never ran: more threads were inside the function at once
+    /// than the kretprobe has instances (`maxactive`, 10 or twice the CPUs).
+    pub returns_missed: u64,
+}
+
+impl Losses {
+    /// Every event lost, whatever the cause.
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.in_flight_full + self.returns_missed
+    }
+}
+
 /// A running trace.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -550,12 +569,12 @@ impl Tracer {
         self.ring.take()
     }
 
-    /// Events lost in the kernel so far (all CPUs): the ring buffer was full, or the table
-    /// of calls in flight. If the counters cannot be read, that is said once (a warning,
-    /// shown by default) and 0 is returned: never a silent zero.
-    pub fn drops(&self) -> u64 {
-        match self.read_drops() {
-            Ok(n) => n,
+    /// Events lost in the kernel so far (all CPUs), by cause. If the counters cannot be
+    /// read, that is said once (a warning, shown by default) and zeros are returned:
+    /// never a silent zero.
+    pub fn losses(&self) -> Losses {
+        match self.read_losses() {
+            Ok(l) => l,
             Err(why) => {
                 if !self
                     .drops_unreadable
@@ -565,23 +584,26 @@ impl Tracer {
                         "cannot read the drop counters ({why}): lost events are not counted"
                     );
                 }
-                0
+                Losses::default()
             }
         }
     }
 
-    fn read_drops(&self) -> Result<u64, String> {
+    fn read_losses(&self) -> Result<Losses, String> {
         let map = self
             .ebpf
             .map(maps::STATS)
             .ok_or_else(|| format!("no {} map", maps::STATS))?;
         let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|e| e.to_string())?;
-        let mut total = 0;
-        for i in [stat::RINGBUF_FULL, stat::ACTIVE_FULL] {
+        let sum = |i: u32| -> Result<u64, String> {
             let per_cpu = arr.get(&i, 0).map_err(|e| e.to_string())?;
-            total += per_cpu.iter().sum::<u64>();
-        }
-        Ok(total)
+            Ok(per_cpu.iter().sum())
+        };
+        Ok(Losses {
+            ring_full: sum(stat::RINGBUF_FULL)?,
+            in_flight_full: sum(stat::ACTIVE_FULL)?,
+            returns_missed: sum(stat::RETURN_MISSED)?,
+        })
     }
 
     /// The name of a process one of whose other threads was traced (None if the programs

@@ -104,6 +104,7 @@ impl Summary {
                 "duration_s": (duration_s * 1000.0).round() / 1000.0,
                 "events": self.events(),
                 "drops": self.counts.drops,
+                "returns_missed": self.counts.returns_missed,
                 "undecodable": self.counts.undecodable,
                 "before_start": self.counts.before_start,
                 "probes": probes,
@@ -166,8 +167,15 @@ impl Summary {
         if self.counts.drops > 0 {
             let _ = writeln!(
                 s,
-                "    WARNING: {} events were dropped in the kernel (ring buffer full); totals are low",
+                "    WARNING: {} events were dropped in the kernel; totals are low",
                 self.counts.drops
+            );
+        }
+        if self.counts.returns_missed > 0 {
+            let _ = writeln!(
+                s,
+                "    WARNING: {}",
+                returns_missed_text(self.counts.returns_missed)
             );
         }
         if self.counts.undecodable > 0 {
@@ -266,4 +274,12 @@ mod tests {
         let text = s.render_text("tracepoint", 1.0);
         assert!(text.contains("sendfile64") && text.contains("3 events were dropped"));
     }
+}
+
+/// Why some calls have no event: said by `trace`'s summary and `top --once`.
+pub fn returns_missed_text(n: u64) -> String {
+    format!(
+        "{n} of the drops are calls whose return probe never ran (more threads were inside \
+         one probed function at once than its kretprobe can follow)"
+    )
 }

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::summary::Summary;
+use super::summary::{Summary, returns_missed_text};
 use crate::{
     attach::{TraceOptions, WAKEUP_BYTES},
     cli::{FilterArgs, TraceArgs},
@@ -48,21 +48,7 @@ enum End {
 
 pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     let mut opts = options(&args.filter, verbose)?;
-    if !args.ring_mib.is_power_of_two() || args.ring_mib > 1024 {
-        return Err(UsageError::Other(
-            "--ring-mib must be a power of two between 1 and 1024".into(),
-        )
-        .into());
-    }
-    // A BPF ring buffer is a power of two of whole pages.
-    if let Some(kib) = args.ring_kib
-        && (!kib.is_power_of_two() || !(4..=1 << 20).contains(&kib))
-    {
-        return Err(UsageError::Other(
-            "--ring-kib must be a power of two between 4 and 1048576".into(),
-        )
-        .into());
-    }
+    let ring_bytes = args.ring.bytes()?;
     if let Some(d) = args.duration
         && !(d.is_finite() && d >= 0.0)
     {
@@ -70,7 +56,7 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
             UsageError::Other(format!("--duration must be a number of seconds (got {d})")).into(),
         );
     }
-    opts.ring_bytes = Some(args.ring_kib.map_or(args.ring_mib << 20, |kib| kib << 10));
+    opts.ring_bytes = Some(ring_bytes);
     let mut session = start(
         &opts,
         SessionOptions {
@@ -118,9 +104,17 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     }
     if args.json && summary.counts.drops > 0 {
         // The text summary says it in its body; JSON readers get it on stderr too.
+        let c = summary.counts;
+        let mut why = String::new();
+        if c.drops > c.returns_missed {
+            why.push_str("; raise --ring-mib");
+        }
+        if c.returns_missed > 0 {
+            why = format!("{why}; {}", returns_missed_text(c.returns_missed));
+        }
         eprintln!(
-            "ktls-trace: {} events were dropped in the kernel (ring buffer full): the totals are low; raise --ring-mib",
-            summary.counts.drops
+            "ktls-trace: {} events were dropped in the kernel: the totals are low{why}",
+            c.drops
         );
     }
     let backend = session.tracer().plan().backend.name();

@@ -3,10 +3,17 @@
 //! counts what arrives on the wire.
 //!
 //! usage: ktls-workload MODE BYTES [--no-wait]
-//!   MODE: plain-sendfile | ktls-sendfile | ktls-write | plain-write | userspace-tls
+//!   MODE: plain-sendfile | ktls-sendfile | ktls-write | plain-write | userspace-tls |
+//!         parallel-write
 //!   (userspace-tls: plain TCP, the bytes framed as TLS 1.3 application-data records
 //!   `17 03 03 len` by this program, one write() per record, as a user-space TLS library
 //!   sends them; the payload is not encrypted)
+//!
+//! parallel-write: 32 connections with tiny send buffers; 32 threads each write BYTES in
+//! one write() that blocks until its receiver starts reading (3 s after "go"), so 32 calls
+//! are inside tcp_sendmsg at once: more than a kretprobe's instances on a small machine
+//! (10, or twice the CPUs). Once every big write is done, each thread writes one more
+//! byte, one thread at a time. The report adds "calls": the write() calls made.
 //!
 //! Protocol (so a tracer can attach first): prints `ready PID`, waits for a line on
 //! stdin, sends, then prints one JSON line {"mode","sent","wire_bytes","records"} and exits.
@@ -96,15 +103,98 @@ fn receive(mut s: TcpStream, tls: bool) -> anyhow::Result<(u64, u64)> {
     Ok((all.len() as u64, records))
 }
 
+const PARALLEL_WRITERS: usize = 32;
+
+/// A TCP pair over loopback with a small send buffer: a write bigger than what the
+/// receiver queues (its default receive buffer) blocks until it reads.
+fn small_buffer_pair() -> anyhow::Result<(TcpStream, TcpStream)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.set_send_buffer_size(4096)?;
+    sock.connect(&listener.local_addr()?.into())?;
+    let (peer, _) = listener.accept()?;
+    Ok((sock.into(), peer))
+}
+
+/// One write() per call counted; returns the calls made.
+fn write_counted(mut s: &TcpStream, mut buf: &[u8]) -> anyhow::Result<u64> {
+    let mut calls = 0;
+    while !buf.is_empty() {
+        calls += 1;
+        let n = s.write(buf).context("write")?;
+        buf = &buf[n..];
+    }
+    Ok(calls)
+}
+
+/// See the module text: (bytes sent, bytes received, write() calls).
+fn parallel_write(bytes: u64, wait: bool) -> anyhow::Result<(u64, u64, u64)> {
+    let mut pairs = Vec::new();
+    for _ in 0..PARALLEL_WRITERS {
+        pairs.push(small_buffer_pair()?);
+    }
+    println!("ready {}", std::process::id());
+    std::io::stdout().flush()?;
+    if wait {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+    }
+    let data = std::sync::Arc::new(vec![0x5a_u8; bytes as usize]);
+    let big_done = std::sync::Arc::new(std::sync::Barrier::new(PARALLEL_WRITERS));
+    let one_at_a_time = std::sync::Arc::new(std::sync::Mutex::new(()));
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for (sock, mut peer) in pairs {
+        let (data, big_done, one_at_a_time) =
+            (data.clone(), big_done.clone(), one_at_a_time.clone());
+        writers.push(std::thread::spawn(move || -> anyhow::Result<u64> {
+            let mut calls = write_counted(&sock, &data)?;
+            big_done.wait();
+            let _turn = one_at_a_time
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a writer panicked"))?;
+            calls += write_counted(&sock, b"!")?;
+            Ok(calls)
+        }));
+        readers.push(std::thread::spawn(move || -> anyhow::Result<u64> {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            let mut all = Vec::new();
+            peer.read_to_end(&mut all).context("receiving")?;
+            Ok(all.len() as u64)
+        }));
+    }
+    let mut calls = 0;
+    for w in writers {
+        calls += w
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+    }
+    // The writers' sockets are closed when their threads end: the readers see EOF.
+    let mut received = 0;
+    for r in readers {
+        received += r
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+    }
+    Ok(((bytes + 1) * PARALLEL_WRITERS as u64, received, calls))
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (mode, bytes) = match (args.get(1), args.get(2).and_then(|b| b.parse::<u64>().ok())) {
         (Some(m), Some(b)) => (m.clone(), b),
         _ => bail!(
-            "usage: ktls-workload plain-sendfile|ktls-sendfile|ktls-write|plain-write|userspace-tls BYTES [--no-wait]"
+            "usage: ktls-workload plain-sendfile|ktls-sendfile|ktls-write|plain-write|userspace-tls|parallel-write BYTES [--no-wait]"
         ),
     };
     let wait = !args.iter().any(|a| a == "--no-wait");
+    if mode == "parallel-write" {
+        let (sent, wire, calls) = parallel_write(bytes, wait)?;
+        println!(
+            "{{\"mode\":\"{mode}\",\"sent\":{sent},\"wire_bytes\":{wire},\"records\":0,\"calls\":{calls}}}"
+        );
+        return Ok(());
+    }
     let tls = mode.starts_with("ktls");
     let userspace_tls = mode == "userspace-tls";
     let sendfile = mode.ends_with("sendfile");

@@ -38,8 +38,9 @@ use crate::{build::TestExe, cmd};
 /// What the guest does after booting.
 #[derive(Debug, Clone)]
 pub enum Plan {
-    /// Run every test executable, then power off.
-    Tests,
+    /// Run every test executable (only the tests whose name contains the filter, if one
+    /// is given; it needs no shell quoting), then power off.
+    Tests(Option<String>),
     /// An interactive shell on the serial console; power off when it exits.
     Shell,
     /// Run this shell script (e.g. the demo), then power off.
@@ -142,7 +143,8 @@ pub fn build(contents: &Contents<'_>, work: &Path, name: &str) -> Result<PathBuf
     write(&root.join("etc/group"), "root:x:0:\n", false)?;
 
     let plan_cmd = match &contents.plan {
-        Plan::Tests => "/opt/kt/run-tests </dev/null".to_string(),
+        Plan::Tests(None) => "/opt/kt/run-tests </dev/null".to_string(),
+        Plan::Tests(Some(filter)) => format!("/opt/kt/run-tests {filter} </dev/null"),
         Plan::Shell => SHELL_PLAN.to_string(),
         Plan::Script(script) => {
             write(&kt.join("plan.sh"), script, true)?;

@@ -20,7 +20,7 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Args;
 
 use crate::{
-    cli::FilterArgs,
+    cli::{FilterArgs, RingArgs},
     kernel::KernelFacts,
     load::Mode,
     plan::{Backend, Source},
@@ -45,6 +45,9 @@ const MAX_INTERVAL: f64 = 60.0;
 pub struct TopArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub ring: RingArgs,
 
     /// Refresh interval in seconds (0.1 to 60); `d`, `+` and `-` change it while running.
     #[arg(short = 'd', long, value_name = "SECS", default_value_t = 1.0)]
@@ -120,7 +123,8 @@ pub async fn run(args: TopArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     if !args.once && !std::io::stdout().is_terminal() {
         return Err(UsageError::Other(NOT_A_TERMINAL.to_string()).into());
     }
-    let opts = trace::options(&args.filter, verbose)?;
+    let mut opts = trace::options(&args.filter, verbose)?;
+    opts.ring_bytes = Some(args.ring.bytes()?);
     let load_mode = args.mode.unwrap_or_else(|| {
         if KernelFacts::probe().tls.is_available() {
             Mode::KtlsSendfile

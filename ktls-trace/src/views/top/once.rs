@@ -35,7 +35,7 @@ pub fn render_text(snap: &Snapshot, h: &Header) -> String {
     }
     if snap.drops_total > 0 {
         out.push_str(&format!(
-            "WARNING: {} events were dropped in the kernel (ring buffer full); rates are low\n",
+            "WARNING: {} events were dropped in the kernel; rates are low\n",
             snap.drops_total
         ));
     }
