@@ -689,13 +689,6 @@ fn sigterm_stops_the_server_with_a_report() {
     assert!(!Path::new(file).exists(), "{file} left behind");
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
 
 /// Real TLS clients fetch byte-exact from the server over TLS 1.2 and 1.3: Debian's curl
 /// and openssl s_client, which the guest image carries (`cargo xtask setup` installs them
@@ -718,7 +711,7 @@ fn real_tls_clients_fetch_over_tls12_and_tls13() {
     let in_guest = ktls_trace_tests::guest().is_some();
     let mut tried = 0;
     for client in ["curl", "openssl"] {
-        let Some(exe) = which(client) else {
+        let Some(exe) = ktls_trace_tests::which(client) else {
             // The guests must have both: a missing one is a broken image, not a skip.
             assert!(!in_guest, "{client} is missing from the guest image");
             continue;

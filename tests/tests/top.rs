@@ -733,6 +733,69 @@ fn once_classifies_ktls_sendfile_as_zero_copy() {
     assert!(out.contains("tls_stat: TlsCurrTxSw"), "{out}");
 }
 
+/// A real client against the built-in server: Debian's curl (in the guest image) fetches
+/// again and again from `load --server-only --mode ktls-sendfile`, and top, filtered to
+/// the server's PID, classifies the server as kernel TLS sendfile, zero-copy.
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn once_classifies_the_server_while_curl_fetches() {
+    use std::io::BufRead as _;
+    require_root();
+    if !needs_ktls("once_classifies_the_server_while_curl_fetches") {
+        return;
+    }
+    let curl = ktls_trace_tests::which("curl").expect("curl is in the guest image");
+    let mut server = Command::new(bin("ktls-trace"))
+        .args(["load", "--server-only", "--mode", "ktls-sendfile"])
+        .args(["--listen", "127.0.0.1:0", "--file-size", "4M", "--json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting load --server-only");
+    let mut ready = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("ready line");
+    let ready: serde_json::Value =
+        serde_json::from_str(&ready).unwrap_or_else(|e| panic!("ready line {ready:?}: {e}"));
+    let url = format!("https://{}/f", ready["listen"].as_str().expect("listen"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let fetcher = std::thread::spawn(move || -> Result<u64, String> {
+        let mut fetched = 0;
+        while !flag.load(Ordering::Relaxed) {
+            let out = output_within(
+                Command::new(&curl).args(["-sSk", "--max-time", "60", "-o", "/dev/null", &url]),
+                Duration::from_secs(90),
+            )?;
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            fetched += 1;
+        }
+        Ok(fetched)
+    });
+    let pid = server.id().to_string();
+    let (code, out, err) = run_ktls_trace(&["top", "--once", "--interval", "3", "--pid", &pid]);
+    stop.store(true, Ordering::Relaxed);
+    let fetched = fetcher.join().expect("fetcher thread");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(fetched.expect("curl") > 0, "curl never finished a fetch");
+    assert_eq!(code, 0, "{err}\n{out}");
+    let rows = parse_once(&out);
+    assert!(!rows.is_empty(), "no row:\n{out}");
+    for r in &rows {
+        assert_eq!(r["PID"], pid, "only the server is traced:\n{out}");
+    }
+    let r = &rows[0];
+    assert_eq!(r["PATH"], "kTLS sendfile (zero-copy)", "{out}");
+    assert_eq!(r["ZC%"], "100", "{out}");
+    assert!(value(&r["TLS-IN/s"]) > 0.0, "{out}");
+    assert!(value(&r["TLS-OUT/s"]) > 0.0, "{out}");
+}
+
 #[test]
 #[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn once_classifies_ktls_write() {

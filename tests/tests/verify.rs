@@ -223,6 +223,40 @@ fn corruption_fails_stage_5() {
     );
 }
 
+/// A failed client ends verify at once, with the client's reason, instead of leaving
+/// verify to wait for a server that waits for requests that never come (10 minutes):
+/// here the server hangs up on every request (test-only fault injection).
+#[test]
+#[ignore = "needs kprobes: runs in the QEMU guests (cargo xtask vm-test)"]
+fn a_failed_client_ends_verify_at_once_with_the_reason() {
+    require_root();
+    let started = Instant::now();
+    let (code, v, stderr) = verify(&[
+        "--mode",
+        "plain-sendfile",
+        "--requests",
+        "2",
+        "--file-size",
+        "64K",
+        "--hang-up",
+    ]);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{v:#}\n{stderr}");
+    assert!(
+        took < Duration::from_secs(120),
+        "verify took {took:?}: {stderr}"
+    );
+    let stages = v["stages"].as_array().expect("stages");
+    assert!(
+        stages.iter().any(|s| s["pass"] == false
+            && s["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("closed the connection before answering")),
+        "no failed stage names the client's error: {v:#}"
+    );
+}
+
 /// `timeout verify` (SIGTERM) must not leave the load server running: verify stops it on
 /// every way out, and the kernel does (PR_SET_PDEATHSIG) should verify die outright.
 #[test]

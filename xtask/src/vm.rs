@@ -52,9 +52,9 @@ pub struct VmOptions {
     pub exe: Option<String>,
 
     /// Only run the tests whose name contains this (libtest's filter; letters, digits,
-    /// `_` and `::`). Executables with no such test run nothing.
+    /// `_` and `::`); repeat for several. Executables with no such test run nothing.
     #[arg(long, value_name = "NAME", value_parser = test_filter)]
-    pub test: Option<String>,
+    pub test: Vec<String>,
 
     /// Print the whole guest console live, not only markers and test verdicts.
     #[arg(short, long)]

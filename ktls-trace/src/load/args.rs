@@ -185,6 +185,11 @@ pub struct LoadArgs {
     /// (ktls-write and userspace-tls only), so the client's check must fail.
     #[arg(long, value_name = "OFFSET", hide = true)]
     pub corrupt_byte: Option<u64>,
+
+    /// Test-only fault injection: the server closes each connection once it has read the
+    /// request, without answering, so every request of the client fails.
+    #[arg(long, hide = true)]
+    pub hang_up: bool,
 }
 
 const LOAD_AFTER_HELP: &str = "\

@@ -29,7 +29,7 @@ use tokio::sync::{oneshot, watch};
 pub use args::{LoadArgs, Mode};
 pub use client::{ClientConfig, Expect, Limit, run_client};
 pub use error::LoadError;
-pub use report::{CombinedReport, ServerReport};
+pub use report::{ClientReport, CombinedReport, ServerReport};
 pub use server::{FileSource, Ready, ServerConfig, run_server};
 pub use tls::TlsChoice;
 
@@ -147,6 +147,7 @@ fn server_config(args: &LoadArgs, listen: SocketAddr) -> anyhow::Result<ServerCo
         requests: None,
         duration: None,
         corrupt_byte: args.corrupt_byte,
+        hang_up: args.hang_up,
         progress: false,
         send_timeout: Duration::from_secs(args.send_timeout),
         max_connections: args.max_connections as usize,
@@ -197,9 +198,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         }
         run_server_only(args).await
     } else if args.client_only {
-        if args.corrupt_byte.is_some() {
+        if args.corrupt_byte.is_some() || args.hang_up {
             return Err(usage(
-                "--corrupt-byte is a server option (not for --client-only)",
+                "--corrupt-byte and --hang-up are server options (not for --client-only)",
             ));
         }
         if args.cert.is_some() {

@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub duration: Option<Duration>,
     /// Test-only: flip the body byte at this offset (buffer modes).
     pub corrupt_byte: Option<u64>,
+    /// Test-only: close each connection once its request is read, without answering.
+    pub hang_up: bool,
     /// Show the progress line on stderr (if it is a terminal).
     pub progress: bool,
     /// A response that makes no progress for this long drops its connection.
@@ -85,6 +87,7 @@ impl ServerConfig {
             requests: None,
             duration: None,
             corrupt_byte: None,
+            hang_up: false,
             progress: false,
             send_timeout: WAIT.idle,
             max_connections: 1024,
@@ -173,6 +176,7 @@ struct Shared {
     limit_reached: Notify,
     window: Mutex<(Option<Instant>, Option<Instant>)>,
     send_timeout: Duration,
+    hang_up: bool,
 }
 
 impl Shared {
@@ -310,6 +314,7 @@ pub async fn run_server(
         limit_reached: Notify::new(),
         window: Mutex::new((None, None)),
         send_timeout: cfg.send_timeout,
+        hang_up: cfg.hang_up,
         file,
     });
     log::info!(
@@ -568,6 +573,9 @@ async fn serve<S: ServerStream>(
                 } else {
                     "non-GET"
                 }));
+            }
+            if sh.hang_up {
+                return Err(ConnError::Refused("hung up on purpose (--hang-up)"));
             }
             if !sh.claim() {
                 break;

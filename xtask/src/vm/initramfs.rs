@@ -38,9 +38,9 @@ use crate::{build::TestExe, cmd};
 /// What the guest does after booting.
 #[derive(Debug, Clone)]
 pub enum Plan {
-    /// Run every test executable (only the tests whose name contains the filter, if one
-    /// is given; it needs no shell quoting), then power off.
-    Tests(Option<String>),
+    /// Run every test executable (only the tests whose names contain one of the filters,
+    /// if any are given; they need no shell quoting), then power off.
+    Tests(Vec<String>),
     /// An interactive shell on the serial console; power off when it exits.
     Shell,
     /// Run this shell script (e.g. the demo), then power off.
@@ -143,8 +143,8 @@ pub fn build(contents: &Contents<'_>, work: &Path, name: &str) -> Result<PathBuf
     write(&root.join("etc/group"), "root:x:0:\n", false)?;
 
     let plan_cmd = match &contents.plan {
-        Plan::Tests(None) => "/opt/kt/run-tests </dev/null".to_string(),
-        Plan::Tests(Some(filter)) => format!("/opt/kt/run-tests {filter} </dev/null"),
+        Plan::Tests(filters) if filters.is_empty() => "/opt/kt/run-tests </dev/null".into(),
+        Plan::Tests(filters) => format!("/opt/kt/run-tests {} </dev/null", filters.join(" ")),
         Plan::Shell => SHELL_PLAN.to_string(),
         Plan::Script(script) => {
             write(&kt.join("plan.sh"), script, true)?;

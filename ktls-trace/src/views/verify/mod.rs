@@ -26,13 +26,16 @@ use crate::{
     attach::{TraceOptions, WAKEUP_BYTES},
     classify::Path,
     kernel::{KernelFacts, TlsState},
-    load::{self, ClientConfig, Expect, Limit, Mode, ReadyLine, ServerReport},
+    load::{self, ClientConfig, ClientReport, Expect, Limit, Mode, ReadyLine, ServerReport},
     plan::BackendChoice,
     procs::UsageError,
     session::{Session, SessionOptions, Update},
     tls::{Cipher, TlsParams, TlsVersion},
 };
 use judge::{Judge, Served, Verdict};
+
+/// How long the server may take to end by itself once the client got every response.
+const SERVER_GRACE: Duration = Duration::from_secs(10);
 
 /// `ktls-trace verify` options.
 #[derive(Debug, Clone, Args)]
@@ -70,6 +73,11 @@ pub struct VerifyArgs {
     /// userspace-tls modes), so a test can prove stage 5 catches corruption.
     #[arg(long, hide = true, value_name = "N")]
     pub corrupt_byte: Option<u64>,
+
+    /// Test-only fault injection, passed to the server: it hangs up on every request, so
+    /// a test can prove that a failed client ends verify at once.
+    #[arg(long, hide = true)]
+    pub hang_up: bool,
 
     /// Developer option: write the judged events and the load's report to this file (a
     /// recorded stream for the replay tests; `cargo xtask record` collects them).
@@ -154,6 +162,9 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     }
     if let Some(b) = args.corrupt_byte {
         cmd.args(["--corrupt-byte", &b.to_string()]);
+    }
+    if args.hang_up {
+        cmd.arg("--hang-up");
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -248,10 +259,16 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
             r.extend_from_slice(events);
         }
     };
-    let mut client_result = None;
+    let mut client_result: Option<ClientReport> = None;
     let mut server_status = None;
     let deadline = tokio::time::sleep(Duration::from_secs(600));
     tokio::pin!(deadline);
+    // Armed when the client ends: the server then has this long to end by itself before
+    // it is stopped. A client whose requests failed leaves it waiting for requests that
+    // will never come (a failed response goes back to its budget), so it is stopped at once.
+    let server_grace = tokio::time::sleep(Duration::from_secs(600));
+    tokio::pin!(server_grace);
+    let mut grace_armed = false;
     loop {
         tokio::select! {
             u = session.next() => match u? {
@@ -266,7 +283,12 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
                 Update::Stop(_) => anyhow::bail!("interrupted: the load server was stopped"),
             },
             res = &mut client, if client_result.is_none() => match res {
-                Ok(Ok(c)) => client_result = Some(c),
+                Ok(Ok(c)) => {
+                    let wait = if c.tally.errors > 0 { Duration::ZERO } else { SERVER_GRACE };
+                    server_grace.as_mut().reset(tokio::time::Instant::now() + wait);
+                    grace_armed = true;
+                    client_result = Some(c);
+                }
                 // At once: the server would wait for requests that never come. It is
                 // killed when `server` drops (kill_on_drop).
                 Ok(Err(e)) => return Err(anyhow::Error::new(e).context("the load client failed")),
@@ -274,6 +296,15 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
             },
             st = server.wait(), if server_status.is_none() => {
                 server_status = Some(st);
+            }
+            _ = &mut server_grace, if grace_armed && server_status.is_none() => {
+                grace_armed = false;
+                // SIGTERM: the server ends with its report of what it served.
+                if let Some(pid) = server.id() {
+                    // SAFETY: kill(2) on our own child, which has not been reaped yet
+                    // (server_status is None), so the pid is still its own.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
             }
             _ = &mut deadline => anyhow::bail!("verify timed out after 10 minutes"),
         }
