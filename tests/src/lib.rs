@@ -425,3 +425,108 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<std::process:
         stderr: err.join().unwrap_or_default(),
     })
 }
+
+// ---- a real terminal: tmux ----
+
+/// A private tmux server with one fixed-size window running a shell.
+pub struct Tmux {
+    socket: String,
+    dir: PathBuf,
+}
+
+impl Tmux {
+    pub fn available() -> bool {
+        Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// `name` keeps tests that run at the same time apart.
+    pub fn start(name: &str, width: u16, height: u16) -> Tmux {
+        let socket = format!("ktls-trace-test-{}-{name}", std::process::id());
+        let dir = std::env::temp_dir().join(&socket);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let t = Tmux { socket, dir };
+        t.cmd(&[
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            &width.to_string(),
+            "-y",
+            &height.to_string(),
+            "env PS1='$ ' bash --norc --noprofile",
+        ]);
+        t
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> String {
+        let out = output_within(
+            Command::new("tmux").arg("-L").arg(&self.socket).args(args),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types a shell command line.
+    pub fn line(&self, text: &str) {
+        self.cmd(&["send-keys", "-t", "top", "-l", text]);
+        self.cmd(&["send-keys", "-t", "top", "Enter"]);
+    }
+
+    pub fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.cmd(&["send-keys", "-t", "top", k]);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    pub fn screen(&self) -> String {
+        self.cmd(&["capture-pane", "-t", "top", "-p"])
+    }
+
+    pub fn alternate_screen(&self) -> bool {
+        self.cmd(&["display-message", "-t", "top", "-p", "#{alternate_on}"])
+            .trim()
+            == "1"
+    }
+
+    /// Waits until `pred` holds for the screen; panics with the screen after `secs`.
+    pub fn wait_for(&self, what: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; the screen:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = output_within(
+            Command::new("tmux").args(["-L", &self.socket, "kill-server"]),
+            Duration::from_secs(30),
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -271,6 +271,38 @@ fn userspace_tls_counts_exact_bytes_and_verifies() {
     assert_eq!(u(&rep["server"], "connections"), 2);
 }
 
+/// `--requests-per-connection 1`: every request on a fresh connection and handshake (the
+/// churn the soak test uses); 3 per connection: every third request closes.
+#[test]
+fn requests_per_connection_churns_connections() {
+    for (per, connections) in [("1", 7), ("3", 3)] {
+        let out = load(&[
+            "--mode",
+            "userspace-tls",
+            "--requests",
+            "7",
+            "--connections",
+            "2",
+            "--requests-per-connection",
+            per,
+            "--file-size",
+            "64K",
+            "--json",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_text(&out));
+        let rep = stdout_json(&out);
+        assert_combined_ok(&rep, "userspace-tls", 7, 64 * 1024);
+        let c = &rep["client"];
+        assert_eq!(u(c, "connections"), connections, "per {per}: {rep}");
+        assert_eq!(
+            u(&rep["client"]["negotiated"][0], "connections"),
+            connections
+        );
+    }
+    let out = load(&["--server-only", "--requests-per-connection", "1"]);
+    assert_one_line_error(&out, 2, "client options (not for --server-only)");
+}
+
 #[test]
 fn userspace_tls_honours_version_and_cipher() {
     let out = load(&[
@@ -392,6 +424,22 @@ fn unreadable_files_are_one_line() {
         "cannot read --file /nonexistent/ktls-load: no such file",
     );
     let out = load(&["--mode", "plain-sendfile", "--file", "/", "--requests", "1"]);
+    assert_one_line_error(&out, 1, "not a regular file");
+    // A FIFO would block open() until a writer comes: refused before it is opened.
+    let fifo = std::env::temp_dir().join(format!("ktls-load-fifo-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(fifo.clone());
+    let c = std::ffi::CString::new(fifo.to_str().expect("utf-8 path")).expect("no NUL");
+    // SAFETY: mkfifo reads the NUL-terminated path it is given.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let fifo = fifo.to_str().expect("utf-8 path");
+    let out = load(&[
+        "--mode",
+        "plain-sendfile",
+        "--file",
+        fifo,
+        "--requests",
+        "1",
+    ]);
     assert_one_line_error(&out, 1, "not a regular file");
     let out = load(&[
         "--mode",
@@ -688,7 +736,6 @@ fn sigterm_stops_the_server_with_a_report() {
     let file = ready["file"].as_str().expect("file");
     assert!(!Path::new(file).exists(), "{file} left behind");
 }
-
 
 /// Real TLS clients fetch byte-exact from the server over TLS 1.2 and 1.3: Debian's curl
 /// and openssl s_client, which the guest image carries (`cargo xtask setup` installs them

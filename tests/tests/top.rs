@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
     process::Command,
     sync::{
         Arc,
@@ -15,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ktls_trace_tests::{bin, guest, needs_ktls, output_within, require_root, run_ktls_trace};
+use ktls_trace_tests::{Tmux, bin, guest, needs_ktls, output_within, require_root, run_ktls_trace};
 
 /// Runs `ktls-workload MODE BYTES --no-wait` again and again until dropped, so that a
 /// snapshot taken at any moment sees it sending.
@@ -363,109 +362,6 @@ fn once_on_builtin_load(mode: &str, args: &[&str]) -> (String, OnceRow) {
 
 // ---- a real terminal: tmux ----
 
-/// A private tmux server with one fixed-size window running a shell.
-struct Tmux {
-    socket: String,
-    dir: PathBuf,
-}
-
-impl Tmux {
-    fn available() -> bool {
-        Command::new("tmux")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    /// `name` keeps tests that run at the same time apart.
-    fn start(name: &str, width: u16, height: u16) -> Tmux {
-        let socket = format!("ktls-trace-test-{}-{name}", std::process::id());
-        let dir = std::env::temp_dir().join(&socket);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let t = Tmux { socket, dir };
-        t.cmd(&[
-            "-f",
-            "/dev/null",
-            "new-session",
-            "-d",
-            "-s",
-            "top",
-            "-x",
-            &width.to_string(),
-            "-y",
-            &height.to_string(),
-            "env PS1='$ ' bash --norc --noprofile",
-        ]);
-        t
-    }
-
-    fn cmd(&self, args: &[&str]) -> String {
-        let out = output_within(
-            Command::new("tmux").arg("-L").arg(&self.socket).args(args),
-            Duration::from_secs(30),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Types a shell command line.
-    fn line(&self, text: &str) {
-        self.cmd(&["send-keys", "-t", "top", "-l", text]);
-        self.cmd(&["send-keys", "-t", "top", "Enter"]);
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        for k in keys {
-            self.cmd(&["send-keys", "-t", "top", k]);
-            std::thread::sleep(Duration::from_millis(150));
-        }
-    }
-
-    fn screen(&self) -> String {
-        self.cmd(&["capture-pane", "-t", "top", "-p"])
-    }
-
-    fn alternate_screen(&self) -> bool {
-        self.cmd(&["display-message", "-t", "top", "-p", "#{alternate_on}"])
-            .trim()
-            == "1"
-    }
-
-    /// Waits until `pred` holds for the screen; panics with the screen after `secs`.
-    fn wait_for(&self, what: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let s = self.screen();
-            if pred(&s) {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; the screen:\n{s}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = output_within(
-            Command::new("tmux").args(["-L", &self.socket, "kill-server"]),
-            Duration::from_secs(30),
-        );
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The screen line of the built-in load's process (`top --load`) with a non-zero payload
 /// rate. Rows show the process's name; its server thread is `ktls-load-srv`.
 fn busy_load_line(screen: &str, path: &str) -> Option<String> {
@@ -661,19 +557,24 @@ fn load_running() -> bool {
 }
 
 #[test]
-fn sigterm_restores_the_terminal() {
+fn sigterm_restores_the_terminal_and_stops_the_load() {
     require_root();
     require_tmux();
     let t = Tmux::start("sigterm", 120, 30);
     let pidfile = t.file("pid");
     t.line(&format!("stty -g > {}", t.file("before").display()));
     t.line(&format!(
-        "sh -c 'echo $$ > {}; exec {} top --backend tracepoint'",
+        "sh -c 'echo $$ > {}; exec {} top --backend tracepoint --load --mode plain-sendfile'",
         pidfile.display(),
         bin("ktls-trace").display()
     ));
     // "mode:" is on top's screen, not in the command line typed above.
     t.wait_for("top running", 60, |s| s.contains("mode: "));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !load_running() {
+        assert!(Instant::now() < deadline, "top --load started no load");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(t.alternate_screen());
     let pid: i32 = std::fs::read_to_string(&pidfile)
         .expect("pid file")
@@ -693,6 +594,12 @@ fn sigterm_restores_the_terminal() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "top exited"
     );
+    // Its load child is stopped with it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while load_running() {
+        assert!(Instant::now() < deadline, "the load outlived top's SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     t.line(&format!("stty -g > {}", t.file("after").display()));
     t.line("echo OK-$((40+2))");
     t.wait_for("the shell answering", 10, |s| s.contains("OK-42"));

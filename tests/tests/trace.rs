@@ -233,6 +233,54 @@ fn missed_kretprobe_returns_are_counted() {
     );
 }
 
+/// Numbers that cannot be meant are refused before anything is attached: one line naming
+/// the flag, exit 2 (never a panic after the probes are in, never a silent 0).
+#[test]
+fn bad_numbers_are_one_line_and_exit_2() {
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &["trace", "--duration", "inf"],
+            "--duration must be a number of seconds",
+        ),
+        (
+            &["trace", "--duration", "NaN"],
+            "--duration must be a number of seconds",
+        ),
+        (&["trace", "--duration", "1e19"], "--duration"),
+        (
+            &["trace", "--duration=-1"],
+            "--duration must be a number of seconds",
+        ),
+        (
+            &["trace", "--ring-mib", "3"],
+            "--ring-mib must be a power of two",
+        ),
+        (
+            &["trace", "--ring-kib", "3"],
+            "--ring-kib must be a power of two",
+        ),
+        (
+            &["top", "--once", "--ring-mib", "2048"],
+            "--ring-mib must be a power of two",
+        ),
+        (
+            &["top", "--once", "--interval", "61"],
+            "--interval must be between",
+        ),
+        (
+            &["load", "--duration", "nan"],
+            "--duration must be a positive number",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, stdout, stderr) = run_ktls_trace(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
 /// A name longer than the kernel keeps could never match: refused, with the name to use.
 #[test]
 fn comm_longer_than_the_kernel_keeps_is_refused() {

@@ -213,3 +213,55 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::Path};
+
+    /// Every `` `file::name` `` in docs/reliability.md's tables is a test that exists:
+    /// `file` is tests/tests/<file>.rs (an integration test), and a longer path
+    /// (`module::tests::name`) is a unit test somewhere under ktls-trace/src.
+    #[test]
+    fn reliability_doc_names_real_tests() {
+        let root = crate::cmd::workspace_root();
+        let doc = fs::read_to_string(root.join("docs/reliability.md")).expect("reliability.md");
+        let mut sources = String::new();
+        collect_rs(&root.join("ktls-trace/src"), &mut sources);
+        let mut named = 0;
+        for cell in doc.split('`').skip(1).step_by(2) {
+            let Some((file, name)) = cell.rsplit_once("::") else {
+                continue;
+            };
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                continue;
+            }
+            let integration = root.join(format!("tests/tests/{file}.rs"));
+            let text = if !file.contains("::") && integration.exists() {
+                fs::read_to_string(&integration).expect("test file")
+            } else {
+                sources.clone()
+            };
+            assert!(
+                text.contains(&format!("fn {name}(")),
+                "docs/reliability.md names `{cell}`, which is no test"
+            );
+            named += 1;
+        }
+        assert!(named >= 30, "only {named} tests named");
+    }
+
+    fn collect_rs(dir: &Path, out: &mut String) {
+        for e in fs::read_dir(dir).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                collect_rs(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push_str(&fs::read_to_string(&p).expect("source"));
+            }
+        }
+    }
+}

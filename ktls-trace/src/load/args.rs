@@ -149,6 +149,12 @@ pub struct LoadArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub connections: u32,
 
+    /// Client: requests on one connection before it asks the server to close
+    /// (`Connection: close`) and opens a new one [default: keep each connection open].
+    /// 1 makes every request a fresh connection and handshake.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests_per_connection: Option<u64>,
+
     /// Run for this many seconds [default: 10 for the client; the server alone runs until
     /// stopped].
     #[arg(long, value_name = "SECS", conflicts_with = "requests")]

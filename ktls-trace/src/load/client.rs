@@ -70,6 +70,9 @@ pub struct ClientConfig {
     /// Verify the server certificate against this PEM file; None: accept any.
     pub ca: Option<PathBuf>,
     pub connections: u32,
+    /// Requests on one connection before the client asks the server to close it and
+    /// opens another (None: as many as the limit allows).
+    pub per_connection: Option<u64>,
     pub limit: Limit,
     pub expect: Expect,
     pub progress: bool,
@@ -86,6 +89,7 @@ impl ClientConfig {
             tls,
             ca: None,
             connections: 1,
+            per_connection: None,
             limit,
             expect: Expect::Unknown,
             progress: false,
@@ -150,6 +154,7 @@ struct Ctx {
     host_header: String,
     path: String,
     connector: Option<TlsConnector>,
+    per_connection: Option<u64>,
     limit: Limit,
     deadline: Instant,
     claimed: AtomicU64,
@@ -265,6 +270,7 @@ pub async fn run_client(
         host_header,
         path: cfg.path.clone(),
         connector,
+        per_connection: cfg.per_connection,
         limit: cfg.limit,
         deadline: started
             + match cfg.limit {
@@ -426,6 +432,7 @@ async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut body = vec![0u8; 256 * 1024];
     let mut first = true;
+    let mut on_this = 0u64;
     loop {
         if !first && !ctx.claim() {
             super::close(&mut s, false).await;
@@ -433,7 +440,9 @@ async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
         }
         first = false;
         *nth += 1;
-        let keep_alive = match one_request(ctx, &mut s, &mut buf, &mut body).await {
+        on_this += 1;
+        let ask_keep_alive = ctx.per_connection.is_none_or(|n| on_this < n);
+        let keep_alive = match one_request(ctx, &mut s, &mut buf, &mut body, ask_keep_alive).await {
             Ok(k) => k,
             Err(e) => {
                 // Close as cleanly as the connection still allows.
@@ -456,8 +465,9 @@ async fn one_request<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
     body: &mut [u8],
+    keep_alive: bool,
 ) -> Result<bool, ReqError> {
-    let req = http::get_request(&ctx.path, &ctx.host_header);
+    let req = http::get_request(&ctx.path, &ctx.host_header, keep_alive);
     s.write_all(&req).await.map_err(|e| ReqError::Io {
         what: "sending the request",
         reason: io_reason(&e),

@@ -245,11 +245,12 @@ pub fn error_head(status: u16, reason: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The client's GET request.
-pub fn get_request(path: &str, host: &str) -> Vec<u8> {
+/// The client's GET request; `keep_alive` false asks the server to close after it.
+pub fn get_request(path: &str, host: &str, keep_alive: bool) -> Vec<u8> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ktls-trace-load\r\nAccept: \
-         */*\r\nConnection: keep-alive\r\n\r\n"
+         */*\r\nConnection: {connection}\r\n\r\n"
     )
     .into_bytes()
 }

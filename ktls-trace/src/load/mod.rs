@@ -191,9 +191,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     }
     duration_arg(args.duration)?;
     if args.server_only {
-        if args.ca.is_some() || args.server_name.is_some() {
+        if args.ca.is_some() || args.server_name.is_some() || args.requests_per_connection.is_some()
+        {
             return Err(usage(
-                "--ca and --server-name are client options (not for --server-only)",
+                "--ca, --server-name and --requests-per-connection are client options (not for --server-only)",
             ));
         }
         run_server_only(args).await
@@ -298,6 +299,7 @@ async fn run_client_only(args: LoadArgs) -> anyhow::Result<ExitCode> {
         tls: args.mode.tls().then(|| tls_choice(&args)),
         ca: args.ca.clone(),
         connections: args.connections,
+        per_connection: args.requests_per_connection,
         limit: client_limit(&args)?,
         expect: expectation(&args)?,
         progress: true,
@@ -364,6 +366,7 @@ async fn run_both(args: LoadArgs) -> anyhow::Result<ExitCode> {
         tls: args.mode.tls().then(|| tls_choice(&args)),
         ca: None,
         connections: args.connections,
+        per_connection: args.requests_per_connection,
         limit,
         expect: Expect::Content {
             size: ready.file_size,

@@ -49,12 +49,15 @@ enum End {
 pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     let mut opts = options(&args.filter, verbose)?;
     let ring_bytes = args.ring.bytes()?;
+    // Bounded so the deadline (now + duration) cannot overflow the clock: 1e9 s is 31
+    // years, longer than any trace is meant to run.
     if let Some(d) = args.duration
-        && !(d.is_finite() && d >= 0.0)
+        && !(d.is_finite() && (0.0..1e9).contains(&d))
     {
-        return Err(
-            UsageError::Other(format!("--duration must be a number of seconds (got {d})")).into(),
-        );
+        return Err(UsageError::Other(format!(
+            "--duration must be a number of seconds from 0 to 1e9 (got {d})"
+        ))
+        .into());
     }
     opts.ring_bytes = Some(ring_bytes);
     let mut session = start(

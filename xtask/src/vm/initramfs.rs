@@ -38,9 +38,8 @@ use crate::{build::TestExe, cmd};
 /// What the guest does after booting.
 #[derive(Debug, Clone)]
 pub enum Plan {
-    /// Run every test executable (only the tests whose names contain one of the filters,
-    /// if any are given; they need no shell quoting), then power off.
-    Tests(Vec<String>),
+    /// Run the test executables, then power off.
+    Tests(TestRun),
     /// An interactive shell on the serial console; power off when it exits.
     Shell,
     /// Run this shell script (e.g. the demo), then power off.
@@ -48,6 +47,32 @@ pub enum Plan {
     /// Run this shell script with the serial console as its controlling terminal (for a
     /// TUI: `top`), then power off.
     Interactive(String),
+}
+
+/// Which tests a guest runs, and how.
+#[derive(Debug, Clone, Default)]
+pub struct TestRun {
+    /// Only the tests whose names contain one of these (they need no shell quoting).
+    pub filters: Vec<String>,
+    /// The soak's length in seconds instead of its per-kernel default.
+    pub soak_secs: Option<u64>,
+}
+
+impl TestRun {
+    /// The guest's command line for this run.
+    fn command(&self) -> String {
+        let mut cmd = String::new();
+        if let Some(s) = self.soak_secs {
+            cmd.push_str(&format!("KTLS_TRACE_SOAK_SECS={s} "));
+        }
+        cmd.push_str("/opt/kt/run-tests");
+        for f in &self.filters {
+            cmd.push(' ');
+            cmd.push_str(f);
+        }
+        cmd.push_str(" </dev/null");
+        cmd
+    }
 }
 
 pub struct Contents<'a> {
@@ -143,8 +168,7 @@ pub fn build(contents: &Contents<'_>, work: &Path, name: &str) -> Result<PathBuf
     write(&root.join("etc/group"), "root:x:0:\n", false)?;
 
     let plan_cmd = match &contents.plan {
-        Plan::Tests(filters) if filters.is_empty() => "/opt/kt/run-tests </dev/null".into(),
-        Plan::Tests(filters) => format!("/opt/kt/run-tests {} </dev/null", filters.join(" ")),
+        Plan::Tests(run) => run.command(),
         Plan::Shell => SHELL_PLAN.to_string(),
         Plan::Script(script) => {
             write(&kt.join("plan.sh"), script, true)?;
@@ -478,6 +502,19 @@ mod tests {
         assert!(!old.contains("modprobe tls"));
         assert!(old.contains("echo \"KT-TLS none (kernel built without CONFIG_TLS)\""));
         assert!(init_script(Series::Latest, "x").contains("KTLS_TRACE_GUEST=latest "));
+    }
+
+    #[test]
+    fn test_runs_become_the_guest_command() {
+        assert_eq!(TestRun::default().command(), "/opt/kt/run-tests </dev/null");
+        let run = TestRun {
+            filters: vec!["soak".into(), "a::b".into()],
+            soak_secs: Some(30),
+        };
+        assert_eq!(
+            run.command(),
+            "KTLS_TRACE_SOAK_SECS=30 /opt/kt/run-tests soak a::b </dev/null"
+        );
     }
 
     #[test]

@@ -1,0 +1,268 @@
+//! The soak: `trace --json` and `top` (interactive, in a tmux terminal, redrawing every
+//! second) run side by side while the built-in load churns
+//! short connections (one request each, so a handshake and a new socket every time).
+//! Their resident memory and open file descriptors must stay flat once warmed up,
+//! nothing may be dropped, and trace's byte count must equal what the server sent.
+//!
+//! Ten minutes on the newest kernel of the matrix, two on the others (the CI budget);
+//! `KTLS_TRACE_SOAK_SECS` overrides it. Each run prints one `KT-SOAK` line with its
+//! figures (docs/reliability.md quotes them).
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use ktls_trace_tests::{Tmux, bin, guest, has_ktls, require_root};
+use serde_json::Value;
+
+fn soak_secs() -> u64 {
+    if let Some(s) = std::env::var("KTLS_TRACE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return s;
+    }
+    match guest().as_deref() {
+        Some("latest") => 600,
+        _ => 120,
+    }
+}
+
+/// Resident memory (KiB) and open fds of a process.
+fn footprint(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    (rss, fds)
+}
+
+/// `trace --json` with its stdout read on a thread: the line count and the last line (the
+/// summary) come back when it ends.
+struct Tracer {
+    child: Child,
+    name: &'static str,
+    out: mpsc::Receiver<(u64, Option<Value>)>,
+    err: mpsc::Receiver<String>,
+    samples: Vec<(u64, usize)>,
+}
+
+impl Tracer {
+    fn start(name: &'static str, args: &[&str]) -> Tracer {
+        let mut child = Command::new(bin("ktls-trace"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, out) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut n, mut last) = (0u64, None);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                n += 1;
+                last = Some(line);
+            }
+            let _ = tx.send((n, last.and_then(|l| serde_json::from_str(&l).ok())));
+        });
+        let (etx, err) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if etx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let t = Tracer {
+            child,
+            name,
+            out,
+            err,
+            samples: Vec::new(),
+        };
+        t.wait_attached();
+        t
+    }
+
+    fn wait_attached(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(l) = self.err.recv_timeout(Duration::from_millis(200))
+                && l.contains("ktls-trace: attached")
+            {
+                return;
+            }
+        }
+        panic!("{} did not attach within 120 s", self.name);
+    }
+
+    fn sample(&mut self) {
+        self.samples.push(footprint(self.child.id()));
+    }
+
+    /// SIGINT; returns (lines, last JSON line, stderr, samples).
+    fn finish(mut self) -> (u64, Value, String, Vec<(u64, usize)>) {
+        // SAFETY: kill(2) with a valid signal on our own, not yet reaped, child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("{} did not end", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let (n, last) = self
+            .out
+            .recv_timeout(Duration::from_secs(30))
+            .expect("stdout collected");
+        let stderr: Vec<String> = self.err.try_iter().collect();
+        let stderr = stderr.join("\n");
+        assert!(status.success(), "{} failed: {status}\n{stderr}", self.name);
+        (
+            n,
+            last.unwrap_or_else(|| panic!("{}: no JSON at the end\n{stderr}", self.name)),
+            stderr,
+            self.samples,
+        )
+    }
+}
+
+/// Flat once warmed up: the last sample against the first one after the first fifth.
+fn assert_flat(name: &str, samples: &[(u64, usize)]) -> String {
+    assert!(samples.len() >= 5, "{name}: too few samples {samples:?}");
+    let warm = samples[samples.len() / 5];
+    let end = samples[samples.len() - 1];
+    let peak = samples.iter().map(|s| s.0).max().unwrap_or(0);
+    assert!(
+        end.0 <= warm.0 + warm.0 / 4 + 4096,
+        "{name}: memory grew from {} KiB to {} KiB: {samples:?}",
+        warm.0,
+        end.0
+    );
+    assert!(
+        end.1 <= warm.1 + 2,
+        "{name}: open fds grew from {} to {}: {samples:?}",
+        warm.1,
+        end.1
+    );
+    format!(
+        "{name} rss_kib={}..{} peak={} fds={}..{}",
+        warm.0, end.0, peak, warm.1, end.1
+    )
+}
+
+#[test]
+#[ignore = "needs kprobes: runs in the QEMU guests (cargo xtask vm-test)"]
+fn soak_trace_and_top_stay_flat_while_connections_churn() {
+    require_root();
+    let secs = soak_secs();
+    // Kernel TLS where the kernel has it (Debian's 5.10 does not): the zero-copy path.
+    let (mode, path) = if has_ktls() {
+        ("ktls-sendfile", "ktls-sendfile")
+    } else {
+        ("plain-sendfile", "plain-sendfile")
+    };
+    let mut trace = Tracer::start("trace", &["trace", "--json"]);
+    let term = Tmux::start("soak", 200, 50);
+    let pidfile = term.file("pid");
+    term.line(&format!(
+        "sh -c 'echo $$ > {}; exec {} top'",
+        pidfile.display(),
+        bin("ktls-trace").display()
+    ));
+    term.wait_for("top running", 120, |s| s.contains("mode: "));
+    let top_pid: u32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let mut top_samples = Vec::new();
+    let label = if has_ktls() {
+        "kTLS sendfile"
+    } else {
+        "plain sendfile"
+    };
+    let mut label_seen = false;
+    let started = Instant::now();
+    let load_secs = (secs.saturating_sub(15)).max(5).to_string();
+    let mut load = Command::new(bin("ktls-trace"))
+        .args(["load", "--mode", mode, "--duration", &load_secs])
+        .args(["--connections", "4", "--requests-per-connection", "1"])
+        .args(["--file-size", "256K", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the load");
+    // Sample every 5 s while the load runs.
+    while load.try_wait().expect("try_wait load").is_none() {
+        trace.sample();
+        top_samples.push(footprint(top_pid));
+        label_seen |= term.screen().contains(label);
+        std::thread::sleep(Duration::from_secs(5));
+        assert!(
+            started.elapsed() < Duration::from_secs(secs + 300),
+            "the load did not end"
+        );
+    }
+    let out = load.wait_with_output().expect("load output");
+    assert!(
+        out.status.success(),
+        "load failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("load report");
+    let server = &report["server"];
+    let connections = server["connections"].as_u64().unwrap_or(0);
+    let body = server["body_bytes"].as_u64().unwrap_or(0);
+    // The kernel's TLS worker may flush the last records a moment later.
+    std::thread::sleep(Duration::from_secs(2));
+    trace.sample();
+    let (lines, summary, trace_err, trace_samples) = trace.finish();
+    let summary = &summary["summary"];
+    assert_eq!(
+        summary["drops"], 0,
+        "trace dropped events: {summary}\n{trace_err}"
+    );
+    assert_eq!(summary["undecodable"], 0, "{summary}");
+    assert_eq!(
+        summary["classified"]["paths"][path], body,
+        "trace's {path} bytes against the server's body bytes: {summary}\n{report}"
+    );
+    // top's screen: the load's path seen while it ran, nothing dropped; `q` ends it.
+    let screen = term.screen();
+    assert!(
+        label_seen,
+        "{label} never on top's screen; the last:\n{screen}"
+    );
+    assert!(screen.contains("dropped 0"), "top's header:\n{screen}");
+    term.keys(&["q"]);
+    term.wait_for("top to end", 60, |_| {
+        !std::path::Path::new(&format!("/proc/{top_pid}")).exists()
+    });
+    let min_connections = secs.min(600) / 2;
+    assert!(
+        connections >= min_connections,
+        "only {connections} connections in {secs} s (want {min_connections}): {report}"
+    );
+    let figures = format!(
+        "KT-SOAK kernel={} secs={secs} mode={mode} connections={connections} body_bytes={body} events={} {} {}",
+        ktls_trace_tests::release(),
+        lines.saturating_sub(1),
+        assert_flat("trace", &trace_samples),
+        assert_flat("top", &top_samples),
+    );
+    let _ = writeln!(std::io::stderr(), "\n{figures}");
+}
