@@ -189,6 +189,14 @@ impl Summary {
     }
 }
 
+/// Why some calls have no event: said in `trace`'s summary and on its stderr.
+pub fn returns_missed_text(n: u64) -> String {
+    format!(
+        "{n} of the drops are calls whose return probe never ran (more threads were inside \
+         one probed function at once than its kretprobe can follow)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,12 +282,4 @@ mod tests {
         let text = s.render_text("tracepoint", 1.0);
         assert!(text.contains("sendfile64") && text.contains("3 events were dropped"));
     }
-}
-
-/// Why some calls have no event: said by `trace`'s summary and `top --once`.
-pub fn returns_missed_text(n: u64) -> String {
-    format!(
-        "{n} of the drops are calls whose return probe never ran (more threads were inside \
-         one probed function at once than its kretprobe can follow)"
-    )
 }
