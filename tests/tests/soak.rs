@@ -4,7 +4,7 @@
 //! Their resident memory and open file descriptors must stay flat once warmed up,
 //! nothing may be dropped, and trace's byte count must equal what the server sent.
 //!
-//! Ten minutes on the newest kernel of the matrix, two on the others (the CI budget);
+//! Four connections at a time (two on 5.10, see below). Ten minutes on the newest kernel of the matrix, two on the others (the CI budget);
 //! `KTLS_TRACE_SOAK_SECS` overrides it. Each run prints one `KT-SOAK` line with its
 //! figures (docs/reliability.md quotes them).
 
@@ -197,9 +197,18 @@ fn soak_trace_and_top_stay_flat_while_connections_churn() {
     let mut label_seen = false;
     let started = Instant::now();
     let load_secs = (secs.saturating_sub(15)).max(5).to_string();
+    // Before 5.11, a kretprobe on a kernel built without full preemption (Debian's 5.10)
+    // follows only as many calls at once as there are CPUs (2 here); more concurrent
+    // sendfiles lose returns, which are counted (trace::missed_kretprobe_returns_are_counted)
+    // but are not what this test is about.
+    let connections = if ktls_trace_tests::kernel_version() < (5, 11) {
+        "2"
+    } else {
+        "4"
+    };
     let mut load = Command::new(bin("ktls-trace"))
         .args(["load", "--mode", mode, "--duration", &load_secs])
-        .args(["--connections", "4", "--requests-per-connection", "1"])
+        .args(["--connections", connections, "--requests-per-connection", "1"])
         .args(["--file-size", "256K", "--json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
