@@ -62,6 +62,43 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs a command with its stdout and stderr shown as they come and also kept: returns
+/// whether it exited successfully and both streams as one text (stderr first), so the
+/// caller can read what it did either way.
+pub fn run_teed(cmd: &mut Command) -> Result<(bool, String)> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let shown = show(cmd);
+    eprintln!("+ {shown}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    let out = child.stdout.take().context("stdout")?;
+    let err = child.stderr.take().context("stderr")?;
+    let to_stdout = std::thread::spawn(move || {
+        let mut kept = String::new();
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = writeln!(std::io::stdout(), "{line}");
+            kept.push_str(&line);
+            kept.push('\n');
+        }
+        kept
+    });
+    let mut kept = String::new();
+    for line in BufReader::new(err).lines().map_while(Result::ok) {
+        let _ = writeln!(std::io::stderr(), "{line}");
+        kept.push_str(&line);
+        kept.push('\n');
+    }
+    kept.push_str(&to_stdout.join().unwrap_or_default());
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{shown}`"))?;
+    Ok((status.success(), kept))
+}
+
 /// Runs a command quietly and returns its stdout; on failure the error carries the
 /// last lines of stderr, which is where tools explain themselves.
 pub fn stdout(cmd: &mut Command) -> Result<String> {

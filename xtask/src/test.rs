@@ -31,6 +31,48 @@ pub struct TestArgs {
     pub vm: VmOptions,
 }
 
+/// What the host's `cargo test` did, from libtest's lines: `test NAME ... ok`, `FAILED`,
+/// `ignored` (the tests that need kprobes or kernel TLS: they run in the guests), and the
+/// tests' own `KT-SKIP NAME: why` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct HostCounts {
+    passed: usize,
+    failed: usize,
+    ignored: usize,
+    skipped: usize,
+}
+
+impl HostCounts {
+    fn parse(text: &str) -> HostCounts {
+        let mut c = HostCounts::default();
+        for line in text.lines() {
+            if line.starts_with("KT-SKIP ") {
+                c.skipped += 1;
+            }
+            let Some(rest) = line.strip_prefix("test ") else {
+                continue;
+            };
+            match rest.rsplit_once(" ... ").map(|(_, v)| v.trim()) {
+                Some("ok") => c.passed += 1,
+                Some("FAILED") => c.failed += 1,
+                Some(v) if v.starts_with("ignored") => c.ignored += 1,
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+impl std::fmt::Display for HostCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} passed, {} failed, {} ignored here (they run in the guests), {} skipped",
+            self.passed, self.failed, self.ignored, self.skipped
+        )
+    }
+}
+
 #[derive(Debug)]
 struct Step {
     name: String,
@@ -154,12 +196,16 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
                     if !cmd::is_root() {
                         bail!("the integration tests load eBPF programs: run as root");
                     }
-                    cmd::run(
+                    let (ok, text) = cmd::run_teed(
                         cmd::cargo()
                             .args(["test", "--workspace", "--exclude", "ktls-trace-ebpf"])
                             .current_dir(&root),
                     )?;
-                    Ok(String::new())
+                    let counts = HostCounts::parse(&text);
+                    if !ok {
+                        bail!("{counts}");
+                    }
+                    Ok(counts.to_string())
                 });
             }
             None => steps.skip("host tests", "no build"),
@@ -217,6 +263,33 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use std::{fs, path::Path};
+
+    use super::HostCounts;
+
+    #[test]
+    fn host_counts_come_from_libtest_lines() {
+        let text = "running 3 tests\n\
+test a ... ok\n\
+test b ... ignored, needs kprobes: runs in the QEMU guests\n\
+test c ... FAILED\n\
+test d ... ok\n\
+KT-SKIP d: no curl here\n\
+test result: FAILED. 2 passed; 1 failed; 1 ignored\n";
+        let c = HostCounts::parse(text);
+        assert_eq!(
+            c,
+            HostCounts {
+                passed: 2,
+                failed: 1,
+                ignored: 1,
+                skipped: 1
+            }
+        );
+        assert_eq!(
+            c.to_string(),
+            "2 passed, 1 failed, 1 ignored here (they run in the guests), 1 skipped"
+        );
+    }
 
     /// Every `` `file::name` `` in docs/reliability.md's tables is a test that exists:
     /// `file` is tests/tests/<file>.rs (an integration test), and a longer path
