@@ -307,13 +307,14 @@ pub mod stat {
     pub const RINGBUF_FULL: u32 = 0;
     /// Calls not followed because the in-flight map was full.
     pub const ACTIVE_FULL: u32 = 1;
-    /// Calls whose return probe never ran (a kretprobe has a fixed number of instances,
+    /// Calls whose return probe never ran, one counter per probe from here
+    /// (`RETURN_MISSED + probe id`). A kretprobe has a fixed number of instances,
     /// `maxactive`: more threads than that inside one function at once lose their
-    /// returns). Seen when the same thread enters the same function again and finds its
+    /// returns. Seen when the same thread enters the same function again and finds its
     /// previous call still in flight.
     pub const RETURN_MISSED: u32 = 2;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = RETURN_MISSED + crate::Probe::ALL.len() as u32;
 }
 
 /// Names of the maps both sides refer to.

@@ -83,6 +83,10 @@ pub struct ProbeSpec {
     pub unless: Option<&'static str>,
     /// A kprobe probe (false: a tracepoint, usable without kprobes).
     pub kprobe: bool,
+    /// Also built as a BPF trampoline pair (`<function>_fentry` / `<function>_fexit`) for a
+    /// function with this many arguments: the functions of vmlinux. The attach plan uses
+    /// it when the kernel's BTF gives the function that many, else the kprobes.
+    pub trampoline_args: Option<u8>,
     /// What it tells the user (doctor, docs/kernel-support.md).
     pub tells: &'static str,
 }
@@ -97,8 +101,14 @@ const fn kfunc(probe: Probe, function: &'static str, role: Role, tells: &'static
         until: None,
         unless: None,
         kprobe: true,
+        trampoline_args: None,
         tells,
     }
+}
+
+const fn trampoline(mut s: ProbeSpec, args: u8) -> ProbeSpec {
+    s.trampoline_args = Some(args);
+    s
 }
 
 const fn until(mut s: ProbeSpec, v: Version) -> ProbeSpec {
@@ -118,11 +128,14 @@ const fn unless(mut s: ProbeSpec, why: &'static str) -> ProbeSpec {
 
 /// Every probe, in [`Probe`] discriminant order.
 pub const PROBES: [ProbeSpec; 11] = [
-    kfunc(
-        Probe::DoSendfile,
-        "do_sendfile",
-        Role::Sendfile,
-        "file bytes entering sendfile(2)",
+    trampoline(
+        kfunc(
+            Probe::DoSendfile,
+            "do_sendfile",
+            Role::Sendfile,
+            "file bytes entering sendfile(2)",
+        ),
+        5,
     ),
     kfunc(
         Probe::TlsSwSendmsg,
@@ -172,26 +185,35 @@ pub const PROBES: [ProbeSpec; 11] = [
         ),
         "needs CONFIG_TLS_DEVICE",
     ),
-    kfunc(
-        Probe::TcpSendmsg,
-        "tcp_sendmsg",
-        Role::TcpSend,
-        "socket-level TCP sends: plain and user-space TLS (kTLS bypasses it)",
-    ),
-    kfunc(
-        Probe::TcpSendmsgLocked,
-        "tcp_sendmsg_locked",
-        Role::TcpPush,
-        "where kTLS pushes ciphertext into TCP (6.5+)",
-    ),
-    until(
+    trampoline(
         kfunc(
-            Probe::DoTcpSendpages,
-            "do_tcp_sendpages",
-            Role::TcpPush,
-            "where kTLS pushes ciphertext into TCP (before 6.5)",
+            Probe::TcpSendmsg,
+            "tcp_sendmsg",
+            Role::TcpSend,
+            "socket-level TCP sends: plain and user-space TLS (kTLS bypasses it)",
         ),
-        SENDPAGE_REMOVED,
+        3,
+    ),
+    trampoline(
+        kfunc(
+            Probe::TcpSendmsgLocked,
+            "tcp_sendmsg_locked",
+            Role::TcpPush,
+            "where kTLS pushes ciphertext into TCP (6.5+)",
+        ),
+        3,
+    ),
+    trampoline(
+        until(
+            kfunc(
+                Probe::DoTcpSendpages,
+                "do_tcp_sendpages",
+                Role::TcpPush,
+                "where kTLS pushes ciphertext into TCP (before 6.5)",
+            ),
+            SENDPAGE_REMOVED,
+        ),
+        5,
     ),
     ProbeSpec {
         probe: Probe::Sendfile64,
@@ -202,6 +224,7 @@ pub const PROBES: [ProbeSpec; 11] = [
         until: None,
         unless: Some("needs CONFIG_FTRACE_SYSCALLS"),
         kprobe: false,
+        trampoline_args: None,
         tells: "sendfile(2) calls and bytes (tracepoints: without kprobes, or where do_sendfile is not a symbol)",
     },
     ProbeSpec {
@@ -216,6 +239,7 @@ pub const PROBES: [ProbeSpec; 11] = [
         until: None,
         unless: None,
         kprobe: false,
+        trampoline_args: None,
         tells: "bytes each TCP socket's sendmsg accepted (tracepoint mode; plaintext on kTLS sockets)",
     },
 ];

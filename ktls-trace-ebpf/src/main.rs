@@ -32,9 +32,9 @@ use core::{ffi::c_void, mem::MaybeUninit};
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
-    macros::{fentry, kprobe, kretprobe, map, tracepoint},
+    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{FEntryContext, ProbeContext, RetProbeContext, TracePointContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use ktls_trace_common::{
@@ -103,9 +103,11 @@ static PROCS: LruHashMap<u32, [u8; COMM_LEN]> = LruHashMap::with_max_entries(163
 #[map]
 static TLS_LAYOUT: Array<TlsLayout> = Array::with_max_entries(1, 0);
 
-/// Per-CPU counters, indexed by `stat::*`.
+/// Per-CPU counters, indexed by `stat::*`, all in the one entry: userspace reads them
+/// with one bpf() call (each call that touches a map briefly keeps kprobe programs from
+/// running on its CPU, so the fewer the better).
 #[map]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+static STATS: PerCpuArray<[u64; stat::COUNT as usize]> = PerCpuArray::with_max_entries(1, 0);
 
 const IPPROTO_TCP: u16 = 6;
 /// `bpf_map_update_elem` flag: fail with -EEXIST if the key is there.
@@ -130,10 +132,12 @@ const TOP_LEVEL: [u8; 0] = [];
 
 #[inline(always)]
 fn bump(idx: u32) {
-    if let Some(p) = STATS.get_ptr_mut(idx) {
+    if let Some(p) = STATS.get_ptr_mut(0) {
         // SAFETY: the pointer comes from a per-CPU array lookup of an index that exists,
-        // and per-CPU values are never shared with another CPU.
-        unsafe { *p += 1 };
+        // and per-CPU values are never shared with another CPU; `get_mut` checks `idx`.
+        if let Some(c) = unsafe { (*p).get_mut(idx as usize) } {
+            *c += 1;
+        }
     }
 }
 
@@ -442,7 +446,7 @@ fn enter(call: &mut Call, parents: &[u8]) {
     match ACTIVE.insert(key, *a, BPF_NOEXIST) {
         Ok(()) => {}
         Err(EEXIST) => {
-            bump(stat::RETURN_MISSED);
+            bump(stat::RETURN_MISSED + call.probe as u32);
             let _ = ACTIVE.insert(key, *a, 0);
         }
         Err(_) => bump(stat::ACTIVE_FULL),
@@ -542,9 +546,61 @@ fn emit<C: EbpfContext>(ctx: &C, mut ev: Event) {
     }
 }
 
-#[inline(always)]
-fn arg_u64(ctx: &ProbeContext, n: usize) -> u64 {
-    ctx.arg::<u64>(n).unwrap_or(0)
+/// The arguments of a probed call, however the program was reached: a kprobe's saved
+/// registers, or a BPF trampoline's argument array.
+trait Args: EbpfContext {
+    fn arg(&self, n: usize) -> u64;
+}
+
+impl Args for ProbeContext {
+    #[inline(always)]
+    fn arg(&self, n: usize) -> u64 {
+        ProbeContext::arg::<u64>(self, n).unwrap_or(0)
+    }
+}
+
+/// A BPF trampoline's context (fentry/fexit): the arguments are an array of u64 at `ctx`.
+/// They are copied with bpf_probe_read_kernel rather than loaded, so the verifier sees
+/// plain numbers: a loaded pointer argument is a typed kernel pointer, which may not be
+/// mixed into a socket id ([`sock_id`]) or compared like a number.
+struct Tramp(*mut c_void);
+
+impl EbpfContext for Tramp {
+    fn as_ptr(&self) -> *mut c_void {
+        self.0
+    }
+}
+
+impl Args for Tramp {
+    #[inline(always)]
+    fn arg(&self, n: usize) -> u64 {
+        let mut v = 0u64;
+        read_into(self.0 as u64 + 8 * n as u64, &mut v);
+        v
+    }
+}
+
+/// Where a probed call's return value is.
+trait RetVal {
+    fn ret_u64(&self) -> u64;
+}
+
+impl RetVal for RetProbeContext {
+    #[inline(always)]
+    fn ret_u64(&self) -> u64 {
+        self.ret()
+    }
+}
+
+/// fexit of a function with `N` arguments: the return value follows them in the array
+/// (read directly: bpf_get_func_ret needs 5.17, and Debian's 5.10 has trampolines).
+struct TrampRet<const N: usize>(*mut c_void);
+
+impl<const N: usize> RetVal for TrampRet<N> {
+    #[inline(always)]
+    fn ret_u64(&self) -> u64 {
+        Tramp(self.0).arg(N)
+    }
 }
 
 /// The first bytes a `sendmsg` carries, when they come from user memory (ITER_UBUF for a
@@ -603,9 +659,9 @@ fn payload_head(msg: u64, head: &mut [u8; HEAD_LEN]) -> bool {
 
 /// `int f(struct sock *sk, struct msghdr *msg, size_t size)`
 #[inline(always)]
-fn sendmsg_call(ctx: &ProbeContext, probe: Probe) -> Call {
-    let msg = arg_u64(ctx, 1);
-    let mut c = Call::new(probe, arg_u64(ctx, 0), arg_u64(ctx, 2));
+fn sendmsg_call<C: Args>(ctx: &C, probe: Probe) -> Call {
+    let msg = ctx.arg(1);
+    let mut c = Call::new(probe, ctx.arg(0), ctx.arg(2));
     let mut flags = 0u32;
     if read_off(msg, setting!(off.msghdr_flags), &mut flags) {
         c.flags(flags);
@@ -615,17 +671,17 @@ fn sendmsg_call(ctx: &ProbeContext, probe: Probe) -> Call {
 
 /// `int f(struct sock *sk, struct page *page, int offset, size_t size, int flags)`
 #[inline(always)]
-fn sendpage_call(ctx: &ProbeContext, probe: Probe) -> Call {
-    let mut c = Call::new(probe, arg_u64(ctx, 0), arg_u64(ctx, 3));
-    c.flags(arg_u64(ctx, 4) as u32);
+fn sendpage_call<C: Args>(ctx: &C, probe: Probe) -> Call {
+    let mut c = Call::new(probe, ctx.arg(0), ctx.arg(3));
+    c.flags(ctx.arg(4) as u32);
     c
 }
 
 /// `void f(struct socket *sock)`: the sock is `sock->sk`.
 #[inline(always)]
-fn socket_call(ctx: &ProbeContext, probe: Probe) -> Call {
+fn socket_call<C: Args>(ctx: &C, probe: Probe) -> Call {
     let mut sk = 0u64;
-    read_off(arg_u64(ctx, 0), setting!(off.socket_sk), &mut sk);
+    read_off(ctx.arg(0), setting!(off.socket_sk), &mut sk);
     Call::new(probe, sk, 0)
 }
 
@@ -646,8 +702,8 @@ struct Ret {
 /// Return value of a function declared `int`: only the low 32 bits of the register are
 /// defined by the x86-64 ABI.
 #[inline(always)]
-fn int_ret(ctx: &RetProbeContext) -> Ret {
-    let r: u64 = ctx.ret();
+fn int_ret<R: RetVal>(ctx: &R) -> Ret {
+    let r: u64 = ctx.ret_u64();
     Ret {
         value: r as u32 as i32 as i64,
         known: true,
@@ -656,16 +712,16 @@ fn int_ret(ctx: &RetProbeContext) -> Ret {
 
 /// Return value of a function declared `ssize_t` / `long`.
 #[inline(always)]
-fn long_ret(ctx: &RetProbeContext) -> Ret {
+fn long_ret<R: RetVal>(ctx: &R) -> Ret {
     Ret {
-        value: ctx.ret(),
+        value: ctx.ret_u64() as i64,
         known: true,
     }
 }
 
 /// No return value (`void`).
 #[inline(always)]
-fn no_ret(_ctx: &RetProbeContext) -> Ret {
+fn no_ret<R: RetVal>(_ctx: &R) -> Ret {
     Ret {
         value: 0,
         known: false,
@@ -692,6 +748,29 @@ macro_rules! probe_pair {
     };
 }
 
+/// The same pair as BPF trampolines (fentry + fexit), for a function of vmlinux with
+/// `$nargs` arguments: programs `<function>_fentry` and `<function>_fexit`. Cheaper than a
+/// kprobe pair, and an fexit follows every call (a kretprobe only `maxactive` at once).
+/// The module's functions (kernel TLS) keep kprobes: aya 0.14 cannot load a trampoline
+/// against a module's BTF (docs/performance.md).
+macro_rules! trampoline_pair {
+    ($entry:ident, $exit:ident, $func:literal, $probe:expr, $call:expr, $parents:ident, $ret:ident, $nargs:literal) => {
+        #[fentry(function = $func)]
+        pub fn $entry(ctx: FEntryContext) -> u32 {
+            let t = Tramp(ctx.as_ptr());
+            let mut call: Call = ($call)(&t, $probe);
+            enter(&mut call, &$parents);
+            0
+        }
+
+        #[fexit(function = $func)]
+        pub fn $exit(ctx: FExitContext) -> u32 {
+            leave(&ctx, $probe, $ret(&TrampRet::<$nargs>(ctx.as_ptr())));
+            0
+        }
+    };
+}
+
 // ---- kprobes: sendfile ----
 
 /// sendfile's file descriptors.
@@ -704,9 +783,9 @@ fn fds(c: &mut Call, out_fd: i32, in_fd: i32) {
 
 /// `ssize_t do_sendfile(int out_fd, int in_fd, loff_t *ppos, size_t count, loff_t max)`
 #[inline(always)]
-fn sendfile_call(ctx: &ProbeContext, probe: Probe) -> Call {
-    let (out_fd, in_fd) = (arg_u64(ctx, 0) as i32, arg_u64(ctx, 1) as i32);
-    let mut c = Call::new(probe, 0, arg_u64(ctx, 3));
+fn sendfile_call<C: Args>(ctx: &C, probe: Probe) -> Call {
+    let (out_fd, in_fd) = (ctx.arg(0) as i32, ctx.arg(1) as i32);
+    let mut c = Call::new(probe, 0, ctx.arg(3));
     fds(&mut c, out_fd, in_fd);
     if setting!(debug) != 0 {
         debug!(
@@ -724,6 +803,17 @@ probe_pair!(
     sendfile_call,
     TOP_LEVEL,
     long_ret
+);
+
+trampoline_pair!(
+    do_sendfile_fentry,
+    do_sendfile_fexit,
+    "do_sendfile",
+    Probe::DoSendfile,
+    sendfile_call,
+    TOP_LEVEL,
+    long_ret,
+    5
 );
 
 // ---- kprobes: kernel TLS ----
@@ -775,18 +865,33 @@ probe_pair!(
 
 // ---- kprobes: TCP ----
 
+/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`: the socket-level
+/// send of user data, whose first bytes tell user-space TLS from plain.
+#[inline(always)]
+fn tcp_sendmsg_call<C: Args>(ctx: &C, probe: Probe) -> Call {
+    let mut c = sendmsg_call(ctx, probe);
+    c.head_of = ctx.arg(1);
+    c
+}
+
 probe_pair!(
     tcp_sendmsg_entry,
     tcp_sendmsg_ret,
     Probe::TcpSendmsg,
-    // The socket-level send of user data: its first bytes tell user-space TLS from plain.
-    |ctx: &ProbeContext, p| {
-        let mut c = sendmsg_call(ctx, p);
-        c.head_of = arg_u64(ctx, 1);
-        c
-    },
+    tcp_sendmsg_call,
     UNDER_SENDFILE,
     int_ret
+);
+
+trampoline_pair!(
+    tcp_sendmsg_fentry,
+    tcp_sendmsg_fexit,
+    "tcp_sendmsg",
+    Probe::TcpSendmsg,
+    tcp_sendmsg_call,
+    UNDER_SENDFILE,
+    int_ret,
+    3
 );
 
 probe_pair!(
@@ -798,6 +903,17 @@ probe_pair!(
     int_ret
 );
 
+trampoline_pair!(
+    tcp_sendmsg_locked_fentry,
+    tcp_sendmsg_locked_fexit,
+    "tcp_sendmsg_locked",
+    Probe::TcpSendmsgLocked,
+    sendmsg_call,
+    UNDER_TLS,
+    int_ret,
+    3
+);
+
 probe_pair!(
     do_tcp_sendpages_entry,
     do_tcp_sendpages_ret,
@@ -805,6 +921,17 @@ probe_pair!(
     sendpage_call,
     UNDER_TLS,
     long_ret
+);
+
+trampoline_pair!(
+    do_tcp_sendpages_fentry,
+    do_tcp_sendpages_fexit,
+    "do_tcp_sendpages",
+    Probe::DoTcpSendpages,
+    sendpage_call,
+    UNDER_TLS,
+    long_ret,
+    5
 );
 
 // ---- tracepoints ----

@@ -74,6 +74,10 @@ enum Type {
     },
     Pointer,
     Array,
+    /// A function prototype with this many parameters.
+    Proto {
+        params: usize,
+    },
     Other,
 }
 
@@ -92,8 +96,18 @@ pub struct Btf {
     structs: HashMap<String, u32>,
     /// Enumerator name -> value (C enumerator names are global).
     enumerators: HashMap<String, i64>,
+    /// Function name -> prototype id, for the functions the probes hook (only those: the
+    /// kernel has some 60,000).
+    funcs: HashMap<String, u32>,
     /// The string section (a split blob's string offsets continue after it).
     strings: Vec<u8>,
+}
+
+/// A kernel function some probe hooks (kept in [`Btf::funcs`]).
+fn hooked_function(name: &str) -> bool {
+    ktls_trace_common::probes::PROBES
+        .iter()
+        .any(|s| matches!(s.hook, ktls_trace_common::probes::Hook::Kfunc(f) if f == name))
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
@@ -164,9 +178,19 @@ impl Btf {
         let strings = strings;
 
         // Type id 0 is void; a split blob's ids continue after the base's.
-        let (mut types, mut structs, mut enumerators) = match base {
-            Some(b) => (b.types.clone(), b.structs.clone(), b.enumerators.clone()),
-            None => (vec![Type::Other], HashMap::new(), HashMap::new()),
+        let (mut types, mut structs, mut enumerators, mut funcs) = match base {
+            Some(b) => (
+                b.types.clone(),
+                b.structs.clone(),
+                b.enumerators.clone(),
+                b.funcs.clone(),
+            ),
+            None => (
+                vec![Type::Other],
+                HashMap::new(),
+                HashMap::new(),
+                HashMap::new(),
+            ),
         };
         let mut p = 0usize;
         while p < types_sec.len() {
@@ -184,7 +208,14 @@ impl Btf {
                     Type::Other
                 }
                 KIND_PTR => Type::Pointer,
-                KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
+                KIND_FUNC => {
+                    let name = str_at(&strings, name_off);
+                    if hooked_function(&name) {
+                        funcs.entry(name).or_insert(size_or_type);
+                    }
+                    Type::Other
+                }
+                KIND_FWD | KIND_FLOAT => Type::Other,
                 KIND_ARRAY => {
                     p += 12;
                     Type::Array
@@ -241,7 +272,7 @@ impl Btf {
                 }
                 KIND_FUNC_PROTO => {
                     p += vlen * 8;
-                    Type::Other
+                    Type::Proto { params: vlen }
                 }
                 KIND_DATASEC => {
                     p += vlen * 12;
@@ -260,8 +291,19 @@ impl Btf {
             types,
             structs,
             enumerators,
+            funcs,
             strings,
         })
+    }
+
+    /// How many parameters the kernel function `name` takes (None: no BTF for it, or it
+    /// is not one the probes hook). A BPF trampoline reads the arguments from an array
+    /// whose length is this, so its programs are used only when it matches.
+    pub fn function_params(&self, name: &str) -> Option<usize> {
+        match self.types.get(*self.funcs.get(name)? as usize)? {
+            Type::Proto { params } => Some(*params),
+            _ => None,
+        }
     }
 
     /// Follows typedef/const/volatile chains to the underlying type.
@@ -385,6 +427,31 @@ mod tests {
             &[s("x"), 1, 0],
         ]);
         wrap(&t, &strings)
+    }
+
+    /// `int tcp_sendmsg(int, int, int)` and an unhooked `int other(int)`: the hooked
+    /// function's parameter count is kept, the other function is not.
+    #[test]
+    fn counts_the_parameters_of_hooked_functions() {
+        let strings = b"\0int\0tcp_sendmsg\0other\0".to_vec();
+        let t = words(&[
+            // 1: int
+            &[1, KIND_INT << 24, 4, 32],
+            // 2: proto (int, int, int) -> int
+            &[0, (KIND_FUNC_PROTO << 24) | 3, 1],
+            &[0, 1, 0, 1, 0, 1],
+            // 3: func tcp_sendmsg -> 2
+            &[5, KIND_FUNC << 24, 2],
+            // 4: proto (int) -> int
+            &[0, (KIND_FUNC_PROTO << 24) | 1, 1],
+            &[0, 1],
+            // 5: func other -> 4
+            &[17, KIND_FUNC << 24, 4],
+        ]);
+        let btf = Btf::parse(&wrap(&t, &strings)).unwrap();
+        assert_eq!(btf.function_params("tcp_sendmsg"), Some(3));
+        assert_eq!(btf.function_params("other"), None, "not hooked: not kept");
+        assert_eq!(btf.function_params("do_sendfile"), None, "not in this BTF");
     }
 
     /// The little-endian bytes of BTF type records given as 32-bit words.

@@ -30,10 +30,11 @@ impl Backend {
 /// What the user asked for with `--backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BackendChoice {
-    /// kprobes where the kernel has them, tracepoints otherwise.
+    /// Where the kernel has kprobes: BPF trampolines (fentry/fexit) on the kernel's own
+    /// functions where it allows them, kprobes on the rest; tracepoints otherwise.
     #[default]
     Auto,
-    /// kprobes only; fail if the kernel has none.
+    /// kprobes only (no trampolines); fail if the kernel has none.
     Kprobe,
     /// tracepoints only, even where kprobes exist.
     Tracepoint,
@@ -59,6 +60,10 @@ pub struct Plan {
     pub decisions: Vec<(Probe, Decision)>,
     /// The probe that stands for sendfile(2) (`do_sendfile`, or the syscall tracepoints).
     pub sendfile: Probe,
+    /// Try BPF trampolines (fentry/fexit) for the probes that have them: the kernel has
+    /// BTF and kprobes were not asked for by name. Each probe falls back to kprobes if
+    /// the kernel refuses them.
+    pub trampolines: bool,
 }
 
 /// Why a plan cannot be made.
@@ -114,6 +119,7 @@ impl Plan {
             reduced_because,
             decisions,
             sendfile,
+            trampolines: choice == BackendChoice::Auto && backend == Backend::Kprobe && facts.btf,
         })
     }
 

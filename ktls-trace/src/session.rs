@@ -16,7 +16,7 @@ use tokio::{io::unix::AsyncFd, time::Interval};
 use ktls_trace_common::Probe;
 
 use crate::{
-    attach::{Notice, TraceOptions, Tracer, TracerError},
+    attach::{Notice, TraceOptions, Tracer, TracerError, Via},
     classify::Rules,
     event::{Comm, TraceEvent, decode},
     kernel::KernelFacts,
@@ -72,6 +72,9 @@ pub struct Counts {
     pub drops: u64,
     /// Of `drops`: calls whose return probe never ran (see [`crate::attach::Losses`]).
     pub returns_missed: u64,
+    /// Of `drops`: calls whose entry program the kernel did not run (another BPF program,
+    /// or a bpf() call touching maps, held the CPU; see [`crate::attach::Losses`]).
+    pub skipped_by_kernel: u64,
     /// Events that completed before every probe was attached (dropped).
     pub before_start: u64,
 }
@@ -192,7 +195,8 @@ impl Session {
         let l = self.tracer.losses();
         Counts {
             drops: l.total(),
-            returns_missed: l.returns_missed,
+            returns_missed: l.returns_missed(),
+            skipped_by_kernel: l.entries_skipped(),
             ..self.counts
         }
     }
@@ -292,6 +296,18 @@ pub fn announce(tracer: &Tracer) -> Vec<String> {
     let mut lines = vec![plan.mode_sentence(tracer.facts())];
     let attached: Vec<&str> = tracer.attached().iter().map(|p| p.name()).collect();
     lines.push(format!("attached {}", attached.join(", ")));
+    let trampolines: Vec<&str> = tracer
+        .attached()
+        .iter()
+        .filter(|p| tracer.via(**p) == Some(Via::Trampolines))
+        .map(|p| p.name())
+        .collect();
+    if !trampolines.is_empty() {
+        lines.push(format!(
+            "BPF trampolines (fentry/fexit) on {}; kprobes on the rest",
+            trampolines.join(", ")
+        ));
+    }
     let waiting: Vec<&str> = tracer.waiting().iter().map(|p| p.name()).collect();
     if !waiting.is_empty() {
         lines.push(format!(

@@ -57,10 +57,16 @@ fn ktls_sends(out: &TraceOutput) -> impl Iterator<Item = &Value> {
 }
 
 /// Runs one workload under `trace --pid` until it exits.
+/// Traces one workload run with the default backend: BPF trampolines on the functions of
+/// vmlinux where the kernel takes them, kprobes on the rest.
 fn traced(mode: &str, bytes: u64) -> (TraceOutput, Value, u32) {
+    traced_with("auto", mode, bytes)
+}
+
+fn traced_with(backend: &str, mode: &str, bytes: u64) -> (TraceOutput, Value, u32) {
     let mut w = Workload::start(mode, bytes);
     let pid = w.pid;
-    let trace = Trace::start(&["--backend", "kprobe", "--pid", &pid.to_string()]);
+    let trace = Trace::start(&["--backend", backend, "--pid", &pid.to_string()]);
     w.go();
     let report = w.finish();
     let out = trace.wait();
@@ -107,6 +113,33 @@ fn the_right_probe_points_attach_for_this_kernel() {
     assert!(out.stderr[0].contains("full mode"), "{}", out.stderr[0]);
 }
 
+/// By default the functions of vmlinux run on BPF trampolines (every kernel of the matrix
+/// has them), the tls module's on kprobes; `--backend kprobe` uses none.
+#[test]
+#[ignore = "needs kprobes: runs in the QEMU guests (cargo xtask vm-test)"]
+fn the_functions_of_vmlinux_run_on_trampolines_by_default() {
+    require_root();
+    let line = |args: &[&str]| -> Option<String> {
+        let out = Trace::start(args).wait();
+        out.stderr
+            .iter()
+            .find_map(|l| l.strip_prefix("ktls-trace: BPF trampolines (fentry/fexit) on "))
+            .map(str::to_string)
+    };
+    let on = line(&["--duration", "0.2"]).expect("no trampolines line");
+    let names: BTreeSet<&str> = on
+        .split_once(';')
+        .map_or(on.as_str(), |(l, _)| l)
+        .split(", ")
+        .collect();
+    for p in ["do_sendfile", "tcp_sendmsg", "tcp_sendmsg_locked"] {
+        assert!(names.contains(p), "{p} not on a trampoline: {on}");
+    }
+    assert_eq!(names.contains("do_tcp_sendpages"), before_6_5(), "{on}");
+    assert!(!names.iter().any(|n| n.starts_with("tls_")), "{on}");
+    assert_eq!(line(&["--backend", "kprobe", "--duration", "0.2"]), None);
+}
+
 #[test]
 #[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn ktls_sendfile_is_traced_from_sendfile_through_encryption_to_tcp() {
@@ -114,9 +147,16 @@ fn ktls_sendfile_is_traced_from_sendfile_through_encryption_to_tcp() {
     if !needs_ktls("ktls_sendfile_is_traced_from_sendfile_through_encryption_to_tcp") {
         return;
     }
+    // The same numbers whether the functions of vmlinux run on trampolines or kprobes.
+    for backend in ["auto", "kprobe"] {
+        check_ktls_sendfile(backend);
+    }
+}
+
+fn check_ktls_sendfile(backend: &str) {
     // Not a multiple of the record size, so the last record is a short one.
     const N: u64 = 1_000_000;
-    let (out, report, pid) = traced("ktls-sendfile", N);
+    let (out, report, pid) = traced_with(backend, "ktls-sendfile", N);
     assert_eq!(report["sent"], N);
     let (tls_probe, push_probe) = era_probes();
 

@@ -1,8 +1,11 @@
 //! The soak: `trace --json` and `top` (interactive, in a tmux terminal, redrawing every
 //! second) run side by side while the built-in load churns
 //! short connections (one request each, so a handshake and a new socket every time).
-//! Their resident memory and open file descriptors must stay flat once warmed up,
-//! nothing may be dropped, and trace's byte count must equal what the server sent.
+//! Their resident memory and open file descriptors must stay flat once warmed up, the
+//! ring buffer and the table of calls in flight must never overflow, and trace's byte
+//! count must equal what the server sent. The one loss allowed is the kernel's own: now
+//! and then it does not run a program (a preempted trampoline program is needed again on
+//! its CPU, or a bpf() call holds it); each such skip is counted, and must stay rare.
 //!
 //! Four connections at a time (two on 5.10, see below). Ten minutes on the newest kernel of the matrix, two on the others (the CI budget);
 //! `KTLS_TRACE_SOAK_SECS` overrides it. Each run prints one `KT-SOAK` line with its
@@ -208,7 +211,12 @@ fn soak_trace_and_top_stay_flat_while_connections_churn() {
     };
     let mut load = Command::new(bin("ktls-trace"))
         .args(["load", "--mode", mode, "--duration", &load_secs])
-        .args(["--connections", connections, "--requests-per-connection", "1"])
+        .args([
+            "--connections",
+            connections,
+            "--requests-per-connection",
+            "1",
+        ])
         .args(["--file-size", "256K", "--json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -241,22 +249,49 @@ fn soak_trace_and_top_stay_flat_while_connections_churn() {
     trace.sample();
     let (lines, summary, trace_err, trace_samples) = trace.finish();
     let summary = &summary["summary"];
+    let n = |k: &str| summary[k].as_u64().unwrap_or(u64::MAX);
+    let (drops, events) = (n("drops"), n("events"));
+    // The ring buffer and the table of calls in flight never overflow: the only losses
+    // allowed are the kernel's own, rare skips of a program (preempted trampolines,
+    // bpf() calls holding a CPU), each counted. See docs/reliability.md.
     assert_eq!(
-        summary["drops"], 0,
-        "trace dropped events: {summary}\n{trace_err}"
+        drops,
+        n("returns_missed") + n("skipped_by_kernel"),
+        "trace lost events of its own: {summary}\n{trace_err}"
     );
-    assert_eq!(summary["undecodable"], 0, "{summary}");
-    assert_eq!(
-        summary["classified"]["paths"][path], body,
-        "trace's {path} bytes against the server's body bytes: {summary}\n{report}"
+    assert!(
+        drops <= (events / 1000).max(10),
+        "too many kernel skips: {summary}\n{trace_err}"
     );
-    // top's screen: the load's path seen while it ran, nothing dropped; `q` ends it.
+    assert_eq!(n("undecodable"), 0, "{summary}");
+    let traced = summary["classified"]["paths"][path].as_u64().unwrap_or(0);
+    if drops == 0 {
+        assert_eq!(
+            traced, body,
+            "trace's {path} bytes against the server's body bytes: {summary}\n{report}"
+        );
+    } else {
+        // A lost call loses at most one response's body (256 KiB) of this path.
+        assert!(
+            traced <= body && body - traced <= drops * (256 << 10),
+            "trace's {path} bytes against the server's body bytes, {drops} lost: {summary}\n{report}"
+        );
+    }
+    // top's screen: the load's path seen while it ran, drops as rare; `q` ends it.
     let screen = term.screen();
     assert!(
         label_seen,
         "{label} never on top's screen; the last:\n{screen}"
     );
-    assert!(screen.contains("dropped 0"), "top's header:\n{screen}");
+    let top_drops: u64 = screen
+        .split_once("dropped ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no drop count in top's header:\n{screen}"));
+    assert!(
+        top_drops <= (events / 1000).max(10),
+        "top lost {top_drops} events:\n{screen}"
+    );
     term.keys(&["q"]);
     term.wait_for("top to end", 60, |_| {
         !std::path::Path::new(&format!("/proc/{top_pid}")).exists()

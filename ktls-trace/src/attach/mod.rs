@@ -5,16 +5,18 @@
 //! also detaches them if the process dies).
 
 mod offsets;
+pub mod progstats;
 
 use std::{
     io,
+    os::fd::AsFd as _,
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{KProbe, ProgramError, TracePoint},
+    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
 };
 use ktls_trace_common::{
     COMM_LEN, CONFIG_SYMBOL, Config, Offsets, Probe, SockInfo, TlsLayout, maps, probes::Hook, stat,
@@ -290,12 +292,44 @@ pub fn programs(p: Probe) -> Vec<(String, AttachPoint)> {
     }
 }
 
+/// The BPF trampoline programs of a probe on a vmlinux function (fexit first, for the
+/// same reason as the kretprobe), if the object has them.
+pub fn trampoline_programs(p: Probe) -> Option<Vec<(String, AttachPoint)>> {
+    let spec = p.spec();
+    match (spec.hook, spec.trampoline_args) {
+        (Hook::Kfunc(f), Some(_)) => Some(vec![
+            (format!("{f}_fexit"), AttachPoint::FExit(f)),
+            (format!("{f}_fentry"), AttachPoint::FEntry(f)),
+        ]),
+        _ => None,
+    }
+}
+
 /// Where one program attaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachPoint {
     Kprobe(&'static str),
     Kretprobe(&'static str),
+    FEntry(&'static str),
+    FExit(&'static str),
     Tracepoint(&'static str, String),
+}
+
+/// How a probe's programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// kprobe + kretprobe (or the tracepoints of tracepoint mode).
+    Probes,
+    /// BPF trampolines: fentry + fexit.
+    Trampolines,
+}
+
+/// What trampolines need: the kernel's BTF as aya reads it (to find the function), and
+/// as we read it (to check the function takes the arguments the programs read).
+#[derive(Clone, Copy)]
+struct TrampolineBtf<'a> {
+    aya: &'a aya::Btf,
+    ours: &'a Btf,
 }
 
 /// One load or attach step: the full error goes to the debug log, words to the user.
@@ -306,47 +340,161 @@ fn step<T>(what: std::fmt::Arguments<'_>, r: Result<T, ProgramError>) -> Result<
     })
 }
 
-/// Loads (verifies) and attaches the programs of one probe.
-fn attach_probe(ebpf: &mut Ebpf, probe: Probe) -> Result<(), String> {
-    for (name, at) in programs(probe) {
+/// Loads (verifies) and attaches the programs of one probe: as BPF trampolines where
+/// `tramp` is given, the probe has them and the kernel's BTF agrees on its arguments;
+/// otherwise, or if the kernel refuses the trampolines, as kprobes (or tracepoints).
+fn attach_probe(
+    ebpf: &mut Ebpf,
+    probe: Probe,
+    tramp: Option<TrampolineBtf<'_>>,
+) -> Result<(Via, Vec<String>), String> {
+    if let (Some(t), Some(progs), Some(want)) = (
+        tramp,
+        trampoline_programs(probe),
+        probe.spec().trampoline_args,
+    ) {
+        let Hook::Kfunc(f) = probe.spec().hook else {
+            return Err(format!("{} is not a kernel function", probe.name()));
+        };
+        match t.ours.function_params(f) {
+            Some(n) if n == want as usize => match attach_programs(ebpf, &progs, Some(t.aya)) {
+                Ok(names) => return Ok((Via::Trampolines, names)),
+                Err(why) => {
+                    for (name, _) in &progs {
+                        unload(ebpf, name);
+                    }
+                    log::info!("{f}: no BPF trampolines ({why}); kprobes instead");
+                }
+            },
+            n => log::info!(
+                "{f}: no BPF trampolines (the kernel's BTF gives it {} arguments, the programs read {want}); kprobes instead",
+                n.map_or("no".to_string(), |n| n.to_string())
+            ),
+        }
+    }
+    attach_programs(ebpf, &programs(probe), None).map(|names| (Via::Probes, names))
+}
+
+/// Detaches and unloads a program if it was loaded (a half-attached trampoline pair).
+fn unload(ebpf: &mut Ebpf, name: &str) {
+    let r = match ebpf.program_mut(name) {
+        Some(aya::programs::Program::FEntry(p)) => p.unload(),
+        Some(aya::programs::Program::FExit(p)) => p.unload(),
+        Some(aya::programs::Program::KProbe(p)) => p.unload(),
+        _ => Ok(()),
+    };
+    if let Err(e) = r {
+        log::debug!("unloading {name}: {e:?}");
+    }
+}
+
+/// Loads and attaches programs in order; returns their names.
+fn attach_programs(
+    ebpf: &mut Ebpf,
+    progs: &[(String, AttachPoint)],
+    btf: Option<&aya::Btf>,
+) -> Result<Vec<String>, String> {
+    for (name, at) in progs {
         let prog = ebpf
-            .program_mut(&name)
+            .program_mut(name)
             .ok_or_else(|| format!("program {name} missing from the eBPF object"))?;
         match at {
             AttachPoint::Kprobe(f) | AttachPoint::Kretprobe(f) => {
                 let p: &mut KProbe = prog.try_into().map_err(|e: ProgramError| explain(&e))?;
                 step(format_args!("loading {name}"), p.load())?;
-                step(format_args!("attaching {name} to {f}"), p.attach(f, 0))?;
+                step(format_args!("attaching {name} to {f}"), p.attach(*f, 0))?;
+            }
+            AttachPoint::FEntry(f) => {
+                let btf = btf.ok_or("no kernel BTF")?;
+                let p: &mut FEntry = prog.try_into().map_err(|e: ProgramError| explain(&e))?;
+                step(format_args!("loading {name}"), p.load(f, btf))?;
+                step(format_args!("attaching {name}"), p.attach())?;
+            }
+            AttachPoint::FExit(f) => {
+                let btf = btf.ok_or("no kernel BTF")?;
+                let p: &mut FExit = prog.try_into().map_err(|e: ProgramError| explain(&e))?;
+                step(format_args!("loading {name}"), p.load(f, btf))?;
+                step(format_args!("attaching {name}"), p.attach())?;
             }
             AttachPoint::Tracepoint(category, tp) => {
                 let p: &mut TracePoint = prog.try_into().map_err(|e: ProgramError| explain(&e))?;
                 step(format_args!("loading {name}"), p.load())?;
                 step(
                     format_args!("attaching {name} to {category}:{tp}"),
-                    p.attach(category, &tp),
+                    p.attach(category, tp),
                 )?;
             }
         }
     }
-    Ok(())
+    Ok(progs.iter().map(|(n, _)| n.clone()).collect())
 }
 
 /// Events the kernel side lost, by cause (summed over CPUs).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Losses {
     /// The ring buffer was full.
     pub ring_full: u64,
     /// The table of calls in flight was full.
     pub in_flight_full: u64,
-    /// Calls whose kretprobe never ran: more threads were inside the function at once
-    /// than the kretprobe has instances (`maxactive`, 10 or twice the CPUs).
-    pub returns_missed: u64,
+    /// Calls whose return side never ran, per probe (only those with some): a kretprobe
+    /// has a fixed number of instances (`maxactive`), or the kernel skipped the return
+    /// program (below). Found when the thread next enters the function.
+    pub returns_missed: Vec<(Probe, u64)>,
+    /// Calls whose entry program the kernel did not run (`recursion_misses` of the
+    /// program, 5.12+): another BPF program, or a bpf() call touching maps, held the CPU.
+    /// kprobe programs share one such guard per CPU; trampolines have one per program.
+    pub entries_skipped: Vec<(Probe, u64)>,
+    /// Return programs the kernel did not run, likewise: already in `returns_missed`
+    /// (or about to be); kept apart to say why returns were missed.
+    pub returns_skipped: Vec<(Probe, u64)>,
+}
+
+fn sum_of(v: &[(Probe, u64)]) -> u64 {
+    v.iter().map(|(_, n)| n).sum()
+}
+
+fn by_probe(v: &[(Probe, u64)]) -> String {
+    v.iter()
+        .map(|(p, n)| format!("{} {n}", p.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Losses {
+    pub fn returns_missed(&self) -> u64 {
+        sum_of(&self.returns_missed)
+    }
+
+    pub fn entries_skipped(&self) -> u64 {
+        sum_of(&self.entries_skipped)
+    }
+
     /// Every event lost, whatever the cause.
     pub fn total(&self) -> u64 {
-        self.ring_full + self.in_flight_full + self.returns_missed
+        self.ring_full + self.in_flight_full + self.returns_missed() + sum_of(&self.entries_skipped)
+    }
+
+    /// Where calls were lost at the probes, for a warning: `returns missed: do_sendfile
+    /// 2 (1 return skipped by the kernel); entries skipped by the kernel: tcp_sendmsg 1`.
+    pub fn at_probes(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.returns_missed.is_empty() {
+            let mut s = format!("returns missed: {}", by_probe(&self.returns_missed));
+            if !self.returns_skipped.is_empty() {
+                s.push_str(&format!(
+                    " (return programs the kernel skipped: {})",
+                    by_probe(&self.returns_skipped)
+                ));
+            }
+            parts.push(s);
+        }
+        if !self.entries_skipped.is_empty() {
+            parts.push(format!(
+                "calls the kernel did not let the programs see: {}",
+                by_probe(&self.entries_skipped)
+            ));
+        }
+        parts.join("; ")
     }
 }
 
@@ -360,9 +508,14 @@ pub struct Tracer {
     btf: Option<Btf>,
     tls_layout: TlsLayoutState,
     attached: Vec<Probe>,
+    /// How each attached probe is attached, and its programs (for their statistics).
+    attached_via: Vec<(Probe, Via, Vec<String>)>,
     waiting: Vec<Probe>,
     lost: Vec<Lost>,
     skipped: Vec<(Probe, String)>,
+    /// The kernel's BTF as aya reads it, for trampolines (None: the plan does not use
+    /// them, or it could not be read).
+    aya_btf: Option<aya::Btf>,
     log_task: Option<tokio::task::JoinHandle<()>>,
     /// The drop counters could not be read once (said then; see [`Tracer::drops`]).
     drops_unreadable: std::sync::atomic::AtomicBool,
@@ -426,17 +579,34 @@ impl Tracer {
             btf,
             tls_layout: TlsLayoutState::Waiting,
             attached: Vec::new(),
+            attached_via: Vec::new(),
             waiting: Vec::new(),
             lost: Vec::new(),
             skipped: Vec::new(),
+            aya_btf: None,
             log_task,
             drops_unreadable: std::sync::atomic::AtomicBool::new(false),
         };
         t.tls_layout = t.read_tls_layout();
+        if plan.trampolines {
+            t.aya_btf = aya::Btf::from_sys_fs()
+                .map_err(|e| log::info!("no BPF trampolines: cannot read the kernel's BTF ({e})"))
+                .ok();
+        }
         for (probe, decision) in &plan.decisions {
             match decision {
-                Decision::Attach => match attach_probe(&mut t.ebpf, *probe) {
-                    Ok(()) => t.attached.push(*probe),
+                Decision::Attach => match attach_probe(
+                    &mut t.ebpf,
+                    *probe,
+                    t.aya_btf
+                        .as_ref()
+                        .zip(t.btf.as_ref())
+                        .map(|(aya, ours)| TrampolineBtf { aya, ours }),
+                ) {
+                    Ok((via, names)) => {
+                        t.attached.push(*probe);
+                        t.attached_via.push((*probe, via, names));
+                    }
                     Err(why) => t.lost.push(Lost { probe: *probe, why }),
                 },
                 Decision::WaitForTls => t.waiting.push(*probe),
@@ -463,6 +633,38 @@ impl Tracer {
     }
     pub fn attached(&self) -> &[Probe] {
         &self.attached
+    }
+    /// How a probe is attached (None: it is not).
+    pub fn via(&self, probe: Probe) -> Option<Via> {
+        self.attached_via
+            .iter()
+            .find(|(p, ..)| *p == probe)
+            .map(|(_, v, _)| *v)
+    }
+
+    /// The kernel's counters of each attached probe's programs, summed per probe:
+    /// (probe, entry side, return side). The entry side is the first program of a kprobe
+    /// or trampoline pair's... see [`progstats`].
+    pub fn program_stats(&self) -> Vec<(Probe, progstats::ProgStats, progstats::ProgStats)> {
+        let mut out = Vec::new();
+        for (probe, _, names) in &self.attached_via {
+            let stat = |name: &String| {
+                self.ebpf
+                    .program(name)
+                    .and_then(|p| p.fd().ok())
+                    .and_then(|fd| progstats::read(fd.as_fd()))
+                    .unwrap_or_default()
+            };
+            // Programs are attached return side first: [return, entry] (a tracepoint
+            // probe has one program, counted as the entry).
+            let (ret, entry) = match names.as_slice() {
+                [r, e] => (stat(r), stat(e)),
+                [e] => (progstats::ProgStats::default(), stat(e)),
+                _ => continue,
+            };
+            out.push((*probe, entry, ret));
+        }
+        out
     }
     pub fn waiting(&self) -> &[Probe] {
         &self.waiting
@@ -549,9 +751,15 @@ impl Tracer {
                 self.skipped.push((probe, why));
                 continue;
             }
-            match attach_probe(&mut self.ebpf, probe) {
-                Ok(()) => {
+            let tramp = self.aya_btf.as_ref().zip(self.btf.as_ref());
+            match attach_probe(
+                &mut self.ebpf,
+                probe,
+                tramp.map(|(aya, ours)| TrampolineBtf { aya, ours }),
+            ) {
+                Ok((via, names)) => {
                     self.attached.push(probe);
+                    self.attached_via.push((probe, via, names));
                     notices.push(Notice::Attached(probe));
                 }
                 Err(why) => {
@@ -594,16 +802,30 @@ impl Tracer {
             .ebpf
             .map(maps::STATS)
             .ok_or_else(|| format!("no {} map", maps::STATS))?;
-        let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|e| e.to_string())?;
-        let sum = |i: u32| -> Result<u64, String> {
-            let per_cpu = arr.get(&i, 0).map_err(|e| e.to_string())?;
-            Ok(per_cpu.iter().sum())
+        let arr = PerCpuArray::<_, [u64; stat::COUNT as usize]>::try_from(map)
+            .map_err(|e| e.to_string())?;
+        let per_cpu = arr.get(&0, 0).map_err(|e| e.to_string())?;
+        let sum = |i: u32| -> u64 { per_cpu.iter().map(|c| c[i as usize]).sum() };
+        let mut l = Losses {
+            ring_full: sum(stat::RINGBUF_FULL),
+            in_flight_full: sum(stat::ACTIVE_FULL),
+            ..Losses::default()
         };
-        Ok(Losses {
-            ring_full: sum(stat::RINGBUF_FULL)?,
-            in_flight_full: sum(stat::ACTIVE_FULL)?,
-            returns_missed: sum(stat::RETURN_MISSED)?,
-        })
+        for p in Probe::ALL {
+            let n = sum(stat::RETURN_MISSED + p as u32);
+            if n > 0 {
+                l.returns_missed.push((p, n));
+            }
+        }
+        for (p, entry, ret) in self.program_stats() {
+            if let Some(n) = entry.recursion_misses.filter(|n| *n > 0) {
+                l.entries_skipped.push((p, n));
+            }
+            if let Some(n) = ret.recursion_misses.filter(|n| *n > 0) {
+                l.returns_skipped.push((p, n));
+            }
+        }
+        Ok(l)
     }
 
     /// The name of a process one of whose other threads was traced (None if the programs
@@ -709,21 +931,35 @@ pub fn load_check(facts: &KernelFacts) -> LoadCheck {
         }
     };
     let aya_btf = aya::Btf::from_sys_fs().ok();
+    // fentry_check first: the trampoline pairs are verified only where the kernel takes
+    // trampolines at all (elsewhere they are never used, so never a rejection).
+    if let Some(aya::programs::Program::FEntry(p)) = ebpf.program_mut("fentry_check") {
+        out.fentry = Some(match &aya_btf {
+            Some(btf) => p.load("do_sendfile", btf).map_err(|e| explain(&e)),
+            None => Err("no kernel BTF".to_string()),
+        });
+    }
+    let trampolines = matches!(out.fentry, Some(Ok(())));
+    let our_btf = btf.as_ref();
     let mut names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
     names.sort();
     for name in names {
+        // A trampoline program is named after its function: `<function>_fentry`.
+        let function = name
+            .strip_suffix("_fentry")
+            .or_else(|| name.strip_suffix("_fexit"))
+            .filter(|f| our_btf.is_some_and(|b| b.function_params(f).is_some()));
         let Some(prog) = ebpf.program_mut(&name) else {
             continue;
         };
-        let res = match prog {
-            aya::programs::Program::KProbe(p) => p.load().map_err(|e| explain(&e)),
-            aya::programs::Program::TracePoint(p) => p.load().map_err(|e| explain(&e)),
-            aya::programs::Program::FEntry(p) => {
-                out.fentry = Some(match &aya_btf {
-                    Some(btf) => p.load("do_sendfile", btf).map_err(|e| explain(&e)),
-                    None => Err("no kernel BTF".to_string()),
-                });
-                continue;
+        let res = match (prog, &aya_btf, function) {
+            (aya::programs::Program::KProbe(p), ..) => p.load().map_err(|e| explain(&e)),
+            (aya::programs::Program::TracePoint(p), ..) => p.load().map_err(|e| explain(&e)),
+            (aya::programs::Program::FEntry(p), Some(btf), Some(f)) if trampolines => {
+                p.load(f, btf).map_err(|e| explain(&e))
+            }
+            (aya::programs::Program::FExit(p), Some(btf), Some(f)) if trampolines => {
+                p.load(f, btf).map_err(|e| explain(&e))
             }
             _ => continue,
         };
@@ -741,15 +977,20 @@ mod tests {
 
     use super::*;
 
-    /// The object defines exactly the programs the probe table names (plus doctor's
-    /// fentry check): a probe renamed on one side only fails here, not at attach time.
+    /// The object defines exactly the programs the probe table names, kprobe and
+    /// trampoline pairs (plus doctor's fentry check): a probe renamed on one side only fails here, not at attach time.
     #[test]
     fn the_object_has_the_programs_the_table_names() {
         let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("parse the eBPF object");
         let have: BTreeSet<String> = obj.programs.keys().cloned().collect();
         let mut want: BTreeSet<String> = Probe::ALL
             .iter()
-            .flat_map(|p| programs(*p).into_iter().map(|(n, _)| n))
+            .flat_map(|p| {
+                programs(*p)
+                    .into_iter()
+                    .chain(trampoline_programs(*p).unwrap_or_default())
+                    .map(|(n, _)| n)
+            })
             .collect();
         want.insert("fentry_check".into());
         assert_eq!(have, want);

@@ -105,6 +105,7 @@ impl Summary {
                 "events": self.events(),
                 "drops": self.counts.drops,
                 "returns_missed": self.counts.returns_missed,
+                "skipped_by_kernel": self.counts.skipped_by_kernel,
                 "undecodable": self.counts.undecodable,
                 "before_start": self.counts.before_start,
                 "probes": probes,
@@ -178,6 +179,13 @@ impl Summary {
                 returns_missed_text(self.counts.returns_missed)
             );
         }
+        if self.counts.skipped_by_kernel > 0 {
+            let _ = writeln!(
+                s,
+                "    WARNING: the kernel did not run the entry program of {} calls (another BPF program, or a bpf() call touching maps, held the CPU)",
+                self.counts.skipped_by_kernel
+            );
+        }
         if self.counts.undecodable > 0 {
             let _ = writeln!(
                 s,
@@ -192,8 +200,8 @@ impl Summary {
 /// Why some calls have no event: said in `trace`'s summary and on its stderr.
 pub fn returns_missed_text(n: u64) -> String {
     format!(
-        "{n} of the drops are calls whose return probe never ran (more threads were inside \
-         one probed function at once than its kretprobe can follow)"
+        "{n} of the drops are calls whose return side never ran (all of a kretprobe's \
+         instances were in use, or the kernel skipped the return program)"
     )
 }
 

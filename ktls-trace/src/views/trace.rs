@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::summary::{Summary, returns_missed_text};
+use super::summary::Summary;
 use crate::{
     attach::{TraceOptions, WAKEUP_BYTES},
     cli::{FilterArgs, TraceArgs},
@@ -108,12 +108,14 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     if args.json && summary.counts.drops > 0 {
         // The text summary says it in its body; JSON readers get it on stderr too.
         let c = summary.counts;
+        let l = session.tracer().losses();
         let mut why = String::new();
-        if c.drops > c.returns_missed {
+        if l.ring_full + l.in_flight_full > 0 {
             why.push_str("; raise --ring-mib");
         }
-        if c.returns_missed > 0 {
-            why = format!("{why}; {}", returns_missed_text(c.returns_missed));
+        let at = l.at_probes();
+        if !at.is_empty() {
+            why = format!("{why}; {at}");
         }
         eprintln!(
             "ktls-trace: {} events were dropped in the kernel: the totals are low{why}",
