@@ -86,7 +86,7 @@ pub fn report(facts: &KernelFacts, check: Option<&LoadCheck>) -> Report {
     let fentry = match check.and_then(|c| c.fentry.clone()) {
         Some(Ok(())) => Support {
             ok: true,
-            detail: "available (an fentry program loaded)".into(),
+            detail: "available (an fentry program loaded): the functions of vmlinux run on BPF trampolines".into(),
         },
         Some(Err(why)) => Support {
             ok: false,
@@ -129,7 +129,20 @@ pub fn report(facts: &KernelFacts, check: Option<&LoadCheck>) -> Report {
                     crate::kernel::tracepoint_exists(facts.tracefs.as_deref(), category, name)
                 }
             };
+            // A trampoline pair the verifier took (see attach::load_check) is what the
+            // tracer will use for this probe.
+            let trampoline = match spec.hook {
+                Hook::Kfunc(f) => {
+                    plan.as_ref().is_ok_and(|plan| plan.trampolines)
+                        && check
+                            .is_some_and(|c| c.verified.iter().any(|v| *v == format!("{f}_fentry")))
+                }
+                _ => false,
+            };
             let note = match decision(p) {
+                Some(Decision::Attach) if trampoline => {
+                    "will be probed (BPF trampolines: fentry/fexit)".to_string()
+                }
                 Some(Decision::Attach) => "will be probed".to_string(),
                 Some(Decision::WaitForTls) => {
                     "in the tls module: probed once it is loaded".to_string()
