@@ -95,6 +95,22 @@ pub fn needs_ktls(test: &str) -> bool {
     false
 }
 
+/// Waits for a child to exit; after `limit` it is killed and None returned.
+pub fn exit_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A program on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
@@ -279,19 +295,11 @@ impl Trace {
 
     /// Waits for it to exit on its own (duration over, traced processes gone).
     pub fn wait(mut self) -> TraceOutput {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "ktls-trace did not exit: {:?}",
-                    self.stderr.lock().expect("lock")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(status) = exit_within(&mut self.child, Duration::from_secs(120)) else {
+            panic!(
+                "ktls-trace did not exit: {:?}",
+                self.stderr.lock().expect("lock")
+            );
         };
         let lines = self
             .stdout_rx

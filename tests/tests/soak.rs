@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ktls_trace_tests::{Tmux, bin, guest, has_ktls, require_root};
+use ktls_trace_tests::{Tmux, bin, exit_within, guest, has_ktls, require_root};
 use serde_json::Value;
 
 fn soak_secs() -> u64 {
@@ -115,16 +115,8 @@ impl Tracer {
     fn finish(mut self) -> (u64, Value, String, Vec<(u64, usize)>) {
         // SAFETY: kill(2) with a valid signal on our own, not yet reaped, child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("{} did not end", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let Some(status) = exit_within(&mut self.child, Duration::from_secs(120)) else {
+            panic!("{} did not end", self.name);
         };
         let (n, last) = self
             .out
