@@ -30,12 +30,16 @@ impl Backend {
 /// What the user asked for with `--backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BackendChoice {
-    /// Where the kernel has kprobes: BPF trampolines (fentry/fexit) on the kernel's own
-    /// functions where it allows them, kprobes on the rest; tracepoints otherwise.
+    /// kprobes where the kernel has them, tracepoints otherwise.
     #[default]
     Auto,
-    /// kprobes only (no trampolines); fail if the kernel has none.
+    /// kprobes only; fail if the kernel has none.
     Kprobe,
+    /// BPF trampolines (fentry/fexit) on the kernel's own functions where it takes them,
+    /// kprobes on the rest (the tls module); fail without kprobes. Cheaper per call and
+    /// no limit on calls in flight, but on preemptible kernels the kernel skips a program
+    /// more often (each skip is counted): measured in docs/performance.md.
+    Fentry,
     /// tracepoints only, even where kprobes exist.
     Tracepoint,
 }
@@ -60,8 +64,8 @@ pub struct Plan {
     pub decisions: Vec<(Probe, Decision)>,
     /// The probe that stands for sendfile(2) (`do_sendfile`, or the syscall tracepoints).
     pub sendfile: Probe,
-    /// Try BPF trampolines (fentry/fexit) for the probes that have them: the kernel has
-    /// BTF and kprobes were not asked for by name. Each probe falls back to kprobes if
+    /// Try BPF trampolines (fentry/fexit) for the probes that have them: asked for with
+    /// `--backend fentry`, and the kernel has BTF. Each probe falls back to kprobes if
     /// the kernel refuses them.
     pub trampolines: bool,
 }
@@ -82,7 +86,9 @@ impl Plan {
                 Backend::Tracepoint,
                 Some("--backend tracepoint was given".to_string()),
             ),
-            (BackendChoice::Kprobe, Err(why)) => return Err(PlanError::NoKprobes(why.clone())),
+            (BackendChoice::Kprobe | BackendChoice::Fentry, Err(why)) => {
+                return Err(PlanError::NoKprobes(why.clone()));
+            }
             (_, Ok(())) => (Backend::Kprobe, None),
             (BackendChoice::Auto, Err(why)) => (Backend::Tracepoint, Some(why.clone())),
         };
@@ -119,7 +125,7 @@ impl Plan {
             reduced_because,
             decisions,
             sendfile,
-            trampolines: choice == BackendChoice::Auto && backend == Backend::Kprobe && facts.btf,
+            trampolines: choice == BackendChoice::Fentry && backend == Backend::Kprobe && facts.btf,
         })
     }
 
@@ -619,13 +625,29 @@ mod tests {
         assert_eq!(p.reduced_because.as_deref(), Some("no kprobes"));
         assert_eq!(attached(&p), vec!["sendfile64", "sock_send_length"]);
         assert!(p.mode_sentence(&f).starts_with("reduced mode"));
-        assert!(matches!(
-            Plan::choose(&f, BackendChoice::Kprobe),
-            Err(PlanError::NoKprobes(_))
-        ));
+        for forced in [BackendChoice::Kprobe, BackendChoice::Fentry] {
+            assert!(matches!(
+                Plan::choose(&f, forced),
+                Err(PlanError::NoKprobes(_))
+            ));
+        }
         let n = numbers(&p, &OFF, &TlsLayoutState::Unknown("no".into()));
         assert!(source(&n, "kernel TLS plaintext").is_missing());
         assert!(source(&n, "user-space TLS").is_missing());
+    }
+
+    /// Trampolines only when asked for, and only with the kernel's BTF.
+    #[test]
+    fn trampolines_are_asked_for() {
+        let mut f = facts((6, 12), true, TlsState::Loaded, &["do_sendfile"]);
+        f.btf = true;
+        let t = |f: &KernelFacts, c| Plan::choose(f, c).map(|p| p.trampolines).ok();
+        assert_eq!(t(&f, BackendChoice::Fentry), Some(true));
+        assert_eq!(t(&f, BackendChoice::Auto), Some(false));
+        assert_eq!(t(&f, BackendChoice::Kprobe), Some(false));
+        assert_eq!(t(&f, BackendChoice::Tracepoint), Some(false));
+        f.btf = false;
+        assert_eq!(t(&f, BackendChoice::Fentry), Some(false));
     }
 
     #[test]

@@ -57,8 +57,7 @@ fn ktls_sends(out: &TraceOutput) -> impl Iterator<Item = &Value> {
 }
 
 /// Runs one workload under `trace --pid` until it exits.
-/// Traces one workload run with the default backend: BPF trampolines on the functions of
-/// vmlinux where the kernel takes them, kprobes on the rest.
+/// Traces one workload run with the default backend (kprobes).
 fn traced(mode: &str, bytes: u64) -> (TraceOutput, Value, u32) {
     traced_with("auto", mode, bytes)
 }
@@ -113,11 +112,11 @@ fn the_right_probe_points_attach_for_this_kernel() {
     assert!(out.stderr[0].contains("full mode"), "{}", out.stderr[0]);
 }
 
-/// By default the functions of vmlinux run on BPF trampolines (every kernel of the matrix
-/// has them), the tls module's on kprobes; `--backend kprobe` uses none.
+/// With `--backend fentry` the functions of vmlinux run on BPF trampolines (every kernel
+/// of the matrix takes them), the tls module's on kprobes; the default uses none.
 #[test]
 #[ignore = "needs kprobes: runs in the QEMU guests (cargo xtask vm-test)"]
-fn the_functions_of_vmlinux_run_on_trampolines_by_default() {
+fn backend_fentry_runs_the_functions_of_vmlinux_on_trampolines() {
     require_root();
     let line = |args: &[&str]| -> Option<String> {
         let out = Trace::start(args).wait();
@@ -126,7 +125,7 @@ fn the_functions_of_vmlinux_run_on_trampolines_by_default() {
             .find_map(|l| l.strip_prefix("ktls-trace: BPF trampolines (fentry/fexit) on "))
             .map(str::to_string)
     };
-    let on = line(&["--duration", "0.2"]).expect("no trampolines line");
+    let on = line(&["--backend", "fentry", "--duration", "0.2"]).expect("no trampolines line");
     let names: BTreeSet<&str> = on
         .split_once(';')
         .map_or(on.as_str(), |(l, _)| l)
@@ -137,7 +136,7 @@ fn the_functions_of_vmlinux_run_on_trampolines_by_default() {
     }
     assert_eq!(names.contains("do_tcp_sendpages"), before_6_5(), "{on}");
     assert!(!names.iter().any(|n| n.starts_with("tls_")), "{on}");
-    assert_eq!(line(&["--backend", "kprobe", "--duration", "0.2"]), None);
+    assert_eq!(line(&["--duration", "0.2"]), None);
 }
 
 #[test]
@@ -147,8 +146,8 @@ fn ktls_sendfile_is_traced_from_sendfile_through_encryption_to_tcp() {
     if !needs_ktls("ktls_sendfile_is_traced_from_sendfile_through_encryption_to_tcp") {
         return;
     }
-    // The same numbers whether the functions of vmlinux run on trampolines or kprobes.
-    for backend in ["auto", "kprobe"] {
+    // The same numbers whether the functions of vmlinux run on kprobes or trampolines.
+    for backend in ["auto", "fentry"] {
         check_ktls_sendfile(backend);
     }
 }

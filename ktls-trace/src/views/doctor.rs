@@ -86,7 +86,7 @@ pub fn report(facts: &KernelFacts, check: Option<&LoadCheck>) -> Report {
     let fentry = match check.and_then(|c| c.fentry.clone()) {
         Some(Ok(())) => Support {
             ok: true,
-            detail: "available (an fentry program loaded): the functions of vmlinux run on BPF trampolines".into(),
+            detail: "available (an fentry program loaded): --backend fentry runs the functions of vmlinux on BPF trampolines".into(),
         },
         Some(Err(why)) => Support {
             ok: false,
@@ -129,8 +129,8 @@ pub fn report(facts: &KernelFacts, check: Option<&LoadCheck>) -> Report {
                     crate::kernel::tracepoint_exists(facts.tracefs.as_deref(), category, name)
                 }
             };
-            // A trampoline pair the verifier took (see attach::load_check) is what the
-            // tracer will use for this probe.
+            // A trampoline pair the verifier took (see attach::load_check) is what
+            // `--backend fentry` uses for this probe.
             let trampoline = match spec.hook {
                 Hook::Kfunc(f) => {
                     plan.as_ref().is_ok_and(|plan| plan.trampolines)
