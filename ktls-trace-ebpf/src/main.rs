@@ -256,7 +256,22 @@ fn task_wanted(tgid: u32) -> bool {
     setting!(filter_comm) == 0 || comm_wanted()
 }
 
-/// Is this call wanted? A call on a socket of a traced process is, whoever runs it.
+/// Does this thread's name start with `prefix`?
+#[inline(always)]
+fn comm_starts_with(comm: &[u8; COMM_LEN], prefix: &[u8]) -> bool {
+    let mut i = 0;
+    while i < prefix.len() && i < COMM_LEN {
+        if comm[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Is this call wanted? A call of a traced process is; so is a kernel worker's call on a
+/// socket a traced process used (kernel TLS pushes a socket's records later from a
+/// kworker, or from softirq work in ksoftirqd).
 #[inline(always)]
 fn wanted(tgid: u32, sk: u64) -> bool {
     if setting!(filter_pids) == 0 && setting!(filter_comm) == 0 {
@@ -270,7 +285,18 @@ fn wanted(tgid: u32, sk: u64) -> bool {
         return true;
     }
     // SAFETY: presence test only.
-    sk != 0 && unsafe { SOCKS.get(sk) }.is_some()
+    if sk == 0 || unsafe { SOCKS.get(sk) }.is_none() {
+        return false;
+    }
+    let mut comm = [0u8; COMM_LEN];
+    current_comm(&mut comm);
+    if comm_starts_with(&comm, b"kworker/") || comm_starts_with(&comm, b"ksoftirqd/") {
+        return true;
+    }
+    // Another process on this socket: the traced one closed it and the kernel gave the
+    // memory to a new socket (a client's, say). The entry is stale.
+    let _ = SOCKS.remove(sk);
+    false
 }
 
 /// Records a socket's addresses the first time it is seen.
