@@ -57,7 +57,7 @@ pub struct VmOptions {
     #[arg(long, value_name = "NAME", value_parser = test_filter)]
     pub test: Vec<String>,
 
-    /// Soak for this many seconds on every kernel (default: 600 on 6.12, 120 on the
+    /// Soak for this many seconds on every kernel (default: 600 on the newest, 120 on the
     /// others; tests/tests/soak.rs).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(10..=86400))]
     pub soak_secs: Option<u64>,
@@ -438,7 +438,7 @@ fn boot_tests(p: Prepared, opts: &VmOptions) -> Result<GuestRun> {
 }
 
 /// Seconds one test executable may run in the guest unless `--exe-timeout` says otherwise:
-/// the longest is the soak (10 minutes on 6.12, tests/tests/soak.rs).
+/// the longest is the soak (10 minutes on the newest kernel, tests/tests/soak.rs).
 const EXE_TIMEOUT_SECS: u64 = 900;
 
 /// Prepares the kernel and `<work>/initramfs-<name>.cpio` with the binaries, `tests` and
