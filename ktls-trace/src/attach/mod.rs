@@ -642,9 +642,8 @@ impl Tracer {
             .map(|(_, v, _)| *v)
     }
 
-    /// The kernel's counters of each attached probe's programs, summed per probe:
-    /// (probe, entry side, return side). The entry side is the first program of a kprobe
-    /// or trampoline pair's... see [`progstats`].
+    /// The kernel's counters of each attached probe's programs ([`progstats`]): (probe,
+    /// entry program, return program); a one-program probe (a tracepoint) counts as entry.
     pub fn program_stats(&self) -> Vec<(Probe, progstats::ProgStats, progstats::ProgStats)> {
         let mut out = Vec::new();
         for (probe, _, names) in &self.attached_via {
