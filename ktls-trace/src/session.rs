@@ -127,13 +127,14 @@ pub struct Session {
     start_ns: u64,
     counts: Counts,
     stopped: bool,
-    /// Debug builds only: when to panic on purpose (see [`test_panic_at`]).
+    /// Builds with debug assertions only: when to panic on purpose (see [`test_panic_at`]).
     panic_at: Option<tokio::time::Instant>,
 }
 
-/// The probe-lifetime tests need a tracer that panics with its probes attached. Debug
-/// builds (the ones the tests run) read `KTLS_TRACE_TEST_PANIC=<seconds>` and panic at the
-/// first housekeeping tick after that long; release builds never do.
+/// The probe-lifetime tests need a tracer that panics with its probes attached. Builds
+/// with debug assertions (`dev`, and `ci`, the one the tests run) read
+/// `KTLS_TRACE_TEST_PANIC=<seconds>` and panic at the first housekeeping tick after that
+/// long; release builds never do.
 fn test_panic_at() -> Option<tokio::time::Instant> {
     if !cfg!(debug_assertions) {
         return None;

@@ -15,9 +15,32 @@ use crate::{cmd, setup};
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Build with the release profile.
-    #[arg(long)]
-    pub release: bool,
+    /// The cargo profile to build with.
+    #[arg(long, value_enum, default_value = "ci")]
+    pub profile: Profile,
+}
+
+/// The cargo profile of a build (Cargo.toml says why `ci` exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// cargo's default: unoptimized, what `cargo build` and `cargo test` use.
+    Dev,
+    /// Optimized with debug assertions and overflow checks: what the tests run with, on
+    /// the host and in the guests.
+    Ci,
+    /// What users install.
+    Release,
+}
+
+impl Profile {
+    /// The cargo arguments that select it.
+    pub fn cargo_args(self) -> &'static [&'static str] {
+        match self {
+            Profile::Dev => &[],
+            Profile::Ci => &["--profile", "ci"],
+            Profile::Release => &["--release"],
+        }
+    }
 }
 
 /// The crates built for hosts and guests. The eBPF crate only builds for
@@ -58,7 +81,7 @@ impl TestExe {
 
 pub fn build_cmd(args: &BuildArgs) -> Result<()> {
     setup::setup(false)?;
-    let artifacts = build(args.release)?;
+    let artifacts = build(args.profile)?;
     println!("{}", artifacts.ktls_trace.display());
     println!("{}", artifacts.ktls_workload.display());
     for t in &artifacts.tests {
@@ -69,8 +92,8 @@ pub fn build_cmd(args: &BuildArgs) -> Result<()> {
 
 /// `cargo build` (which also builds the eBPF object through ktls-trace's build script)
 /// and `cargo test --no-run`; returns the binaries and test executables.
-pub fn build(release: bool) -> Result<Artifacts> {
-    let profile: &[&str] = if release { &["--release"] } else { &[] };
+pub fn build(profile: Profile) -> Result<Artifacts> {
+    let profile = profile.cargo_args();
 
     let mut build = cmd::cargo();
     build.arg("build").args(CARGO_SELECTION).args(profile);

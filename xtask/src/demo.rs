@@ -49,7 +49,7 @@ pub struct DemoArgs {
 
 pub fn demo_cmd(args: &DemoArgs) -> Result<()> {
     setup::setup(false)?;
-    let artifacts = build::build(true)?;
+    let artifacts = build::build(build::Profile::Release)?;
     let full_host = vm::host_has_kprobes_and_ktls();
     let interactive =
         !args.once && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();

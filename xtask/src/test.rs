@@ -176,12 +176,13 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
             .map(|()| String::new())
         });
     }
-    // One build for both: the host tests find the binaries next to their executables
-    // (target/<profile>/ktls-trace), which `cargo test` alone does not build.
+    // One build for both, in the `ci` profile (optimized, assertions on; Cargo.toml says
+    // why): the host tests find the binaries next to their executables
+    // (target/ci/ktls-trace), which `cargo test` alone does not build.
     let mut artifacts = None;
     if ready {
         steps.run("build", || {
-            let a = build::build(false)?;
+            let a = build::build(build::Profile::Ci)?;
             let note = format!("{} test executables", a.tests.len());
             artifacts = Some(a);
             Ok(note)
@@ -199,6 +200,7 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
                     let (ok, text) = cmd::run_teed(
                         cmd::cargo()
                             .args(["test", "--workspace", "--exclude", "ktls-trace-ebpf"])
+                            .args(build::Profile::Ci.cargo_args())
                             .current_dir(&root),
                     )?;
                     let counts = HostCounts::parse(&text);

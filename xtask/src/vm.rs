@@ -96,9 +96,9 @@ pub struct VmTestArgs {
     #[arg(long, value_enum, default_value = "all")]
     pub kernel: KernelChoice,
 
-    /// Build with the release profile.
-    #[arg(long)]
-    pub release: bool,
+    /// The cargo profile to build the binaries and tests with.
+    #[arg(long, value_enum, default_value = "ci")]
+    pub profile: build::Profile,
 
     #[command(flatten)]
     pub vm: VmOptions,
@@ -110,9 +110,9 @@ pub struct VmShellArgs {
     #[arg(long, value_enum, default_value = "6.12")]
     pub kernel: Series,
 
-    /// Build with the release profile.
-    #[arg(long)]
-    pub release: bool,
+    /// The cargo profile to build the binaries and tests with.
+    #[arg(long, value_enum, default_value = "ci")]
+    pub profile: build::Profile,
 }
 
 /// The outcome of one guest run, for summaries.
@@ -177,7 +177,7 @@ impl GuestRun {
 
 pub fn vm_test_cmd(args: &VmTestArgs) -> Result<()> {
     setup::setup(false)?;
-    let artifacts = build::build(args.release)?;
+    let artifacts = build::build(args.profile)?;
     let mut runs = Vec::new();
     for o in run_guests(&args.kernel.series(), &artifacts, &args.vm, args.vm.jobs()) {
         runs.push(
@@ -200,7 +200,7 @@ pub fn vm_test_cmd(args: &VmTestArgs) -> Result<()> {
 
 pub fn vm_shell_cmd(args: &VmShellArgs) -> Result<()> {
     setup::setup(false)?;
-    let artifacts = build::build(args.release)?;
+    let artifacts = build::build(args.profile)?;
     let (kernel, initrd, _) = image(
         args.kernel,
         &artifacts,
@@ -528,7 +528,7 @@ pub fn script_on_each(
     mut each: impl FnMut(Series, &[String]) -> Result<()>,
 ) -> Result<()> {
     setup::setup(false)?;
-    let artifacts = build::build(true)?;
+    let artifacts = build::build(build::Profile::Release)?;
     for series in kernels.series() {
         let console = run_script(series, &artifacts, script, timeout, Vcpus::Serial)
             .with_context(|| format!("the {} guest", series.label()))?;

@@ -117,7 +117,7 @@ fn config(name: &str) -> Option<&'static Config> {
 
 pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
     setup::setup(false)?;
-    let artifacts = build::build(true)?;
+    let artifacts = build::build(build::Profile::Release)?;
     let out_dir = target_dir()?.join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut failed = Vec::new();
