@@ -761,8 +761,9 @@ mod tests {
                     Some(Tracer::Bpftrace) => c.push_str(&format!(
                         "KT-BENCH {id} tracer {name} {round} rc=0 alive=1 ticks=20 wakeups=30 attach_s=20.5 {}\n",
                         json!({"bpftrace": [
-                            {"type": "map", "data": {"@calls": {"tls_sw_sendmsg,1": 5000, "do_sendfile,1": 1000}}},
-                            {"type": "map", "data": {"@done": {"tls_sw_sendmsg,1": 1u64 << 30, "tls_sw_sendmsg,0": 1000}}},
+                            {"type": "map", "data": {"@calls_do_sendfile": {"1": 1000}}},
+                            {"type": "map", "data": {"@calls_tls_sw_sendmsg": {"1": 5000}}},
+                            {"type": "map", "data": {"@done_tls_sw_sendmsg": {"0": 1000, "1": 1u64 << 30}}},
                         ]})
                     )),
                     Some(Tracer::TopAll) => c.push_str(&format!(
@@ -830,8 +831,8 @@ mod tests {
     #[test]
     fn unreadable_bpftrace_output_is_a_problem() {
         let c = console("abc", 1).replace(
-            "{\"bpftrace\":[{\"data\":{\"@calls\":{\"do_sendfile,1\"",
-            "{\"bpftrace\":[{\"data\":{\"@calls\":{\"do_sendfile;1\"",
+            "{\"bpftrace\":[{\"data\":{\"@calls_do_sendfile\":{\"1\"",
+            "{\"bpftrace\":[{\"data\":{\"@calls_do_sendfile\":{\"one\"",
         );
         let r = parse(&c, "abc", 1);
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
