@@ -173,7 +173,11 @@ pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
         let elapsed = started.elapsed();
         let results = parse(&console.join("\n"), &run_id, args.runs);
         let mut report = report_json(series, args, &results, elapsed);
-        report["bpftrace"] = json!(peer.version);
+        if let Some(r) = report.as_object_mut() {
+            // The host-side package version; the guest's `bpftrace --version` is in
+            // bpftrace_guest.
+            r.insert("bpftrace".into(), json!(peer.version));
+        }
         let path = out_dir.join(format!("{label}.json"));
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
