@@ -363,11 +363,11 @@ fn copy_shared_libraries(
         }
     }
     for lib in libs {
-        let inside = unpacked
-            .and_then(|u| lib.strip_prefix(&u.root).ok())
-            .or_else(|| lib.strip_prefix("/").ok())
-            .unwrap_or(&lib);
-        let dest = root.join(inside);
+        let dest = root.join(guest_path(&lib, unpacked.map(|u| u.root.as_path())));
+        if unpacked.is_some() && dest.exists() {
+            // A host library the first pass already copied (libc, libstdc++...).
+            continue;
+        }
         if let Some(parent) = dest.parent() {
             mkdir(parent)?;
         }
@@ -375,6 +375,16 @@ fn copy_shared_libraries(
         fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
     }
     Ok(())
+}
+
+/// Where a library `ldd` found goes, relative to the guest's `/`: a library of the
+/// unpacked tree at its package path (`<tree>/usr/lib/x/libbcc.so` -> `usr/lib/x/libbcc.so`),
+/// a host library at its host path.
+pub fn guest_path<'a>(lib: &'a Path, unpacked_root: Option<&Path>) -> &'a Path {
+    unpacked_root
+        .and_then(|r| lib.strip_prefix(r).ok())
+        .or_else(|| lib.strip_prefix("/").ok())
+        .unwrap_or(lib)
 }
 
 /// Absolute library paths in `ldd` output:
@@ -481,6 +491,25 @@ mod tests {
             ]
         );
         assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
+    }
+
+    #[test]
+    fn unpacked_libraries_go_to_their_package_paths() {
+        let tree = Path::new("/w/target/vm/tools/bpftrace/0.17.0-1/root");
+        let ours = tree.join("usr/lib/x86_64-linux-gnu/libbcc_bpf.so.0");
+        assert_eq!(
+            guest_path(&ours, Some(tree)),
+            Path::new("usr/lib/x86_64-linux-gnu/libbcc_bpf.so.0")
+        );
+        let host = Path::new("/lib/x86_64-linux-gnu/libLLVM-14.so.1");
+        assert_eq!(
+            guest_path(host, Some(tree)),
+            Path::new("lib/x86_64-linux-gnu/libLLVM-14.so.1")
+        );
+        assert_eq!(
+            guest_path(host, None),
+            Path::new("lib/x86_64-linux-gnu/libLLVM-14.so.1")
+        );
     }
 
     #[test]
