@@ -7,6 +7,7 @@
 //! - apt.rs        the project's own apt state (target/vm/apt/) on the host's mirrors
 //! - kernel.rs     resolve / download / unpack / depmod, cached under target/vm/cache/
 //! - initramfs.rs  busybox + modules + binaries + tests + generated /init
+//! - tools.rs      Debian tools only the bench's guest carries (bpftrace), under target/vm/tools/
 //! - qemu.rs       boot, console capture, deadline
 //! - report.rs     console -> per-test results
 
@@ -16,6 +17,7 @@ mod kernel;
 mod qemu;
 mod report;
 mod series;
+mod tools;
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +32,7 @@ pub use initramfs::{Plan, TestRun};
 pub use qemu::Vcpus;
 use report::{GuestReport, Outcome};
 pub use series::{KernelChoice, Series};
+pub use tools::Unpacked;
 
 use crate::{
     build::{self, Artifacts},
@@ -208,6 +211,7 @@ pub fn vm_shell_cmd(args: &VmShellArgs) -> Result<()> {
         Plan::Shell,
         EXE_TIMEOUT_SECS,
         "shell",
+        None,
     )?;
     qemu::run_interactive(qemu::command(&kernel.vmlinuz, &initrd, true, Vcpus::Serial))
 }
@@ -331,6 +335,7 @@ fn prepare_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Res
         }),
         opts.exe_timeout,
         "test",
+        None,
     )?;
     Ok(Prepared {
         series,
@@ -451,6 +456,7 @@ fn image(
     plan: Plan,
     exe_timeout_secs: u64,
     name: &str,
+    unpacked: Option<&Unpacked>,
 ) -> Result<(kernel::Kernel, std::path::PathBuf, std::path::PathBuf)> {
     let kernel = kernel::prepare(series, &target_dir()?.join("vm"))?;
     let work = work_dir(series)?;
@@ -462,6 +468,7 @@ fn image(
             tests,
             plan,
             exe_timeout_secs,
+            unpacked,
         },
         &work,
         name,
@@ -469,14 +476,24 @@ fn image(
     Ok((kernel, initrd, work))
 }
 
-/// [`image`] with the binaries only (no tests) and `plan`, for the demo and the bench.
+/// [`image`] with the binaries only (no tests) and `plan`, for the demo and the bench
+/// (which adds `unpacked` tools).
 fn script_image(
     series: Series,
     artifacts: &Artifacts,
     plan: Plan,
     name: &str,
+    unpacked: Option<&Unpacked>,
 ) -> Result<(kernel::Kernel, std::path::PathBuf, std::path::PathBuf)> {
-    let image = image(series, artifacts, &[], plan, EXE_TIMEOUT_SECS, name)?;
+    let image = image(
+        series,
+        artifacts,
+        &[],
+        plan,
+        EXE_TIMEOUT_SECS,
+        name,
+        unpacked,
+    )?;
     eprintln!(
         "vm {}: booting {} (TCG emulation: give it a few seconds)",
         series.label(),
@@ -495,9 +512,27 @@ pub fn run_script(
     timeout: Duration,
     vcpus: Vcpus,
 ) -> Result<Vec<String>> {
+    run_script_with(series, artifacts, script, timeout, vcpus, None)
+}
+
+/// [`run_script`] with tools unpacked from Debian packages in the image (the bench's
+/// bpftrace, see [`prepare_tool`]).
+pub fn run_script_with(
+    series: Series,
+    artifacts: &Artifacts,
+    script: &str,
+    timeout: Duration,
+    vcpus: Vcpus,
+    unpacked: Option<&Unpacked>,
+) -> Result<Vec<String>> {
     let label = series.label();
-    let (kernel, initrd, work) =
-        script_image(series, artifacts, Plan::Script(script.to_string()), "demo")?;
+    let (kernel, initrd, work) = script_image(
+        series,
+        artifacts,
+        Plan::Script(script.to_string()),
+        "demo",
+        unpacked,
+    )?;
     let log = work.join("console-demo.log");
     let captured = qemu::run_captured(
         qemu::command(&kernel.vmlinuz, &initrd, false, vcpus),
@@ -545,8 +580,15 @@ pub fn run_script_interactive(series: Series, artifacts: &Artifacts, script: &st
         artifacts,
         Plan::Interactive(script.to_string()),
         "demo-tty",
+        None,
     )?;
     qemu::run_interactive(qemu::command(&kernel.vmlinuz, &initrd, true, Vcpus::Serial))
+}
+
+/// `package` from the host's Debian release, with the libraries the host lacks, unpacked
+/// under target/vm/tools/ for a guest image (vm/tools.rs); nothing is installed on the host.
+pub fn prepare_tool(package: &str, executables: &[&str]) -> Result<Unpacked> {
+    tools::prepare(&target_dir()?.join("vm"), package, executables)
 }
 
 /// qemu itself failing (bad option, unreadable kernel) is a harness failure; after a

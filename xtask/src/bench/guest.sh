@@ -19,6 +19,19 @@ MODES=$("$KT" load --list-modes | tr '\n' ' ')
 say start kernel=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo) runs=$RUNS seconds=$D
 say modes $MODES
 
+# The bpftrace peer (xtask/src/bench/bpftrace.rs): bpftrace will not start with a kprobe on
+# a function the kernel lacks, so the program of this kernel's era is picked here (the tls
+# module is loaded: its functions are in kallsyms).
+cat >/tmp/kt-sendmsg.bt <<'BT_EOF'
+@BPFTRACE_SENDMSG@
+BT_EOF
+cat >/tmp/kt-sendpage.bt <<'BT_EOF'
+@BPFTRACE_SENDPAGE@
+BT_EOF
+BT_PROGRAM=/tmp/kt-sendmsg.bt
+grep -qw tls_sw_sendpage /proc/kallsyms && BT_PROGRAM=/tmp/kt-sendpage.bt
+say "bpftrace $(bpftrace --version 2>&1 | head -n 1) program=$BT_PROGRAM"
+
 # load MODE: one `ktls-trace load --json` report on stdout; rc in LOAD_RC, wall time in LOAD_WALL.
 load() {
     opts="--tls 1.3 --cipher aes-128-gcm"
@@ -30,18 +43,26 @@ load() {
     LOAD_WALL=$(awk "BEGIN {print $(now) - $LT0}")
 }
 
-# tracer KIND: starts it in the background (TP) and waits until its probes are attached.
+# tracer KIND: starts it in the background (TP) and waits until its probes are attached
+# (ktls-trace says so on stderr; the bpftrace program's BEGIN prints READY on stdout).
 tracer() {
     rm -f /tmp/tr.out /tmp/tr.err
+    ready="ktls-trace: attached"
+    ready_in=/tmp/tr.err
     case "$1" in
         trace) "$KT" trace --json >/tmp/tr.out 2>/tmp/tr.err & ;;
         top) "$KT" top --once --json --interval 60 >/tmp/tr.out 2>/tmp/tr.err & ;;
         trace-comm) "$KT" trace --json --comm ktls-load-srv >/tmp/tr.out 2>/tmp/tr.err & ;;
+        bpftrace)
+            bpftrace -f json "$BT_PROGRAM" >/tmp/tr.out 2>/tmp/tr.err &
+            ready="@BPFTRACE_READY@"
+            ready_in=/tmp/tr.out
+            ;;
     esac
     TP=$!
     AT0=$(now)
     n=0
-    until grep -q "ktls-trace: attached" /tmp/tr.err 2>/dev/null; do
+    until grep -q "$ready" $ready_in 2>/dev/null; do
         n=$((n + 1))
         if [ $n -gt 1200 ] || ! kill -0 $TP 2>/dev/null; then
             say "error tracer $1 did not attach: $(tail -n 3 /tmp/tr.err | tr '\n' ' ')"
@@ -77,8 +98,15 @@ measure() { # NAME MODE TRACER ROUND
         CS1=$(cswitches $TP)
         alive=1; kill -0 $TP 2>/dev/null || alive=0
         stop
-        # trace --json ends with its summary object; top --once --json prints one object.
-        summary=$(tail -n 1 /tmp/tr.out)
+        # trace --json ends with its summary object; top --once --json prints one object;
+        # bpftrace prints one JSON line per map at exit: gathered into one object.
+        if [ "$3" = bpftrace ]; then
+            summary=$(awk 'BEGIN { printf "{\"bpftrace\":[" }
+                /^\{"type": *"map"/ { printf "%s%s", (n++ ? "," : ""), $0 }
+                END { print "]}" }' /tmp/tr.out)
+        else
+            summary=$(tail -n 1 /tmp/tr.out)
+        fi
         say "tracer $1 $4 rc=$TRC alive=$alive ticks=$((TK1 - TK0)) wakeups=$((CS1 - CS0)) attach_s=$ATTACH $summary"
         [ $TRC -eq 0 ] || say "error tracer $1 round $4 exited $TRC: $(tail -n 3 /tmp/tr.err | tr '\n' ' ')"
         rm -f /tmp/tr.out

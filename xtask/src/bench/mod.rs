@@ -8,7 +8,8 @@
 //!   plain-sendfile (server throughput and server-thread CPU seconds per GiB);
 //! - tracing overhead on ktls-sendfile: no tracer, `trace --json` of the whole system,
 //!   `top --once` of the whole system, `trace --json --comm ktls-load-srv` (filtered in the
-//!   kernel); plus each tracer's events/s, drops, own CPU time and wake-ups.
+//!   kernel), and a peer: a bpftrace script counting bytes per probe on the same functions
+//!   (bench/bpftrace.rs); plus each tracer's events/s, drops, own CPU time and wake-ups.
 //!
 //! Every configuration runs `--runs` times, interleaved (one round of every configuration,
 //! then the next round), and each ratio is taken within a round, against that round's
@@ -36,6 +37,8 @@ use crate::{
     build, cmd, setup,
     vm::{self, KernelChoice, Series},
 };
+
+mod bpftrace;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -75,6 +78,9 @@ pub enum Tracer {
     TopAll,
     /// `ktls-trace trace --json --comm ktls-load-srv`: filtered in the kernel.
     TraceComm,
+    /// The peer: `bpftrace -f json` running [`bpftrace::program`] (whole system, the
+    /// same functions, bytes per probe split by sendfile nesting).
+    Bpftrace,
 }
 
 impl Tracer {
@@ -84,6 +90,7 @@ impl Tracer {
             Tracer::TraceAll => "trace",
             Tracer::TopAll => "top",
             Tracer::TraceComm => "trace-comm",
+            Tracer::Bpftrace => "bpftrace",
         }
     }
 }
@@ -93,7 +100,7 @@ impl Tracer {
 pub const BASELINE: &str = "ktls-sendfile";
 
 /// The tracers, in the order each round runs them (one after each load mode).
-pub const CONFIGS: [Config; 3] = [
+pub const CONFIGS: [Config; 4] = [
     Config {
         name: "trace-all",
         tracer: Tracer::TraceAll,
@@ -109,6 +116,11 @@ pub const CONFIGS: [Config; 3] = [
         tracer: Tracer::TraceComm,
         label: "trace --json --comm ktls-load-srv",
     },
+    Config {
+        name: "bpftrace",
+        tracer: Tracer::Bpftrace,
+        label: "bpftrace script (whole system)",
+    },
 ];
 
 fn config(name: &str) -> Option<&'static Config> {
@@ -118,6 +130,14 @@ fn config(name: &str) -> Option<&'static Config> {
 pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
     setup::setup(false)?;
     let artifacts = build::build(build::Profile::Release)?;
+    // The peer tracer: only this image carries it (about 200 MB with its libraries).
+    let peer = vm::prepare_tool(bpftrace::PACKAGE, &[bpftrace::EXECUTABLE])
+        .context("preparing bpftrace for the bench guest")?;
+    eprintln!(
+        "bench: bpftrace {} from {}",
+        peer.version,
+        peer.root.display()
+    );
     let out_dir = target_dir()?.join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut failed = Vec::new();
@@ -133,17 +153,31 @@ pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
         }
         let run_id = run_id();
         let script = guest_script(&run_id, args.seconds, args.runs);
-        // Per run: the load, plus up to ~30 s of tracer attach and detach under TCG.
-        // Four load modes and the tracers, every round.
+        // Per run: the load, plus up to ~30 s of tracer attach and detach under TCG, and
+        // bpftrace's compile (LLVM, emulated) once per round. Four load modes and the
+        // tracers, every round.
         let configs = 4 + CONFIGS.len() as u64;
         let per_run = u64::from(args.seconds) + 40;
-        let timeout = Duration::from_secs(180 + per_run * configs * u64::from(args.runs));
+        let per_round = per_run * configs + BPFTRACE_START_S;
+        let timeout = Duration::from_secs(240 + per_round * u64::from(args.runs));
         let started = std::time::Instant::now();
-        let console = vm::run_script(series, &artifacts, &script, timeout, vm::Vcpus::Parallel)
-            .with_context(|| format!("the {label} bench guest"))?;
+        let console = vm::run_script_with(
+            series,
+            &artifacts,
+            &script,
+            timeout,
+            vm::Vcpus::Parallel,
+            Some(&peer),
+        )
+        .with_context(|| format!("the {label} bench guest"))?;
         let elapsed = started.elapsed();
         let results = parse(&console.join("\n"), &run_id, args.runs);
-        let report = report_json(series, args, &results, elapsed);
+        let mut report = report_json(series, args, &results, elapsed);
+        if let Some(r) = report.as_object_mut() {
+            // The host-side package version; the guest's `bpftrace --version` is in
+            // bpftrace_guest.
+            r.insert("bpftrace".into(), json!(peer.version));
+        }
         let path = out_dir.join(format!("{label}.json"));
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
@@ -166,6 +200,10 @@ pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Seconds a bpftrace start may take beyond the other tracers' under TCG: it compiles
+/// its program with LLVM, emulated.
+const BPFTRACE_START_S: u64 = 120;
+
 /// A token that marks this run's lines (the console log is shared with `demo`).
 fn run_id() -> String {
     let t = SystemTime::now()
@@ -187,6 +225,9 @@ pub fn guest_script(run_id: &str, seconds: u32, runs: u32) -> String {
         .replace("@RUNS@", &runs.to_string())
         .replace("@TRACERS@", &tracers.join(" "))
         .replace("@BASELINE@", BASELINE)
+        .replace("@BPFTRACE_READY@", bpftrace::READY)
+        .replace("@BPFTRACE_SENDMSG@", bpftrace::program(false).trim_end())
+        .replace("@BPFTRACE_SENDPAGE@", bpftrace::program(true).trim_end())
 }
 
 /// One run of one configuration, as the guest reported it.
@@ -210,6 +251,14 @@ pub struct TracerSample {
     pub attach_s: Option<f64>,
     pub events: Option<u64>,
     pub drops: Option<u64>,
+    /// Plaintext bytes kernel TLS took (bytes done at tls_sw_sendmsg / tls_sw_sendpage),
+    /// where the tracer reports them per probe (trace, bpftrace): a check that the tracer
+    /// saw what the load served.
+    pub ktls_bytes: Option<u64>,
+    /// bpftrace's totals per function (bench/bpftrace.rs `to_json`).
+    pub probes: Option<Value>,
+    /// The tracer's output could not be read.
+    pub error: Option<String>,
 }
 
 /// Everything parsed from one guest run.
@@ -220,6 +269,8 @@ pub struct Results {
     pub modes: Vec<String>,
     /// `aesni=yes|no gcm_aes_drivers=...`: the crypto kernel TLS ran on.
     pub crypto: Option<String>,
+    /// `bpftrace v0.17.0 program=...`: the peer's version and which era's program ran.
+    pub bpftrace: Option<String>,
     pub samples: BTreeMap<(String, u32), Sample>,
     pub problems: Vec<String>,
     pub done: bool,
@@ -230,7 +281,9 @@ pub struct Results {
 /// ```text
 /// start kernel=<uname -r> cpus=N runs=N seconds=N
 /// modes <mode> <mode> ...
-/// tracer <config> <round> rc=N alive=0|1 ticks=N attach_s=X <trace summary | top JSON>
+/// crypto aesni=yes|no gcm_aes_drivers=...
+/// bpftrace bpftrace v0.17.0 program=/tmp/kt-sendmsg.bt
+/// tracer <config> <round> rc=N alive=0|1 ticks=N attach_s=X <trace summary | top JSON | {"bpftrace":[...]}>
 /// load <config> <round> rc=N wall_s=X <load report JSON>
 /// error <words>
 /// done uptime=X
@@ -275,6 +328,7 @@ pub fn parse(console: &str, run_id: &str, runs: u32) -> Results {
                 }
             }
             "crypto" => r.crypto = Some(rest.trim().to_string()),
+            "bpftrace" => r.bpftrace = Some(rest.trim().to_string()),
             "error" => r.problems.push(rest.to_string()),
             "done" => r.done = true,
             _ => {}
@@ -317,6 +371,9 @@ pub fn parse(console: &str, run_id: &str, runs: u32) -> Results {
                             Some(t) if !t.alive => r.problems.push(format!(
                                 "{name} round {round}: the tracer ended before the load did"
                             )),
+                            Some(TracerSample { error: Some(e), .. }) => r
+                                .problems
+                                .push(format!("{name} round {round}: tracer output: {e}")),
                             Some(t) if t.events.is_none() => r.problems.push(format!(
                                 "{name} round {round}: no event count from the tracer"
                             )),
@@ -352,13 +409,35 @@ fn tracer_sample(text: &str) -> TracerSample {
         attach_s: field(text, "attach_s").and_then(|v| v.parse().ok()),
         events: None,
         drops: None,
+        ktls_bytes: None,
+        probes: None,
+        error: None,
     };
     match json_tail(text) {
-        // trace --json: {"summary":{"events":N,"drops":N,...}}
+        // trace --json: {"summary":{"events":N,"drops":N,"probes":{...},...}}
         Some(v) if v.get("summary").is_some() => {
             t.events = v.pointer("/summary/events").and_then(Value::as_u64);
             t.drops = v.pointer("/summary/drops").and_then(Value::as_u64);
+            t.ktls_bytes = Some(
+                bpftrace::KTLS_FUNCS
+                    .iter()
+                    .filter_map(|f| {
+                        v.pointer(&format!("/summary/probes/{f}/bytes_done"))?
+                            .as_u64()
+                    })
+                    .sum(),
+            );
         }
+        // The bpftrace peer: {"bpftrace":[<map lines>]}. It counts in kernel maps and
+        // loses nothing to a ring buffer, so there are no drops to report.
+        Some(v) if v.get("bpftrace").is_some() => match bpftrace::parse(&v) {
+            Ok(totals) => {
+                t.events = Some(bpftrace::events(&totals));
+                t.ktls_bytes = Some(bpftrace::ktls_bytes(&totals));
+                t.probes = Some(bpftrace::to_json(&totals));
+            }
+            Err(e) => t.error = Some(format!("{e:#}")),
+        },
         // top --once --json: {"kernel":..,"events":N,"drops_total":N,...}
         Some(v) => {
             t.events = v.get("events").and_then(Value::as_u64);
@@ -420,6 +499,10 @@ fn metric(s: &Sample, what: &str) -> Option<f64> {
         "tracer_cpu_share" => Some(t?.ticks as f64 / 100.0 / s.wall_s?),
         "tracer_us_per_event" => Some(t?.ticks as f64 * 1e4 / t?.events? as f64),
         "attach_s" => t?.attach_s,
+        // About 1.0: the tracer saw the plaintext the load served (plus its headers).
+        "ktls_bytes_per_served" => {
+            Some(t?.ktls_bytes? as f64 / server.get("body_bytes")?.as_f64()?)
+        }
         "events_per_wakeup" => Some(t?.events? as f64 / t?.wakeups?.max(1) as f64),
         _ => None,
     }
@@ -471,6 +554,7 @@ pub fn report_json(series: Series, args: &BenchArgs, r: &Results, elapsed: Durat
                 "tracer": s.tracer.as_ref().map(|t| json!({
                     "rc": t.rc, "alive": t.alive, "cpu_ticks": t.ticks, "wakeups": t.wakeups,
                     "attach_s": t.attach_s, "events": t.events, "drops": t.drops,
+                    "ktls_bytes": t.ktls_bytes, "probes": t.probes,
                 })),
                 "load": s.load,
             })
@@ -484,6 +568,7 @@ pub fn report_json(series: Series, args: &BenchArgs, r: &Results, elapsed: Durat
         "series": series.label(),
         "kernel": r.kernel,
         "crypto": r.crypto,
+        "bpftrace_guest": r.bpftrace,
         "date": utc_date(),
         "unix_time": unix,
         "machine": {
@@ -498,7 +583,7 @@ pub fn report_json(series: Series, args: &BenchArgs, r: &Results, elapsed: Durat
         "tracing": std::iter::once(BASELINE).chain(CONFIGS.iter().map(|c| c.name)).map(|n| cfg_summary(n, &[
             "throughput", "server_cpu_per_gib", "events_per_s", "drops", "tracer_cpu_s",
             "tracer_cpu_per_gib", "tracer_cpu_share", "tracer_us_per_event", "events_per_wakeup",
-            "attach_s",
+            "attach_s", "ktls_bytes_per_served",
         ])).collect::<Vec<_>>(),
         "problems": r.problems,
         "raw": raw,
@@ -538,6 +623,9 @@ pub fn render_table(report: &Value) -> String {
     ));
     if let Some(c) = report["crypto"].as_str() {
         s.push_str(&format!("guest crypto: {c}\n"));
+    }
+    if let Some(b) = report["bpftrace_guest"].as_str() {
+        s.push_str(&format!("peer: {b}\n"));
     }
     s.push_str(
         "median over rounds [min-max]; ratios are taken within a round against that round's untraced ktls-sendfile run\n\n",
@@ -580,12 +668,12 @@ pub fn render_table(report: &Value) -> String {
     }
     s.push_str("\nThe tracers themselves (medians)\n");
     s.push_str(&format!(
-        "  {:<34} {:>9} {:>6} {:>11} {:>9} {:>8} {:>8}\n",
-        "tracer", "events/s", "drops", "tracer CPU", "us/event", "ev/wake", "attach"
+        "  {:<34} {:>9} {:>6} {:>11} {:>9} {:>8} {:>8} {:>12}\n",
+        "tracer", "events/s", "drops", "tracer CPU", "us/event", "ev/wake", "attach", "kTLS/served"
     ));
     for t in tracing.iter().filter(|t| t["config"] != BASELINE) {
         s.push_str(&format!(
-            "  {:<34} {:>9} {:>6} {:>11} {:>9} {:>8} {:>8}\n",
+            "  {:<34} {:>9} {:>6} {:>11} {:>9} {:>8} {:>8} {:>12}\n",
             label(t),
             opt(med(t, "events_per_s"), &|e| format!("{e:.0}")),
             opt(t["drops"].get("max").and_then(Value::as_f64), &|d| {
@@ -597,6 +685,7 @@ pub fn render_table(report: &Value) -> String {
             opt(med(t, "tracer_us_per_event"), &|u| format!("{u:.1}")),
             opt(med(t, "events_per_wakeup"), &|w| format!("{w:.1}")),
             opt(med(t, "attach_s"), &|a| format!("{a:.1}s")),
+            opt(med(t, "ktls_bytes_per_served"), &|k| format!("{k:.3}")),
         ));
     }
     s.push_str(concat!(
@@ -604,7 +693,9 @@ pub fn render_table(report: &Value) -> String {
         "  thread plus the tracer process, per GiB served; tracer CPU: the tracer's user+sys time\n",
         "  during the load as a share of one CPU; us/event: that time per event; ev/wake: events\n",
         "  per voluntary context switch of the tracer's threads (about one per wake-up); drops:\n",
-        "  the largest count of any round; attach: tracer start to probes attached.\n",
+        "  the largest count of any round (bpftrace counts in kernel maps: none to lose); attach:\n",
+        "  tracer start to probes attached (bpftrace: its BEGIN, after compiling); kTLS/served:\n",
+        "  plaintext the tracer saw enter kernel TLS per body byte the load served (~1.0).\n",
     ));
     if let Some(p) = report["problems"].as_array().filter(|p| !p.is_empty()) {
         s.push_str(&format!("\n{} problem(s):\n", p.len()));
@@ -671,6 +762,14 @@ mod tests {
             for (name, tracer) in names.clone() {
                 let factor = if name == BASELINE { 1.0 } else { 0.5 };
                 match tracer {
+                    Some(Tracer::Bpftrace) => c.push_str(&format!(
+                        "KT-BENCH {id} tracer {name} {round} rc=0 alive=1 ticks=20 wakeups=30 attach_s=20.5 {}\n",
+                        json!({"bpftrace": [
+                            {"type": "map", "data": {"@calls_do_sendfile": {"1": 1000}}},
+                            {"type": "map", "data": {"@calls_tls_sw_sendmsg": {"1": 5000}}},
+                            {"type": "map", "data": {"@done_tls_sw_sendmsg": {"0": 1000, "1": 1u64 << 30}}},
+                        ]})
+                    )),
                     Some(Tracer::TopAll) => c.push_str(&format!(
                         "KT-BENCH {id} tracer {name} {round} rc=0 alive=1 ticks=150 attach_s=1.5 {{\"kernel\":\"6.12.1\",\"events\":6000,\"drops_total\":3,\"procs\":[]}}\n"
                     )),
@@ -719,6 +818,33 @@ mod tests {
             .clone()
             .unwrap();
         assert_eq!((tr.events, tr.drops, tr.alive), (Some(6000), Some(0), true));
+        assert_eq!(tr.ktls_bytes, Some(0), "the summary has no kTLS probes");
+        let bt = r.samples[&("bpftrace".to_string(), 3)]
+            .tracer
+            .clone()
+            .unwrap();
+        assert_eq!((bt.events, bt.drops), (Some(6000), None));
+        assert_eq!(bt.ktls_bytes, Some((1 << 30) + 1000));
+        assert_eq!(
+            bt.probes.unwrap()["do_sendfile"]["in_sendfile"]["calls"],
+            1000
+        );
+        assert_eq!(bt.attach_s, Some(20.5));
+    }
+
+    #[test]
+    fn unreadable_bpftrace_output_is_a_problem() {
+        let c = console("abc", 1).replace(
+            "{\"bpftrace\":[{\"data\":{\"@calls_do_sendfile\":{\"1\"",
+            "{\"bpftrace\":[{\"data\":{\"@calls_do_sendfile\":{\"one\"",
+        );
+        let r = parse(&c, "abc", 1);
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(
+            r.problems[0].starts_with("bpftrace round 1: tracer output: "),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]
@@ -782,6 +908,12 @@ mod tests {
         assert!(table.contains("ktls-write"), "{table}");
         assert!(table.contains("0.50 [0.50-0.50]"), "{table}");
         assert!(table.contains("top --once"), "{table}");
+        assert!(table.contains("bpftrace script"), "{table}");
+        assert_eq!(rep["tracing"][4]["config"], "bpftrace");
+        assert_eq!(
+            rep["tracing"][4]["ktls_bytes_per_served"]["median"],
+            1.0 + 1000.0 / f64::from(1u32 << 30)
+        );
         assert!(!table.contains("problem"), "{table}");
     }
 
@@ -816,5 +948,16 @@ mod tests {
         );
         assert!(s.contains("trace --json --comm ktls-load-srv"));
         assert!(s.contains("top --once --json --interval 60"));
+        assert!(s.contains("bpftrace -f json \"$BT_PROGRAM\""));
+        assert!(s.contains(&format!("ready=\"{}\"", bpftrace::READY)));
+        // Both eras' programs, each a complete quoted heredoc.
+        assert!(s.contains(&format!(
+            "<<'BT_EOF'\n{}\nBT_EOF\n",
+            bpftrace::program(true).trim_end()
+        )));
+        assert!(s.contains(&format!(
+            "<<'BT_EOF'\n{}\nBT_EOF\n",
+            bpftrace::program(false).trim_end()
+        )));
     }
 }

@@ -469,6 +469,24 @@ impl Apt {
         Ok(parse_depends(&out))
     }
 
+    /// Downloads `package` from `suite` and every dependency the host lacks into `dest`
+    /// (`apt-get install --download-only` against the host's dpkg status, with `dest` as
+    /// the archives directory), installing nothing. For tools the bench unpacks under
+    /// target/ (bpftrace): what the host already has is taken from the host.
+    pub fn download_missing(&self, package: &str, suite: &str, dest: &Path) -> Result<()> {
+        let partial = dest.join("partial");
+        fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        // apt wants the trailing slash on a directory option.
+        let archives = format!("Dir::Cache::Archives={}/", dest.display());
+        cmd::run(
+            self.command("apt-get")
+                .args(["-q", "-y", "--no-install-recommends", "--download-only"])
+                .args(["-o", &archives, "-t", suite, "install", package])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .with_context(|| format!("downloading {package} from {suite} with the project's apt state"))
+    }
+
     /// `apt-get download` of `specs` (`name` or `name=version`) into `dest`.
     pub fn download(&self, specs: &[String], dest: &Path) -> Result<()> {
         cmd::run(

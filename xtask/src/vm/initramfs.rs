@@ -17,6 +17,8 @@
 //! /usr/bin/curl, openssl   real TLS clients for the load server's tests
 //! /lib/terminfo, /usr/lib/locale/C.utf8   what tmux needs to draw UTF-8 in its panes
 //! /lib*/...                the glibc libraries `ldd` names, at their host paths
+//! /usr/bin/bpftrace        the bench only (`Contents::unpacked`, vm/tools.rs): with the
+//!                          libraries unpacked next to it at their package paths
 //! ```
 //!
 //! The archive is an uncompressed newc cpio: it is built in a second and the emulated
@@ -32,7 +34,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Series, kernel::Kernel};
+use super::{Series, kernel::Kernel, tools::Unpacked};
 use crate::{build::TestExe, cmd};
 
 /// What the guest does after booting.
@@ -84,6 +86,9 @@ pub struct Contents<'a> {
     /// Seconds one test executable may run in the guest before it is killed, so one hang
     /// does not eat the whole guest's time budget.
     pub exe_timeout_secs: u64,
+    /// Tools unpacked from Debian packages (bpftrace for the bench): about 200 MB with
+    /// their libraries, so only the image that needs them gets them.
+    pub unpacked: Option<&'a Unpacked>,
 }
 
 /// Builds `<work>/initramfs-<name>.cpio` from a fresh `<work>/root-<name>/`.
@@ -146,7 +151,20 @@ pub fn build(contents: &Contents<'_>, work: &Path, name: &str) -> Result<PathBuf
         true,
     )?;
     elves.extend(install_terminal(&root)?);
-    copy_shared_libraries(&elves, &root)?;
+    copy_shared_libraries(&elves, &root, None)?;
+    if let Some(u) = contents.unpacked {
+        let mut exes = Vec::new();
+        for exe in &u.executables {
+            let dest = root.join(exe);
+            if let Some(parent) = dest.parent() {
+                mkdir(parent)?;
+            }
+            let src = u.root.join(exe);
+            fs::copy(&src, &dest).with_context(|| format!("copying {}", src.display()))?;
+            exes.push(src);
+        }
+        copy_shared_libraries(&exes, &root, Some(u))?;
+    }
 
     // Enough of /etc for glibc: `localhost` resolves from /etc/hosts without DNS, and
     // uid 0 has a name and a home.
@@ -346,11 +364,21 @@ fn strip_copy(src: &Path, dest: &Path) -> Result<()> {
 }
 
 /// Copies the shared libraries of every ELF (and the dynamic loader) to the same absolute
-/// paths inside the root. Static executables have none.
-fn copy_shared_libraries(elves: &[PathBuf], root: &Path) -> Result<()> {
+/// paths inside the root. Static executables have none. With `unpacked`, the ELFs come
+/// from that tree: `ldd` looks there first, and its libraries go to their package paths
+/// (`<tree>/usr/lib/...` -> `/usr/lib/...`), where the guest's loader finds them.
+fn copy_shared_libraries(
+    elves: &[PathBuf],
+    root: &Path,
+    unpacked: Option<&Unpacked>,
+) -> Result<()> {
     let mut libs = BTreeSet::new();
     for elf in elves {
-        let out = Command::new("ldd")
+        let mut ldd = Command::new("ldd");
+        if let Some(u) = unpacked {
+            ldd.env("LD_LIBRARY_PATH", u.library_path());
+        }
+        let out = ldd
             .arg(elf)
             .stdin(Stdio::null())
             .output()
@@ -361,7 +389,11 @@ fn copy_shared_libraries(elves: &[PathBuf], root: &Path) -> Result<()> {
         }
     }
     for lib in libs {
-        let dest = root.join(lib.strip_prefix("/").unwrap_or(&lib));
+        let dest = root.join(guest_path(&lib, unpacked.map(|u| u.root.as_path())));
+        if unpacked.is_some() && dest.exists() {
+            // A host library the first pass already copied (libc, libstdc++...).
+            continue;
+        }
         if let Some(parent) = dest.parent() {
             mkdir(parent)?;
         }
@@ -369,6 +401,16 @@ fn copy_shared_libraries(elves: &[PathBuf], root: &Path) -> Result<()> {
         fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
     }
     Ok(())
+}
+
+/// Where a library `ldd` found goes, relative to the guest's `/`: a library of the
+/// unpacked tree at its package path (`<tree>/usr/lib/x/libbcc.so` -> `usr/lib/x/libbcc.so`),
+/// a host library at its host path.
+pub fn guest_path<'a>(lib: &'a Path, unpacked_root: Option<&Path>) -> &'a Path {
+    unpacked_root
+        .and_then(|r| lib.strip_prefix(r).ok())
+        .or_else(|| lib.strip_prefix("/").ok())
+        .unwrap_or(lib)
 }
 
 /// Absolute library paths in `ldd` output:
@@ -475,6 +517,25 @@ mod tests {
             ]
         );
         assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
+    }
+
+    #[test]
+    fn unpacked_libraries_go_to_their_package_paths() {
+        let tree = Path::new("/w/target/vm/tools/bpftrace/0.17.0-1/root");
+        let ours = tree.join("usr/lib/x86_64-linux-gnu/libbcc_bpf.so.0");
+        assert_eq!(
+            guest_path(&ours, Some(tree)),
+            Path::new("usr/lib/x86_64-linux-gnu/libbcc_bpf.so.0")
+        );
+        let host = Path::new("/lib/x86_64-linux-gnu/libLLVM-14.so.1");
+        assert_eq!(
+            guest_path(host, Some(tree)),
+            Path::new("lib/x86_64-linux-gnu/libLLVM-14.so.1")
+        );
+        assert_eq!(
+            guest_path(host, None),
+            Path::new("lib/x86_64-linux-gnu/libLLVM-14.so.1")
+        );
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub fn prepare(series: Series, vm_dir: &Path) -> Result<Kernel> {
 
 /// The suites of every series, once each: one apt state serves the whole matrix, so a
 /// run for one series does not make the lists stale for another.
-fn all_suites() -> Vec<&'static str> {
+pub(super) fn all_suites() -> Vec<&'static str> {
     let mut suites: Vec<&str> = Vec::new();
     for s in Series::ALL {
         for suite in s.suites() {
