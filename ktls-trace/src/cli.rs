@@ -69,6 +69,12 @@ pub struct TraceArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Also measure what the tracer's own BPF programs cost in the kernel: the summary gives
+    /// runs and ns per run for each probe's programs (BPF run-time statistics, Linux 5.8+;
+    /// counting adds two clock reads to every BPF program run on the system while it is on).
+    #[arg(long)]
+    pub cost: bool,
+
     #[command(flatten)]
     pub ring: RingArgs,
 }

@@ -191,6 +191,82 @@ fn a_tiny_ring_buffer_loses_events_and_says_so() {
     );
 }
 
+/// `--cost` in tracepoint mode (the host's kernel has no kprobes): sendfile's syscall
+/// tracepoints, enter and exit.
+#[test]
+fn cost_in_tracepoint_mode_counts_the_syscall_tracepoints() {
+    require_root();
+    let mut w = Workload::start("plain-sendfile", 300_000);
+    let pid = w.pid.to_string();
+    let trace = Trace::start(&["--pid", &pid, "--backend", "tracepoint", "--cost"]);
+    w.go();
+    w.finish();
+    let out = trace.wait();
+    assert!(out.status.success(), "{}", out.census());
+    let s = out.summary.as_ref().expect("summary");
+    let c = &s["cost"]["sendfile64"];
+    assert_eq!(c["via"], "tracepoint", "{s}");
+    let events = s["probes"]["sendfile64"]["events"].as_u64().unwrap_or(0);
+    assert!(events > 0, "{}", out.census());
+    // The programs run for every sendfile of the system (the --pid filter is inside
+    // them): at least once per traced call.
+    for side in ["entry", "return"] {
+        assert!(
+            c[side]["runs"].as_u64().unwrap_or(0) >= events,
+            "{side}: {s}"
+        );
+        assert!(
+            c[side]["ns_per_run"].as_f64().unwrap_or(0.0) > 0.0,
+            "{side}: {s}"
+        );
+    }
+}
+
+/// `--cost`: the kernel's run-time statistics for each probe's programs, on kprobes and
+/// on BPF trampolines (every kernel of the matrix takes both for do_sendfile).
+#[test]
+#[ignore = "needs kprobes: runs in the QEMU guests (cargo xtask vm-test)"]
+fn cost_gives_runs_and_ns_per_run_of_each_probe() {
+    require_root();
+    for backend in ["kprobe", "fentry"] {
+        let mut w = Workload::start("plain-sendfile", 1_000_000);
+        let pid = w.pid.to_string();
+        let trace = Trace::start(&["--pid", &pid, "--backend", backend, "--cost"]);
+        w.go();
+        let r = w.finish();
+        assert_eq!(r["sent"], 1_000_000);
+        // The traced process is gone: trace stops by itself.
+        let out = trace.wait();
+        assert!(out.status.success(), "{}", out.census());
+        let s = out.summary.as_ref().expect("summary");
+        let events = s["probes"]["do_sendfile"]["events"].as_u64().unwrap_or(0);
+        assert!(events > 0, "{}", out.census());
+        let c = &s["cost"]["do_sendfile"];
+        assert_eq!(c["via"], backend, "{s}");
+        for side in ["entry", "return"] {
+            // The --pid filter is inside the programs: they run for every call of the
+            // system, so at least once per traced call.
+            let runs = c[side]["runs"].as_u64().unwrap_or(0);
+            assert!(
+                runs >= events,
+                "{backend} {side}: {runs} runs, {events} events: {s}"
+            );
+            let ns = c[side]["ns_per_run"].as_f64().unwrap_or(0.0);
+            assert!(ns > 0.0, "{backend} {side}: {s}");
+        }
+        // Every attached probe has its line, and the text of the summary is not asked.
+        let attached = out
+            .stderr
+            .iter()
+            .find_map(|l| l.strip_prefix("ktls-trace: attached "))
+            .unwrap_or_else(|| panic!("no attached line: {}", out.census()));
+        for probe in attached.split(", ") {
+            let probe = probe.split_whitespace().next().unwrap_or(probe);
+            assert!(s["cost"][probe].is_object(), "{probe} has no cost: {s}");
+        }
+    }
+}
+
 /// A kretprobe follows at most `maxactive` calls at once (10 on these 2-CPU guests):
 /// 32 threads blocked inside tcp_sendmsg lose returns. Each lost return is counted when
 /// its thread next enters the function, so every write() is accounted for exactly: an

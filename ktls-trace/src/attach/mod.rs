@@ -643,8 +643,11 @@ impl Tracer {
     }
 
     /// The kernel's counters of each attached probe's programs ([`progstats`]): (probe,
-    /// entry program, return program); a one-program probe (a tracepoint) counts as entry.
-    pub fn program_stats(&self) -> Vec<(Probe, progstats::ProgStats, progstats::ProgStats)> {
+    /// entry program, return program); a one-program probe (a tracepoint that is not a
+    /// syscall's enter/exit pair) has its program as the entry and no return.
+    pub fn program_stats(
+        &self,
+    ) -> Vec<(Probe, progstats::ProgStats, Option<progstats::ProgStats>)> {
         let mut out = Vec::new();
         for (probe, _, names) in &self.attached_via {
             let stat = |name: &String| {
@@ -657,8 +660,8 @@ impl Tracer {
             // Programs are attached return side first: [return, entry] (a tracepoint
             // probe has one program, counted as the entry).
             let (ret, entry) = match names.as_slice() {
-                [r, e] => (stat(r), stat(e)),
-                [e] => (progstats::ProgStats::default(), stat(e)),
+                [r, e] => (Some(stat(r)), stat(e)),
+                [e] => (None, stat(e)),
                 _ => continue,
             };
             out.push((*probe, entry, ret));
@@ -820,7 +823,7 @@ impl Tracer {
             if let Some(n) = entry.recursion_misses.filter(|n| *n > 0) {
                 l.entries_skipped.push((p, n));
             }
-            if let Some(n) = ret.recursion_misses.filter(|n| *n > 0) {
+            if let Some(n) = ret.and_then(|r| r.recursion_misses).filter(|n| *n > 0) {
                 l.returns_skipped.push((p, n));
             }
         }

@@ -45,12 +45,54 @@ pub struct Classified {
     pub sendfile_bytes: u64,
 }
 
+/// Runs of one BPF program and the time the kernel spent in them (run-time statistics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunCost {
+    pub runs: u64,
+    pub ns: u64,
+}
+
+impl RunCost {
+    /// Nanoseconds per run (None: it did not run).
+    pub fn ns_per_run(self) -> Option<f64> {
+        (self.runs > 0).then(|| self.ns as f64 / self.runs as f64)
+    }
+
+    fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "runs": self.runs,
+            "ns": self.ns,
+            "ns_per_run": self.ns_per_run().map(|n| (n * 10.0).round() / 10.0),
+        })
+    }
+
+    fn text(self) -> String {
+        match self.ns_per_run() {
+            Some(n) => format!("{} runs, {n:.0} ns/run", self.runs),
+            None => "no runs".to_string(),
+        }
+    }
+}
+
+/// What one probe's programs cost in the kernel while `trace --cost` ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeCost {
+    pub probe: Probe,
+    /// How it was attached: kprobe, fentry or tracepoint.
+    pub via: &'static str,
+    pub entry: RunCost,
+    /// None: the probe has one program (a tracepoint other than a syscall's enter/exit).
+    pub ret: Option<RunCost>,
+}
+
 /// Everything `trace` counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     pub probes: BTreeMap<Probe, ProbeTotals>,
     pub classified: Classified,
     pub counts: Counts,
+    /// Per probe, what its programs cost in the kernel (`--cost`; None: not asked).
+    pub cost: Option<Vec<ProbeCost>>,
 }
 
 impl Summary {
@@ -110,6 +152,7 @@ impl Summary {
                 "before_start": self.counts.before_start,
                 "probes": probes,
                 "classified": self.classified,
+                "cost": self.cost.as_ref().map(|c| cost_json(c)),
             }
         })
     }
@@ -193,8 +236,39 @@ impl Summary {
                 self.counts.undecodable
             );
         }
+        if let Some(cost) = &self.cost {
+            s.push_str("    in-kernel cost (BPF run-time statistics):\n");
+            for c in cost {
+                let ret = c.ret.map(|r| format!("; return {}", r.text()));
+                let _ = writeln!(
+                    s,
+                    "    {:<20} {:<10} entry {}{}",
+                    c.probe.name(),
+                    c.via,
+                    c.entry.text(),
+                    ret.unwrap_or_default()
+                );
+            }
+        }
         s
     }
+}
+
+/// `"cost"`: per probe, how it is attached and what each program cost.
+fn cost_json(cost: &[ProbeCost]) -> serde_json::Value {
+    cost.iter()
+        .map(|c| {
+            (
+                c.probe.name().to_string(),
+                serde_json::json!({
+                    "via": c.via,
+                    "entry": c.entry.to_json(),
+                    "return": c.ret.map(RunCost::to_json),
+                }),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// Why some calls have no event: said in `trace`'s summary and on its stderr.
@@ -289,5 +363,49 @@ mod tests {
         assert_eq!(v["summary"]["duration_s"], 1.235);
         let text = s.render_text("tracepoint", 1.0);
         assert!(text.contains("sendfile64") && text.contains("3 events were dropped"));
+        assert_eq!(v["summary"]["cost"], serde_json::Value::Null);
+        assert!(!text.contains("in-kernel cost"));
+    }
+
+    #[test]
+    fn cost_per_probe_and_program() {
+        let mut s = Summary {
+            cost: Some(vec![
+                ProbeCost {
+                    probe: Probe::DoSendfile,
+                    via: "fentry",
+                    entry: RunCost { runs: 4, ns: 1002 },
+                    ret: Some(RunCost { runs: 0, ns: 0 }),
+                },
+                ProbeCost {
+                    probe: Probe::Sendfile64,
+                    via: "tracepoint",
+                    entry: RunCost { runs: 3, ns: 100 },
+                    ret: None,
+                },
+            ]),
+            ..Summary::default()
+        };
+        s.counts.drops = 0;
+        let v = s.to_json("kprobe", 1.0);
+        let c = &v["summary"]["cost"];
+        assert_eq!(c["do_sendfile"]["via"], "fentry");
+        assert_eq!(c["do_sendfile"]["entry"]["runs"], 4);
+        assert_eq!(c["do_sendfile"]["entry"]["ns"], 1002);
+        assert_eq!(c["do_sendfile"]["entry"]["ns_per_run"], 250.5);
+        assert_eq!(
+            c["do_sendfile"]["return"]["ns_per_run"],
+            serde_json::Value::Null
+        );
+        assert_eq!(c["sendfile64"]["return"], serde_json::Value::Null);
+        assert_eq!(c["sendfile64"]["entry"]["ns_per_run"], 33.3);
+        let text = s.render_text("kprobe", 1.0);
+        assert!(
+            text.contains("do_sendfile")
+                && text.contains("fentry")
+                && text.contains("4 runs, 250 ns/run; return no runs"),
+            "{text}"
+        );
+        assert!(text.contains("3 runs, 33 ns/run\n"), "{text}");
     }
 }

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::summary::Summary;
+use super::summary::{ProbeCost, RunCost, Summary};
 use crate::{
     attach::{TraceOptions, WAKEUP_BYTES},
     cli::{FilterArgs, TraceArgs},
@@ -66,6 +66,13 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
             stop_when_pids_exit: true,
         },
     )?;
+    // After the session: its checks (privileges, kernel) come first, and what it attached
+    // is detached again if the kernel will not count.
+    let _run_stats = if args.cost {
+        Some(crate::attach::progstats::count_run_time()?)
+    } else {
+        None
+    };
     eprintln!("ktls-trace: tracing (Ctrl-C to stop)");
 
     let started = Instant::now();
@@ -122,6 +129,9 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
             c.drops
         );
     }
+    if args.cost {
+        summary.cost = Some(probe_costs(session.tracer()));
+    }
     let backend = session.tracer().plan().backend.name();
     drop(session);
     if end != End::OutputClosed {
@@ -134,6 +144,31 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     }
     Ok(())
+}
+
+/// Per attached probe, its programs' runs and run time as the kernel counted them.
+fn probe_costs(tracer: &crate::attach::Tracer) -> Vec<ProbeCost> {
+    let backend = tracer.plan().backend;
+    tracer
+        .program_stats()
+        .into_iter()
+        .map(|(probe, entry, ret)| {
+            let via = match tracer.via(probe) {
+                Some(crate::attach::Via::Trampolines) => "fentry",
+                _ => backend.name(),
+            };
+            let cost = |s: crate::attach::progstats::ProgStats| RunCost {
+                runs: s.run_cnt,
+                ns: s.run_time_ns,
+            };
+            ProbeCost {
+                probe,
+                via,
+                entry: cost(entry),
+                ret: ret.map(cost),
+            }
+        })
+        .collect()
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
