@@ -29,7 +29,8 @@ mod sockdiag;
 mod tls;
 mod views;
 
-pub use views::{summary::Summary, top::model::Model};
+pub use session::{Counts, ProcessNames, read_record};
+pub use views::{summary::Summary, top::model::Model, trace::Printer};
 
 #[cfg(test)]
 mod test_util;

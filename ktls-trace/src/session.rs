@@ -90,13 +90,18 @@ pub struct SessionOptions {
 /// thread's) comes from the main thread's own events, else from what the programs noted
 /// (they keep it for processes whose other threads send), else from /proc, once.
 #[derive(Debug, Default)]
-struct ProcessNames(HashMap<u32, Option<Comm>>);
+pub struct ProcessNames(HashMap<u32, Option<Comm>>);
 
 impl ProcessNames {
     /// Bounds the cache: a long session sees many short-lived processes.
     const MAX: usize = 65_536;
 
-    fn name(&mut self, e: &TraceEvent, noted: impl FnOnce(u32) -> Option<Comm>) -> Option<Comm> {
+    /// The name of `e`'s process; `noted` is what the programs noted for a pid.
+    pub fn name(
+        &mut self,
+        e: &TraceEvent,
+        noted: impl FnOnce(u32) -> Option<Comm>,
+    ) -> Option<Comm> {
         if e.tid == e.pid {
             // The main thread: the kernel's own word, and the freshest (exec renames).
             self.0.insert(e.pid, Some(e.comm));
@@ -270,23 +275,45 @@ fn read_ring(
 ) -> Vec<TraceEvent> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
-        match decode(&item) {
-            Ok(mut e) => {
-                if e.ts_ns < start_ns {
-                    counts.before_start += 1;
-                    continue;
-                }
-                counts.events += 1;
-                e.process = names.name(&e, |pid| tracer.process_name(pid));
-                out.push(e);
-            }
-            Err(err) => {
-                counts.undecodable += 1;
-                log::warn!("{err}");
-            }
-        }
+        read_record(
+            &item,
+            start_ns,
+            counts,
+            names,
+            |pid| tracer.process_name(pid),
+            &mut out,
+        );
     }
     out
+}
+
+/// What the session does with each ring-buffer record (public for the benchmark of the
+/// per-event path): decodes it, leaves out calls that completed before the probes were
+/// attached, names its process (`noted`: what the programs noted for a pid), counts it and
+/// appends it to `out`.
+pub fn read_record(
+    item: &[u8],
+    start_ns: u64,
+    counts: &mut Counts,
+    names: &mut ProcessNames,
+    noted: impl FnOnce(u32) -> Option<Comm>,
+    out: &mut Vec<TraceEvent>,
+) {
+    match decode(item) {
+        Ok(mut e) => {
+            if e.ts_ns < start_ns {
+                counts.before_start += 1;
+                return;
+            }
+            counts.events += 1;
+            e.process = names.name(&e, noted);
+            out.push(e);
+        }
+        Err(err) => {
+            counts.undecodable += 1;
+            log::warn!("{err}");
+        }
+    }
 }
 
 /// The lines every tracing command prints when it starts (stderr): the mode, what is

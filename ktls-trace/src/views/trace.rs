@@ -143,15 +143,17 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Writes events to stdout, counting them into the summary.
-struct Printer {
+/// Writes events (lines, or `--json` objects) to an output, counting them into the
+/// summary: what `trace` does with every batch the session delivers.
+pub struct Printer {
     json: bool,
     t0: Option<u64>,
     open: bool,
 }
 
 impl Printer {
-    fn new(json: bool) -> Printer {
+    /// `json`: the `--json` lines, else the human-readable ones.
+    pub fn new(json: bool) -> Printer {
         Printer {
             json,
             t0: None,
@@ -159,7 +161,7 @@ impl Printer {
         }
     }
 
-    /// Returns false when stdout is gone (e.g. `| head`); events still count.
+    /// To stdout. Returns false when stdout is gone (e.g. `| head`); events still count.
     fn emit(
         &mut self,
         events: &[TraceEvent],
@@ -167,7 +169,20 @@ impl Printer {
         classifier: &mut crate::classify::Classifier,
     ) -> bool {
         let stdout = io::stdout();
-        let mut out = io::BufWriter::new(stdout.lock());
+        let mut out = stdout.lock();
+        self.emit_to(events, summary, classifier, &mut out)
+    }
+
+    /// Counts `events` into `summary` and writes their lines to `out`. Returns false once
+    /// `out` failed (nothing more is written then; events still count).
+    pub fn emit_to(
+        &mut self,
+        events: &[TraceEvent],
+        summary: &mut Summary,
+        classifier: &mut crate::classify::Classifier,
+        out: &mut impl Write,
+    ) -> bool {
+        let mut out = io::BufWriter::new(out);
         for e in events {
             summary.add(e, &classifier.classify(e));
             if !self.open {
