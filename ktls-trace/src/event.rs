@@ -74,6 +74,13 @@ impl Comm {
         }
     }
 
+    /// The name's bytes as a fixed-size block (what follows the name in it is unspecified)
+    /// and its length, for writers that copy the block whole. Both constructors keep the
+    /// name UTF-8, so these are the bytes of [`Comm::as_str`].
+    pub(crate) fn block(&self) -> (&[u8; COMM_LEN], usize) {
+        (&self.bytes, usize::from(self.len).min(COMM_LEN))
+    }
+
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
     }
@@ -201,7 +208,7 @@ pub fn from_raw(e: &Event) -> Result<TraceEvent, DecodeError> {
     })
 }
 
-const FLAG_NAMES: [(u32, &str); 8] = [
+pub(crate) const FLAG_NAMES: [(u32, &str); 8] = [
     (msg::MSG_SPLICE_PAGES, "MSG_SPLICE_PAGES"),
     (msg::MSG_MORE, "MSG_MORE"),
     (msg::MSG_SENDPAGE_NOTLAST, "MSG_SENDPAGE_NOTLAST"),

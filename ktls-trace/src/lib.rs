@@ -19,6 +19,7 @@ pub mod classify;
 mod cli;
 mod clock;
 pub mod event;
+pub mod jsonl;
 mod kernel;
 mod load;
 mod plan;

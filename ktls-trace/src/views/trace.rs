@@ -10,7 +10,8 @@ use super::summary::Summary;
 use crate::{
     attach::{TraceOptions, WAKEUP_BYTES},
     cli::{FilterArgs, TraceArgs},
-    event::{JsonLine, TraceEvent, human_line},
+    event::{TraceEvent, human_line},
+    jsonl::JsonLines,
     kernel::KernelFacts,
     procs::{self, UsageError},
     session::{Session, SessionOptions, Stop, Update, announce},
@@ -149,6 +150,8 @@ pub struct Printer {
     json: bool,
     t0: Option<u64>,
     open: bool,
+    /// `--json`: the lines not written yet (reused: one large write per batch).
+    lines: JsonLines,
 }
 
 impl Printer {
@@ -158,6 +161,7 @@ impl Printer {
             json,
             t0: None,
             open: true,
+            lines: JsonLines::new(),
         }
     }
 
@@ -182,6 +186,43 @@ impl Printer {
         classifier: &mut crate::classify::Classifier,
         out: &mut impl Write,
     ) -> bool {
+        if self.json {
+            self.emit_json(events, summary, classifier, out)
+        } else {
+            self.emit_text(events, summary, classifier, out)
+        }
+    }
+
+    /// The lines collect in one buffer that goes out whenever it is full and at the end
+    /// of the batch: a few writes per batch, not one per line.
+    fn emit_json(
+        &mut self,
+        events: &[TraceEvent],
+        summary: &mut Summary,
+        classifier: &mut crate::classify::Classifier,
+        out: &mut impl Write,
+    ) -> bool {
+        for e in events {
+            summary.add(e, &classifier.classify(e));
+            if !self.open {
+                continue;
+            }
+            self.lines.push(e);
+            if self.lines.is_full() && self.lines.write_to(out).is_err() {
+                self.open = false;
+            }
+        }
+        self.open = self.open && self.lines.write_to(out).and_then(|()| out.flush()).is_ok();
+        self.open
+    }
+
+    fn emit_text(
+        &mut self,
+        events: &[TraceEvent],
+        summary: &mut Summary,
+        classifier: &mut crate::classify::Classifier,
+        out: &mut impl Write,
+    ) -> bool {
         let mut out = io::BufWriter::new(out);
         for e in events {
             summary.add(e, &classifier.classify(e));
@@ -189,14 +230,7 @@ impl Printer {
                 continue;
             }
             let start = *self.t0.get_or_insert(e.ts_ns);
-            let res = if self.json {
-                serde_json::to_writer(&mut out, &JsonLine(e))
-                    .map_err(io::Error::other)
-                    .and_then(|()| out.write_all(b"\n"))
-            } else {
-                writeln!(out, "{}", human_line(e, start))
-            };
-            if res.is_err() {
+            if writeln!(out, "{}", human_line(e, start)).is_err() {
                 self.open = false;
             }
         }
