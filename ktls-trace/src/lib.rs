@@ -19,6 +19,7 @@ pub mod classify;
 mod cli;
 mod clock;
 pub mod event;
+mod inthash;
 pub mod jsonl;
 mod kernel;
 mod load;
