@@ -190,7 +190,8 @@ fn bench(c: &mut Criterion) {
 
     // What `trace --json` does per ring-buffer record, with the code it runs: the session
     // decodes the record, names its process and collects the wake-up's batch (a fresh
-    // vector each time, as the session hands it over); the printer classifies and counts
+    // vector each time, allocated as large as the last batch, as the session hands it
+    // over); the printer classifies and counts
     // each event into the summary and writes its JSON line. The output is a writer that
     // discards the bytes, standing in for the pipe to /dev/null: the write syscalls are not
     // measured, everything up to the bytes handed to them is.
@@ -200,8 +201,9 @@ fn bench(c: &mut Criterion) {
         let mut counts = Counts::default();
         let mut names = ProcessNames::default();
         let mut printer = Printer::new(true);
+        let mut batch_len = 0;
         b.iter(|| {
-            let mut batch = Vec::new();
+            let mut batch = Vec::with_capacity(batch_len);
             for r in &raw {
                 read_record(
                     black_box(r),
@@ -212,6 +214,7 @@ fn bench(c: &mut Criterion) {
                     &mut batch,
                 );
             }
+            batch_len = batch.len();
             black_box(printer.emit_to(&batch, &mut s, &mut k, &mut Discard));
         });
         black_box((s.classified.ciphertext, counts.events));

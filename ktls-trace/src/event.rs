@@ -34,10 +34,16 @@ impl Comm {
             .position(|&c| c == 0)
             .unwrap_or(COMM_LEN)
             .min(COMM_LEN - 1);
-        // The common case, per event: printable ASCII, copied as it is.
-        if raw[..len].iter().all(|b| (0x20..0x7f).contains(b)) {
-            let mut bytes = [0u8; COMM_LEN];
-            bytes[..len].copy_from_slice(&raw[..len]);
+        // The common case, per event: printable ASCII, copied as it is. Checked and copied
+        // over the whole fixed-size block (no per-length loop or copy call).
+        let mut bytes = [0u8; COMM_LEN];
+        let mut printable = true;
+        for (i, (b, &r)) in bytes.iter_mut().zip(raw).enumerate() {
+            let inside = i < len;
+            printable &= !inside || (0x20..0x7f).contains(&r);
+            *b = if inside { r } else { 0 };
+        }
+        if printable {
             return Comm {
                 bytes,
                 len: len as u8,

@@ -177,6 +177,20 @@ const DIGITS: [u8; 200] = {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// `v` < 10^8 as exactly eight digits, the first in the lowest byte.
+fn eight_digits(v: u32) -> u64 {
+    let (hi, lo) = (v / 10_000, v % 10_000);
+    let mut b = [0u8; 8];
+    for (pair, q) in b
+        .chunks_exact_mut(2)
+        .zip([hi / 100, hi % 100, lo / 100, lo % 100])
+    {
+        let d = q as usize * 2;
+        pair.copy_from_slice(&DIGITS[d..d + 2]);
+    }
+    u64::from_le_bytes(b)
+}
+
 /// Room for a quoted name in a fixed-size block.
 const NAME_BLOCK: usize = 32;
 
@@ -251,23 +265,32 @@ impl Line<'_> {
         self.n += 1;
     }
 
-    /// Decimal, as serde_json (and `Display`) write integers.
-    fn u64(&mut self, mut v: u64) {
-        let digits = v.checked_ilog10().unwrap_or(0) as usize + 1;
-        self.n += digits;
-        let mut i = self.n;
-        while v >= 100 {
-            let d = (v % 100) as usize * 2;
-            v /= 100;
-            i -= 2;
-            self.b[i..i + 2].copy_from_slice(&DIGITS[d..d + 2]);
+    /// Decimal, as serde_json (and `Display`) write integers: in groups of eight digits,
+    /// each made with 32-bit arithmetic and stored as one word.
+    fn u64(&mut self, v: u64) {
+        const E8: u64 = 100_000_000;
+        if v < E8 {
+            self.up_to_8(v as u32);
+            return;
         }
-        if v >= 10 {
-            let d = v as usize * 2;
-            self.b[i - 2..i].copy_from_slice(&DIGITS[d..d + 2]);
+        let (hi, lo) = (v / E8, (v % E8) as u32);
+        if hi < E8 {
+            self.up_to_8(hi as u32);
         } else {
-            self.b[i - 1] = b'0' + v as u8;
+            // u64::MAX / 10^16 has 4 digits.
+            self.up_to_8((hi / E8) as u32);
+            self.raw(&eight_digits((hi % E8) as u32).to_le_bytes());
         }
+        self.raw(&eight_digits(lo).to_le_bytes());
+    }
+
+    /// `v` < 10^8 without leading zeros.
+    fn up_to_8(&mut self, v: u32) {
+        let w = eight_digits(v);
+        // Every byte is b'0'..=b'9': subtracting b'0' from each borrows nowhere, and the
+        // leading zero digits become the zero bytes at the low end. One digit stays.
+        let zeros = ((w - 0x3030_3030_3030_3030).trailing_zeros() / 8).min(7) as usize;
+        self.block(&(w >> (8 * zeros)).to_le_bytes(), 8 - zeros);
     }
 
     fn i64(&mut self, v: i64) {
