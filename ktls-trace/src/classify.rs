@@ -17,13 +17,12 @@
 //!
 //! The rules are written down in docs/top.md ("How paths are decided").
 
-use std::collections::HashMap;
-
 use ktls_trace_common::{HEAD_LEN, Probe, probes::Role};
 use serde::Serialize;
 
 use crate::{
     event::{Comm, TraceEvent},
+    inthash::IntMap,
     tls::TlsParams,
 };
 
@@ -292,7 +291,7 @@ struct KtlsSock {
 #[derive(Debug, Default)]
 pub struct Classifier {
     rules: Rules,
-    socks: HashMap<u64, KtlsSock>,
+    socks: IntMap<u64, KtlsSock>,
 }
 
 /// A kernel TLS socket is forgotten after this long without events.
@@ -302,7 +301,7 @@ impl Classifier {
     pub fn new(rules: Rules) -> Classifier {
         Classifier {
             rules,
-            socks: HashMap::new(),
+            socks: IntMap::default(),
         }
     }
 

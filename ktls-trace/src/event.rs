@@ -34,10 +34,16 @@ impl Comm {
             .position(|&c| c == 0)
             .unwrap_or(COMM_LEN)
             .min(COMM_LEN - 1);
-        // The common case, per event: printable ASCII, copied as it is.
-        if raw[..len].iter().all(|b| (0x20..0x7f).contains(b)) {
-            let mut bytes = [0u8; COMM_LEN];
-            bytes[..len].copy_from_slice(&raw[..len]);
+        // The common case, per event: printable ASCII, copied as it is. Checked and copied
+        // over the whole fixed-size block (no per-length loop or copy call).
+        let mut bytes = [0u8; COMM_LEN];
+        let mut printable = true;
+        for (i, (b, &r)) in bytes.iter_mut().zip(raw).enumerate() {
+            let inside = i < len;
+            printable &= !inside || (0x20..0x7f).contains(&r);
+            *b = if inside { r } else { 0 };
+        }
+        if printable {
             return Comm {
                 bytes,
                 len: len as u8,
@@ -72,6 +78,13 @@ impl Comm {
             bytes,
             len: len as u8,
         }
+    }
+
+    /// The name's bytes as a fixed-size block (what follows the name in it is unspecified)
+    /// and its length, for writers that copy the block whole. Both constructors keep the
+    /// name UTF-8, so these are the bytes of [`Comm::as_str`].
+    pub(crate) fn block(&self) -> (&[u8; COMM_LEN], usize) {
+        (&self.bytes, usize::from(self.len).min(COMM_LEN))
     }
 
     pub fn as_str(&self) -> &str {
@@ -201,7 +214,7 @@ pub fn from_raw(e: &Event) -> Result<TraceEvent, DecodeError> {
     })
 }
 
-const FLAG_NAMES: [(u32, &str); 8] = [
+pub(crate) const FLAG_NAMES: [(u32, &str); 8] = [
     (msg::MSG_SPLICE_PAGES, "MSG_SPLICE_PAGES"),
     (msg::MSG_MORE, "MSG_MORE"),
     (msg::MSG_SENDPAGE_NOTLAST, "MSG_SENDPAGE_NOTLAST"),

@@ -19,6 +19,8 @@ pub mod classify;
 mod cli;
 mod clock;
 pub mod event;
+mod inthash;
+pub mod jsonl;
 mod kernel;
 mod load;
 mod plan;
@@ -29,7 +31,8 @@ mod sockdiag;
 mod tls;
 mod views;
 
-pub use views::{summary::Summary, top::model::Model};
+pub use session::{Counts, ProcessNames, read_record};
+pub use views::{summary::Summary, top::model::Model, trace::Printer};
 
 #[cfg(test)]
 mod test_util;

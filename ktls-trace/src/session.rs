@@ -8,7 +8,7 @@
 //! incomplete (a TCP push seen without its kTLS send, or the other way round) and are
 //! dropped, counted in [`Counts::before_start`].
 
-use std::{collections::HashMap, future::Future, pin::Pin, time::Duration};
+use std::{future::Future, pin::Pin, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, time::Interval};
@@ -19,6 +19,7 @@ use crate::{
     attach::{Notice, TraceOptions, Tracer, TracerError, Via},
     classify::Rules,
     event::{Comm, TraceEvent, decode},
+    inthash::IntMap,
     kernel::KernelFacts,
     plan::Backend,
     procs,
@@ -90,13 +91,18 @@ pub struct SessionOptions {
 /// thread's) comes from the main thread's own events, else from what the programs noted
 /// (they keep it for processes whose other threads send), else from /proc, once.
 #[derive(Debug, Default)]
-struct ProcessNames(HashMap<u32, Option<Comm>>);
+pub struct ProcessNames(IntMap<u32, Option<Comm>>);
 
 impl ProcessNames {
     /// Bounds the cache: a long session sees many short-lived processes.
     const MAX: usize = 65_536;
 
-    fn name(&mut self, e: &TraceEvent, noted: impl FnOnce(u32) -> Option<Comm>) -> Option<Comm> {
+    /// The name of `e`'s process; `noted` is what the programs noted for a pid.
+    pub fn name(
+        &mut self,
+        e: &TraceEvent,
+        noted: impl FnOnce(u32) -> Option<Comm>,
+    ) -> Option<Comm> {
         if e.tid == e.pid {
             // The main thread: the kernel's own word, and the freshest (exec renames).
             self.0.insert(e.pid, Some(e.comm));
@@ -124,6 +130,8 @@ pub struct Session {
     options: SessionOptions,
     pids: Vec<u32>,
     names: ProcessNames,
+    /// Events in the last batch: the next one's vector is allocated that large at once.
+    batch_len: usize,
     start_ns: u64,
     counts: Counts,
     stopped: bool,
@@ -172,6 +180,7 @@ impl Session {
             names: ProcessNames::default(),
             start_ns: crate::clock::now_ns(),
             counts: Counts::default(),
+            batch_len: 0,
             stopped: false,
             panic_at: test_panic_at(),
         })
@@ -212,7 +221,7 @@ impl Session {
             tokio::select! {
                 r = self.ring.readable_mut() => {
                     let mut guard = r.map_err(SessionError::Ring)?;
-                    let events = read_ring(guard.get_inner_mut(), self.start_ns, &mut self.counts, &mut self.names, &self.tracer);
+                    let events = read_ring(guard.get_inner_mut(), self.start_ns, &mut self.counts, &mut self.names, &mut self.batch_len, &self.tracer);
                     guard.clear_ready();
                     if !events.is_empty() {
                         return Ok(Update::Events(events));
@@ -256,6 +265,7 @@ impl Session {
             self.start_ns,
             &mut self.counts,
             &mut self.names,
+            &mut self.batch_len,
             &self.tracer,
         )
     }
@@ -266,27 +276,51 @@ fn read_ring(
     start_ns: u64,
     counts: &mut Counts,
     names: &mut ProcessNames,
+    batch_len: &mut usize,
     tracer: &Tracer,
 ) -> Vec<TraceEvent> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(*batch_len);
     while let Some(item) = ring.next() {
-        match decode(&item) {
-            Ok(mut e) => {
-                if e.ts_ns < start_ns {
-                    counts.before_start += 1;
-                    continue;
-                }
-                counts.events += 1;
-                e.process = names.name(&e, |pid| tracer.process_name(pid));
-                out.push(e);
+        read_record(
+            &item,
+            start_ns,
+            counts,
+            names,
+            |pid| tracer.process_name(pid),
+            &mut out,
+        );
+    }
+    *batch_len = out.len();
+    out
+}
+
+/// What the session does with each ring-buffer record (public for the benchmark of the
+/// per-event path): decodes it, leaves out calls that completed before the probes were
+/// attached, names its process (`noted`: what the programs noted for a pid), counts it and
+/// appends it to `out`.
+pub fn read_record(
+    item: &[u8],
+    start_ns: u64,
+    counts: &mut Counts,
+    names: &mut ProcessNames,
+    noted: impl FnOnce(u32) -> Option<Comm>,
+    out: &mut Vec<TraceEvent>,
+) {
+    match decode(item) {
+        Ok(mut e) => {
+            if e.ts_ns < start_ns {
+                counts.before_start += 1;
+                return;
             }
-            Err(err) => {
-                counts.undecodable += 1;
-                log::warn!("{err}");
-            }
+            counts.events += 1;
+            e.process = names.name(&e, noted);
+            out.push(e);
+        }
+        Err(err) => {
+            counts.undecodable += 1;
+            log::warn!("{err}");
         }
     }
-    out
 }
 
 /// The lines every tracing command prints when it starts (stderr): the mode, what is

@@ -10,7 +10,8 @@ use super::summary::{ProbeCost, RunCost, Summary};
 use crate::{
     attach::{TraceOptions, WAKEUP_BYTES},
     cli::{FilterArgs, TraceArgs},
-    event::{JsonLine, TraceEvent, human_line},
+    event::{TraceEvent, human_line},
+    jsonl::JsonLines,
     kernel::KernelFacts,
     procs::{self, UsageError},
     session::{Session, SessionOptions, Stop, Update, announce},
@@ -178,23 +179,28 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Writes events to stdout, counting them into the summary.
-struct Printer {
+/// Writes events (lines, or `--json` objects) to an output, counting them into the
+/// summary: what `trace` does with every batch the session delivers.
+pub struct Printer {
     json: bool,
     t0: Option<u64>,
     open: bool,
+    /// `--json`: the lines not written yet (reused: one large write per batch).
+    lines: JsonLines,
 }
 
 impl Printer {
-    fn new(json: bool) -> Printer {
+    /// `json`: the `--json` lines, else the human-readable ones.
+    pub fn new(json: bool) -> Printer {
         Printer {
             json,
             t0: None,
             open: true,
+            lines: JsonLines::new(),
         }
     }
 
-    /// Returns false when stdout is gone (e.g. `| head`); events still count.
+    /// To stdout. Returns false when stdout is gone (e.g. `| head`); events still count.
     fn emit(
         &mut self,
         events: &[TraceEvent],
@@ -202,21 +208,64 @@ impl Printer {
         classifier: &mut crate::classify::Classifier,
     ) -> bool {
         let stdout = io::stdout();
-        let mut out = io::BufWriter::new(stdout.lock());
+        let mut out = stdout.lock();
+        self.emit_to(events, summary, classifier, &mut out)
+    }
+
+    /// Counts `events` into `summary` and writes their lines to `out`. Returns false once
+    /// `out` failed (nothing more is written then; events still count).
+    pub fn emit_to(
+        &mut self,
+        events: &[TraceEvent],
+        summary: &mut Summary,
+        classifier: &mut crate::classify::Classifier,
+        out: &mut impl Write,
+    ) -> bool {
+        if self.json {
+            self.emit_json(events, summary, classifier, out)
+        } else {
+            self.emit_text(events, summary, classifier, out)
+        }
+    }
+
+    /// The lines collect in one buffer that goes out whenever it is full and at the end
+    /// of the batch: a few writes per batch, not one per line.
+    fn emit_json(
+        &mut self,
+        events: &[TraceEvent],
+        summary: &mut Summary,
+        classifier: &mut crate::classify::Classifier,
+        out: &mut impl Write,
+    ) -> bool {
+        for e in events {
+            summary.add(e, &classifier.classify(e));
+            if !self.open {
+                continue;
+            }
+            self.lines.push(e);
+            if self.lines.is_full() && self.lines.write_to(out).is_err() {
+                self.open = false;
+            }
+        }
+        self.open = self.open && self.lines.write_to(out).and_then(|()| out.flush()).is_ok();
+        self.open
+    }
+
+    fn emit_text(
+        &mut self,
+        events: &[TraceEvent],
+        summary: &mut Summary,
+        classifier: &mut crate::classify::Classifier,
+        out: &mut impl Write,
+    ) -> bool {
+        let mut out = io::BufWriter::new(out);
         for e in events {
             summary.add(e, &classifier.classify(e));
             if !self.open {
                 continue;
             }
             let start = *self.t0.get_or_insert(e.ts_ns);
-            let res = if self.json {
-                serde_json::to_writer(&mut out, &JsonLine(e))
-                    .map_err(io::Error::other)
-                    .and_then(|()| out.write_all(b"\n"))
-            } else {
-                writeln!(out, "{}", human_line(e, start))
-            };
-            if res.is_err() {
+            if writeln!(out, "{}", human_line(e, start)).is_err() {
                 self.open = false;
             }
         }

@@ -7,10 +7,7 @@ use std::io::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::judge::Served;
-use crate::{
-    event::{JsonLine, TraceEvent},
-    load::Mode,
-};
+use crate::{event::TraceEvent, jsonl::JsonLines, load::Mode};
 
 /// The first line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,10 +38,14 @@ pub fn write(
     };
     serde_json::to_writer(&mut out, &serde_json::json!({ "fixture": header }))?;
     out.write_all(b"\n")?;
+    let mut lines = JsonLines::new();
     for e in events {
-        serde_json::to_writer(&mut out, &JsonLine(e))?;
-        out.write_all(b"\n")?;
+        lines.push(e);
+        if lines.is_full() {
+            lines.write_to(&mut out)?;
+        }
     }
+    lines.write_to(&mut out)?;
     out.flush()
 }
 

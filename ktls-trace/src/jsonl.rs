@@ -1,0 +1,675 @@
+//! The `trace --json` line writer: one decoded event -> one JSON object and a newline
+//! (docs/event-schema.md), written by hand into a reused byte buffer that goes out in large
+//! writes. The schema is fixed, so the keys are constant byte strings, the integers are
+//! formatted with a small two-digits-at-a-time routine, and the only text that needs
+//! escaping is the thread and process names (any process can name itself anything).
+//!
+//! The output is byte for byte what `serde_json::to_writer(&JsonLine(e))` writes: the
+//! tests compare the two over every combination of optional fields, every probe, every TLS
+//! name and hostile names. [`JsonLine`](crate::event::JsonLine) stays the serde form of the
+//! same line (and the reference); [`JsonEvent`](crate::event::JsonEvent) reads both back.
+
+use std::io::{self, Write};
+
+use ktls_trace_common::Probe;
+
+use crate::event::{Comm, FLAG_NAMES, TlsWire, TraceEvent};
+
+/// Lines are written out once the buffer holds this much: few writes per batch, and the
+/// buffer stays small enough to stay in the cache (and bounded however large a batch is).
+pub const FLUSH_AT: usize = 64 * 1024;
+
+/// More than any line can take, with room for the fixed-size copies past its end: keys
+/// ~230 bytes, numbers at most 20 digits each, two names of 15 bytes escaped to at most 6
+/// bytes per byte, every flag name (a test writes the longest line there can be).
+const LINE_MAX: usize = 1024;
+
+/// `trace --json` lines waiting to be written: a buffer allocated once, with room for a
+/// line more than [`FLUSH_AT`], that lines are written into in place.
+#[derive(Debug)]
+pub struct JsonLines {
+    buf: Box<[u8]>,
+    len: usize,
+}
+
+impl Default for JsonLines {
+    fn default() -> Self {
+        JsonLines::new()
+    }
+}
+
+impl JsonLines {
+    pub fn new() -> JsonLines {
+        JsonLines {
+            buf: vec![0; FLUSH_AT + LINE_MAX].into_boxed_slice(),
+            len: 0,
+        }
+    }
+
+    /// Appends one event's line (the buffer grows if nobody wrote it out when full).
+    pub fn push(&mut self, e: &TraceEvent) {
+        if self.buf.len() - self.len < LINE_MAX {
+            let mut v = std::mem::take(&mut self.buf).into_vec();
+            v.resize(2 * v.len() + LINE_MAX, 0);
+            self.buf = v.into_boxed_slice();
+        }
+        let end = self.len + LINE_MAX;
+        if let Some(dst) = self
+            .buf
+            .get_mut(self.len..end)
+            .and_then(|d| <&mut [u8; LINE_MAX]>::try_from(d).ok())
+        {
+            self.len += write_line(dst, e);
+        }
+    }
+
+    /// Enough to write out (see [`FLUSH_AT`]).
+    pub fn is_full(&self) -> bool {
+        self.len >= FLUSH_AT
+    }
+
+    /// The lines not written yet.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Writes the lines out in one `write_all` and empties the buffer (also on error: the
+    /// lines are lost with the output).
+    pub fn write_to(&mut self, out: &mut impl Write) -> io::Result<()> {
+        let res = if self.len == 0 {
+            Ok(())
+        } else {
+            out.write_all(&self.buf[..self.len])
+        };
+        self.len = 0;
+        res
+    }
+}
+
+/// Writes `e` as one JSON line, newline included, at the start of `dst`; returns its
+/// length.
+fn write_line(dst: &mut [u8; LINE_MAX], e: &TraceEvent) -> usize {
+    let mut w = Line { b: dst, n: 0 };
+    w.raw(b"{\"ts_ns\":");
+    w.u64(e.ts_ns);
+    w.raw(b",\"pid\":");
+    w.u64(e.pid.into());
+    w.raw(b",\"tid\":");
+    w.u64(e.tid.into());
+    w.raw(b",\"comm\":");
+    w.comm(&e.comm);
+    w.raw(b",\"process\":");
+    match &e.process {
+        Some(p) => w.comm(p),
+        None => w.raw(b"null"),
+    }
+    w.raw(b",\"probe\":");
+    w.probe(e.probe);
+    w.raw(b",\"bytes\":");
+    w.u64(e.bytes);
+    w.raw(b",\"ret\":");
+    match e.ret {
+        Some(r) => w.i64(r),
+        None => w.raw(b"null"),
+    }
+    w.raw(b",\"latency_ns\":");
+    match e.latency_ns {
+        Some(l) => w.u64(l),
+        None => w.raw(b"null"),
+    }
+    w.raw(b",\"sock\":");
+    match e.sock {
+        Some(s) => {
+            w.raw(b"\"");
+            w.hex16(s);
+            w.raw(b"\"");
+        }
+        None => w.raw(b"null"),
+    }
+    w.raw(b",\"flags\":");
+    match e.flags {
+        Some(f) => w.flags(f),
+        None => w.raw(b"null"),
+    }
+    w.raw(b",\"parent\":");
+    match e.parent {
+        Some(p) => w.probe(p),
+        None => w.raw(b"null"),
+    }
+    w.raw(b",\"root\":");
+    match e.root {
+        Some(p) => w.probe(p),
+        None => w.raw(b"null"),
+    }
+    if let Some((out_fd, in_fd)) = e.fds {
+        w.raw(b",\"out_fd\":");
+        w.i64(out_fd.into());
+        w.raw(b",\"in_fd\":");
+        w.i64(in_fd.into());
+    }
+    if let Some(head) = e.head {
+        w.raw(b",\"head\":\"");
+        w.hex16(u64::from_be_bytes(head));
+        w.raw(b"\"");
+    }
+    if let Some(r) = e.records {
+        w.raw(b",\"records\":");
+        w.u64(r.into());
+    }
+    if let Some(t) = e.tls {
+        w.tls(t);
+    }
+    w.raw(b"}\n");
+    w.n
+}
+
+/// "00" to "99": two digits per division.
+const DIGITS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `v` < 10^8 as exactly eight digits, the first in the lowest byte.
+fn eight_digits(v: u32) -> u64 {
+    let (hi, lo) = (v / 10_000, v % 10_000);
+    let mut b = [0u8; 8];
+    for (pair, q) in b
+        .chunks_exact_mut(2)
+        .zip([hi / 100, hi % 100, lo / 100, lo % 100])
+    {
+        let d = q as usize * 2;
+        pair.copy_from_slice(&DIGITS[d..d + 2]);
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Room for a quoted name in a fixed-size block.
+const NAME_BLOCK: usize = 32;
+
+/// `"name"` in a block of [`NAME_BLOCK`] bytes, and its length: copied whole, one fixed-size
+/// copy instead of a call to `memcpy`.
+const fn block(name: &str, open: bool, close: bool) -> ([u8; NAME_BLOCK], usize) {
+    let s = name.as_bytes();
+    let mut b = [0u8; NAME_BLOCK];
+    let mut n = 0;
+    if open {
+        b[n] = b'"';
+        n += 1;
+    }
+    let mut i = 0;
+    while i < s.len() {
+        // Names written without escaping: a name that would need it does not compile.
+        assert!(s[i] >= 0x20 && s[i] != b'"' && s[i] != b'\\' && s[i] < 0x80);
+        b[n] = s[i];
+        n += 1;
+        i += 1;
+    }
+    if close {
+        b[n] = b'"';
+        n += 1;
+    }
+    (b, n)
+}
+
+/// Every probe's name, quoted, by discriminant.
+const PROBE_NAMES: [([u8; NAME_BLOCK], usize); Probe::ALL.len()] = {
+    let mut t = [([0u8; NAME_BLOCK], 0); Probe::ALL.len()];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = block(Probe::ALL[i].name(), true, true);
+        i += 1;
+    }
+    t
+};
+
+/// Every flag's name, unquoted, in [`FLAG_NAMES`] order.
+const FLAG_TEXT: [([u8; NAME_BLOCK], usize); FLAG_NAMES.len()] = {
+    let mut t = [([0u8; NAME_BLOCK], 0); FLAG_NAMES.len()];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = block(FLAG_NAMES[i].1, false, false);
+        i += 1;
+    }
+    t
+};
+
+/// One line being written into its block; every write has room (a line is at most
+/// [`LINE_MAX`] bytes, fixed-size copies included).
+struct Line<'a> {
+    b: &'a mut [u8; LINE_MAX],
+    n: usize,
+}
+
+impl Line<'_> {
+    fn raw<const K: usize>(&mut self, s: &[u8; K]) {
+        self.b[self.n..self.n + K].copy_from_slice(s);
+        self.n += K;
+    }
+
+    /// A block copied whole, of which the first `len` bytes count.
+    fn block<const K: usize>(&mut self, s: &[u8; K], len: usize) {
+        self.raw(s);
+        self.n -= K - len.min(K);
+    }
+
+    fn byte(&mut self, c: u8) {
+        self.b[self.n] = c;
+        self.n += 1;
+    }
+
+    /// Decimal, as serde_json (and `Display`) write integers: in groups of eight digits,
+    /// each made with 32-bit arithmetic and stored as one word.
+    fn u64(&mut self, v: u64) {
+        const E8: u64 = 100_000_000;
+        if v < E8 {
+            self.up_to_8(v as u32);
+            return;
+        }
+        let (hi, lo) = (v / E8, (v % E8) as u32);
+        if hi < E8 {
+            self.up_to_8(hi as u32);
+        } else {
+            // u64::MAX / 10^16 has 4 digits.
+            self.up_to_8((hi / E8) as u32);
+            self.raw(&eight_digits((hi % E8) as u32).to_le_bytes());
+        }
+        self.raw(&eight_digits(lo).to_le_bytes());
+    }
+
+    /// `v` < 10^8 without leading zeros.
+    fn up_to_8(&mut self, v: u32) {
+        let w = eight_digits(v);
+        // Every byte is b'0'..=b'9': subtracting b'0' from each borrows nowhere, and the
+        // leading zero digits become the zero bytes at the low end. One digit stays.
+        let zeros = ((w - 0x3030_3030_3030_3030).trailing_zeros() / 8).min(7) as usize;
+        self.block(&(w >> (8 * zeros)).to_le_bytes(), 8 - zeros);
+    }
+
+    fn i64(&mut self, v: i64) {
+        if v < 0 {
+            self.byte(b'-');
+        }
+        self.u64(v.unsigned_abs());
+    }
+
+    /// 16 lowercase hex digits (socket ids; the 8 head bytes read big-endian).
+    fn hex16(&mut self, v: u64) {
+        let mut h = [0u8; 16];
+        for (i, c) in h.iter_mut().enumerate() {
+            *c = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        self.raw(&h);
+    }
+
+    /// Lowercase hex without leading zeros, at least `width` digits (`{:#0Nx}` without
+    /// the `0x`, which the caller writes).
+    fn hex(&mut self, v: u64, width: usize) {
+        let digits = (64 - v.leading_zeros() as usize)
+            .div_ceil(4)
+            .max(width.max(1));
+        for i in (0..digits).rev() {
+            self.byte(HEX[((v >> (4 * i)) & 0xf) as usize]);
+        }
+    }
+
+    fn probe(&mut self, p: Probe) {
+        let (b, len) = &PROBE_NAMES[p as usize];
+        self.block(b, *len);
+    }
+
+    /// A thread or process name, escaped as serde_json escapes strings. Names are short
+    /// and almost never need escaping: the check and the copy take the whole block.
+    fn comm(&mut self, c: &Comm) {
+        let (b, len) = c.block();
+        let mut plain = true;
+        for (i, &x) in b.iter().enumerate() {
+            plain &= i >= len || (x >= 0x20 && x != b'"' && x != b'\\');
+        }
+        if plain {
+            self.byte(b'"');
+            self.block(b, len);
+            self.byte(b'"');
+        } else {
+            self.str(c.as_str());
+        }
+    }
+
+    /// A JSON string, escaped as serde_json escapes: `"` and `\` with a backslash, the
+    /// control characters below 0x20 as `\b \t \n \f \r` or `\u00XX` (lowercase hex),
+    /// everything else (DEL, any other character) as it is. Only for short strings (a
+    /// name): at most 6 bytes are written per byte.
+    fn str(&mut self, s: &str) {
+        self.byte(b'"');
+        for &c in s.as_bytes() {
+            match c {
+                b'"' => self.raw(b"\\\""),
+                b'\\' => self.raw(b"\\\\"),
+                b'\n' => self.raw(b"\\n"),
+                b'\r' => self.raw(b"\\r"),
+                b'\t' => self.raw(b"\\t"),
+                0x08 => self.raw(b"\\b"),
+                0x0c => self.raw(b"\\f"),
+                0..0x20 => self.raw(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(c >> 4)],
+                    HEX[usize::from(c & 0xf)],
+                ]),
+                _ => self.byte(c),
+            }
+        }
+        self.byte(b'"');
+    }
+
+    /// `"MSG_SPLICE_PAGES|MSG_MORE"`, unknown bits in hex, `""` for none (as
+    /// `flag_names`).
+    fn flags(&mut self, flags: u32) {
+        self.byte(b'"');
+        let mut rest = flags;
+        let mut first = true;
+        for ((bit, _), (text, len)) in FLAG_NAMES.iter().zip(&FLAG_TEXT) {
+            if flags & bit != 0 {
+                if !first {
+                    self.byte(b'|');
+                }
+                self.block(text, *len);
+                first = false;
+                rest &= !bit;
+            }
+        }
+        if rest != 0 {
+            if !first {
+                self.byte(b'|');
+            }
+            self.raw(b"0x");
+            self.hex(rest.into(), 1);
+        }
+        self.byte(b'"');
+    }
+
+    /// This build's names, or the kernel's numbers: the version as `0x0305`, the cipher
+    /// in decimal.
+    fn tls(&mut self, t: TlsWire) {
+        self.raw(b",\"tls_version\":");
+        match t.params() {
+            Some(p) => {
+                self.str(p.version.name());
+                self.raw(b",\"tls_cipher\":");
+                self.str(p.cipher.name());
+            }
+            None => {
+                self.raw(b"\"0x");
+                self.hex(t.version.into(), 4);
+                self.raw(b"\",\"tls_cipher\":\"");
+                self.u64(t.cipher.into());
+                self.byte(b'"');
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Comm, JsonLine, parse_json_line};
+    use ktls_trace_common::{Probe, msg};
+
+    fn serde_line(e: &TraceEvent) -> Vec<u8> {
+        let mut v = serde_json::to_vec(&JsonLine(e)).unwrap();
+        v.push(b'\n');
+        v
+    }
+
+    fn ours(e: &TraceEvent) -> Vec<u8> {
+        let mut lines = JsonLines::new();
+        lines.push(e);
+        lines.as_bytes().to_vec()
+    }
+
+    fn same(e: &TraceEvent) {
+        let (a, b) = (ours(e), serde_line(e));
+        assert_eq!(
+            String::from_utf8_lossy(&a),
+            String::from_utf8_lossy(&b),
+            "{e:?}"
+        );
+        assert_eq!(a, b);
+    }
+
+    fn base() -> TraceEvent {
+        TraceEvent {
+            ts_ns: 512_297_252_285,
+            pid: 9243,
+            tid: 9244,
+            comm: Comm::new("ktls-workload"),
+            process: None,
+            probe: Probe::TlsSwSendmsg,
+            bytes: 65_536,
+            ret: None,
+            latency_ns: None,
+            sock: None,
+            flags: None,
+            fds: None,
+            parent: None,
+            root: None,
+            head: None,
+            records: None,
+            tls: None,
+        }
+    }
+
+    /// Names a process can give itself, escapes and all, however `Comm` keeps them.
+    fn odd_names() -> Vec<Comm> {
+        let mut names: Vec<Comm> = [
+            "",
+            "nginx",
+            "a\"b",
+            "back\\slash",
+            "\\\"\\\"",
+            "tab\there",
+            "nl\ncr\r",
+            "\x1b[2Jevil",
+            "\u{7f}del",
+            "ünïcödé",
+            "日本語",
+            "emoji😀",
+            "a\u{9b}b",
+            "</script>",
+            "{\"k\":1}",
+            "'single'",
+            "a-very-long-thread-name",
+        ]
+        .iter()
+        .map(|n| Comm::new(n))
+        .collect();
+        // From the kernel: non-UTF-8, control bytes, no NUL at all.
+        for raw in [
+            &b"a\xffb\xc3"[..],
+            b"\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f",
+            b"\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e",
+            b"\x1f\"\\\x7f\xc3\xa9\xe2\x82\xac",
+            b"xxxxxxxxxxxxxxxx",
+        ] {
+            let mut k = [0u8; ktls_trace_common::COMM_LEN];
+            let n = raw.len().min(k.len());
+            k[..n].copy_from_slice(&raw[..n]);
+            names.push(Comm::from_kernel(&k));
+        }
+        names
+    }
+
+    #[test]
+    fn every_optional_field_combination_matches_serde() {
+        let probes = || Probe::ALL.into_iter();
+        let mut n = 0;
+        for mask in 0u32..(1 << 11) {
+            let on = |bit: u32| mask & (1 << bit) != 0;
+            for probe in probes() {
+                let mut e = base();
+                e.probe = probe;
+                e.process = on(0).then(|| Comm::new("nginx: worker"));
+                e.ret = on(1).then_some(-11);
+                e.latency_ns = on(2).then_some(41_230);
+                e.sock = on(3).then_some(0xaa4a_bf50_2d03_2e02);
+                e.flags = on(4).then_some(msg::MSG_SPLICE_PAGES | msg::MSG_MORE);
+                e.fds = on(5).then_some((7, 9));
+                e.parent = on(6).then_some(Probe::DoSendfile);
+                e.root = on(7).then_some(Probe::ALL[(n % 11) as usize]);
+                e.head = on(8).then_some([0x17, 3, 3, 0, 1, 2, 3, 4]);
+                e.records = on(9).then_some(4);
+                e.tls = on(10).then_some(TlsWire {
+                    version: 0x0304,
+                    cipher: 51,
+                });
+                same(&e);
+                n += 1;
+            }
+        }
+        assert_eq!(n, 2048 * 11);
+    }
+
+    #[test]
+    fn numbers_flags_and_tls_match_serde() {
+        let ints: [u64; 14] = [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1_000,
+            65_536,
+            4_294_967_295,
+            9_999_999_999_999_999,
+            10_000_000_000_000_000_000,
+            u64::MAX,
+        ];
+        let signed: [i64; 9] = [0, -1, -11, -32, -4095, i64::MIN, i64::MIN + 1, i64::MAX, 42];
+        let mut e = base();
+        for (i, &v) in ints.iter().enumerate() {
+            e.ts_ns = v;
+            e.bytes = ints[ints.len() - 1 - i];
+            e.latency_ns = Some(v / 3);
+            e.pid = v as u32;
+            e.tid = (v >> 32) as u32;
+            e.records = Some(v as u32 ^ 0xdead_beef);
+            e.sock = Some(v.rotate_left(13));
+            e.head = Some(v.to_le_bytes());
+            for &r in &signed {
+                e.ret = Some(r);
+                e.fds = Some((r as i32, (r >> 32) as i32));
+                same(&e);
+            }
+        }
+        for fds in [(i32::MIN, i32::MAX), (-1, 0), (0, -1)] {
+            e.fds = Some(fds);
+            same(&e);
+        }
+        // Every single flag bit, none, all, and bits this build has no name for.
+        let mut flags = vec![0, u32::MAX, 0x1000_0000, msg::MSG_MORE | 0x1000_0000];
+        flags.extend((0..32).map(|b| 1u32 << b));
+        flags.extend(FLAG_NAMES.iter().map(|(b, _)| *b | 0x8000_0000));
+        flags.push(FLAG_NAMES.iter().fold(0, |a, (b, _)| a | b));
+        for f in flags {
+            e.flags = Some(f);
+            same(&e);
+        }
+        // Known and unknown versions and ciphers (names, or the kernel's numbers).
+        for version in [0, 1, 0x0303, 0x0304, 0x0305, 0x0abc, 0xffff] {
+            for cipher in [0, 1, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 99, 65_535] {
+                e.tls = Some(TlsWire { version, cipher });
+                same(&e);
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_as_serde_escapes_them() {
+        let names = odd_names();
+        for comm in &names {
+            for process in names.iter().map(Some).chain([None]) {
+                let mut e = base();
+                e.comm = *comm;
+                e.process = process.copied();
+                same(&e);
+                // And the reader gets the same event back.
+                let line = String::from_utf8(ours(&e)).unwrap();
+                assert_eq!(parse_json_line(line.trim_end()).unwrap(), Some(e));
+            }
+        }
+        // `Comm` never keeps a control character, but the writer escapes any string
+        // exactly as serde_json does: every byte below 0x80, and multi-byte characters.
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é€😀\u{9b}\u{2028}");
+        for s in [all.as_str(), "\"", "\\", "\u{0}", "x\u{1f}", "plain"] {
+            let mut b = [0u8; LINE_MAX];
+            let mut w = Line { b: &mut b, n: 0 };
+            w.str(s);
+            let n = w.n;
+            assert_eq!(b[..n], serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_longest_line_fits() {
+        let mut e = base();
+        e.ts_ns = u64::MAX;
+        e.pid = u32::MAX;
+        e.tid = u32::MAX;
+        e.bytes = u64::MAX;
+        e.comm = Comm::new("\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"");
+        e.process = Some(e.comm);
+        e.probe = Probe::TlsDeviceSendpage;
+        e.ret = Some(i64::MIN);
+        e.latency_ns = Some(u64::MAX);
+        e.sock = Some(u64::MAX);
+        e.flags = Some(u32::MAX);
+        e.fds = Some((i32::MIN, i32::MIN));
+        e.parent = Some(Probe::TlsDeviceSendpage);
+        e.root = Some(Probe::TlsDeviceSendpage);
+        e.head = Some([0xff; 8]);
+        e.records = Some(u32::MAX);
+        e.tls = Some(TlsWire {
+            version: 0xffff,
+            cipher: u16::MAX,
+        });
+        same(&e);
+        // Names are at most 15 bytes; a control character (which `Comm` never keeps)
+        // would take 6 bytes escaped: at most 90 bytes per name.
+        let len = ours(&e).len() + 2 * 6 * 15;
+        assert!(len + NAME_BLOCK < LINE_MAX, "{len}");
+    }
+
+    #[test]
+    fn buffer_flushes_in_large_writes() {
+        let mut lines = JsonLines::new();
+        let mut out = Vec::new();
+        let e = base();
+        let mut pushed = 0;
+        while !lines.is_full() {
+            lines.push(&e);
+            pushed += 1;
+        }
+        assert!(pushed > 100, "{pushed}");
+        // Not written out when full: the buffer grows, nothing is lost.
+        for _ in 0..pushed {
+            lines.push(&e);
+        }
+        pushed *= 2;
+        lines.write_to(&mut out).unwrap();
+        assert!(lines.as_bytes().is_empty());
+        assert_eq!(out, serde_line(&e).repeat(pushed));
+    }
+}
