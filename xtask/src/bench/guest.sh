@@ -8,6 +8,8 @@ D=@SECONDS@
 RUNS=@RUNS@
 # Tracer configurations, NAME:KIND, run on the baseline mode, one after each load mode.
 TRACERS="@TRACERS@"
+# In-kernel cost runs (trace --cost), NAME:KIND, once each after the rounds.
+COSTS="@COSTS@"
 BASELINE=@BASELINE@
 say() { echo "KT-BENCH $ID $*"; }
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -53,6 +55,8 @@ tracer() {
         trace) "$KT" trace --json >/tmp/tr.out 2>/tmp/tr.err & ;;
         top) "$KT" top --once --json --interval 60 >/tmp/tr.out 2>/tmp/tr.err & ;;
         trace-comm) "$KT" trace --json --comm ktls-load-srv >/tmp/tr.out 2>/tmp/tr.err & ;;
+        cost-kprobe) "$KT" trace --json --cost --backend kprobe >/tmp/tr.out 2>/tmp/tr.err & ;;
+        cost-fentry) "$KT" trace --json --cost --backend fentry >/tmp/tr.out 2>/tmp/tr.err & ;;
         bpftrace)
             bpftrace -f json "$BT_PROGRAM" >/tmp/tr.out 2>/tmp/tr.err &
             ready="@BPFTRACE_READY@"
@@ -142,5 +146,10 @@ while [ $r -le $RUNS ]; do
         measure "${t%%:*}" "$BASELINE" "${t#*:}" $r
     done
     r=$((r + 1))
+done
+# What each program costs in the kernel: once per backend, after the rounds (counting run
+# time adds clock reads to every program run, so these are not overhead runs).
+for t in $COSTS; do
+    measure "${t%%:*}" "$BASELINE" "${t#*:}" 1
 done
 say done uptime=$(now)

@@ -81,6 +81,11 @@ pub enum Tracer {
     /// The peer: `bpftrace -f json` running [`bpftrace::program`] (whole system, the
     /// same functions, bytes per probe split by sendfile nesting).
     Bpftrace,
+    /// `trace --json --cost` on kprobes / on BPF trampolines: what each program costs in
+    /// the kernel (run-time statistics). Measured once, after the rounds: counting adds
+    /// clock reads to every program run, so these runs are no overhead figures.
+    CostKprobe,
+    CostFentry,
 }
 
 impl Tracer {
@@ -91,6 +96,8 @@ impl Tracer {
             Tracer::TopAll => "top",
             Tracer::TraceComm => "trace-comm",
             Tracer::Bpftrace => "bpftrace",
+            Tracer::CostKprobe => "cost-kprobe",
+            Tracer::CostFentry => "cost-fentry",
         }
     }
 }
@@ -123,8 +130,22 @@ pub const CONFIGS: [Config; 4] = [
     },
 ];
 
+/// The in-kernel cost runs, once each on the [`BASELINE`] mode after the rounds.
+pub const COST_CONFIGS: [Config; 2] = [
+    Config {
+        name: "cost-kprobe",
+        tracer: Tracer::CostKprobe,
+        label: "trace --json --cost --backend kprobe",
+    },
+    Config {
+        name: "cost-fentry",
+        tracer: Tracer::CostFentry,
+        label: "trace --json --cost --backend fentry",
+    },
+];
+
 fn config(name: &str) -> Option<&'static Config> {
-    CONFIGS.iter().find(|c| c.name == name)
+    CONFIGS.iter().chain(&COST_CONFIGS).find(|c| c.name == name)
 }
 
 pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
@@ -159,7 +180,8 @@ pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
         let configs = 4 + CONFIGS.len() as u64;
         let per_run = u64::from(args.seconds) + 40;
         let per_round = per_run * configs + BPFTRACE_START_S;
-        let timeout = Duration::from_secs(240 + per_round * u64::from(args.runs));
+        let cost_runs = per_run * COST_CONFIGS.len() as u64;
+        let timeout = Duration::from_secs(240 + per_round * u64::from(args.runs) + cost_runs);
         let started = std::time::Instant::now();
         let console = vm::run_script_with(
             series,
@@ -215,15 +237,19 @@ fn run_id() -> String {
 /// The guest plan (guest.sh, with this run's values). Every measurement prints one
 /// `KT-BENCH <id> ...` line (formats in [`parse`]).
 pub fn guest_script(run_id: &str, seconds: u32, runs: u32) -> String {
-    let tracers: Vec<String> = CONFIGS
-        .iter()
-        .map(|c| format!("{}:{}", c.name, c.tracer.kind()))
-        .collect();
+    let words = |configs: &[Config]| -> String {
+        configs
+            .iter()
+            .map(|c| format!("{}:{}", c.name, c.tracer.kind()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     include_str!("guest.sh")
+        .replace("@COSTS@", &words(&COST_CONFIGS))
         .replace("@RUN_ID@", run_id)
         .replace("@SECONDS@", &seconds.to_string())
         .replace("@RUNS@", &runs.to_string())
-        .replace("@TRACERS@", &tracers.join(" "))
+        .replace("@TRACERS@", &words(&CONFIGS))
         .replace("@BASELINE@", BASELINE)
         .replace("@BPFTRACE_READY@", bpftrace::READY)
         .replace("@BPFTRACE_SENDMSG@", bpftrace::program(false).trim_end())
@@ -257,6 +283,8 @@ pub struct TracerSample {
     pub ktls_bytes: Option<u64>,
     /// bpftrace's totals per function (bench/bpftrace.rs `to_json`).
     pub probes: Option<Value>,
+    /// `trace --cost`: the summary's `cost` object (per probe: via, entry, return).
+    pub cost: Option<Value>,
     /// The tracer's output could not be read.
     pub error: Option<String>,
 }
@@ -384,7 +412,58 @@ pub fn parse(console: &str, run_id: &str, runs: u32) -> Results {
             }
         }
     }
+    for c in &COST_CONFIGS {
+        let name = c.name;
+        match r
+            .samples
+            .get(&(name.to_string(), 1))
+            .and_then(|s| s.tracer.as_ref())
+        {
+            None => r.problems.push(format!("{name}: no tracer result")),
+            Some(TracerSample { error: Some(e), .. }) => {
+                r.problems.push(format!("{name}: tracer output: {e}"))
+            }
+            Some(t) if t.cost.is_none() => r
+                .problems
+                .push(format!("{name}: no cost in the trace summary")),
+            Some(_) => {}
+        }
+    }
     r
+}
+
+/// The in-kernel cost per probe and backend, from the cost runs: for each probe, its
+/// via and ns per run of the entry and return programs under each backend, and the
+/// fentry/kprobe ratio of entry + return where the probe ran on trampolines.
+pub fn program_cost(r: &Results) -> Value {
+    let cost_of = |name: &str| -> Option<&Value> {
+        r.samples
+            .get(&(name.to_string(), 1))?
+            .tracer
+            .as_ref()?
+            .cost
+            .as_ref()
+    };
+    let ns = |c: &Value, side: &str| c[side]["ns_per_run"].as_f64();
+    let mut probes = serde_json::Map::new();
+    if let Some(Value::Object(k)) = cost_of("cost-kprobe") {
+        for (probe, kc) in k {
+            let fc = cost_of("cost-fentry").map(|f| &f[probe]);
+            let per_call = |c: &Value| Some(ns(c, "entry")? + ns(c, "return").unwrap_or(0.0));
+            let ratio = fc
+                .filter(|f| f["via"] == "fentry")
+                .and_then(|f| Some(per_call(f)? / per_call(kc)?));
+            probes.insert(
+                probe.clone(),
+                json!({
+                    "kprobe": {"via": kc["via"], "entry_ns": ns(kc, "entry"), "return_ns": ns(kc, "return"), "runs": kc["entry"]["runs"]},
+                    "fentry": fc.map(|f| json!({"via": f["via"], "entry_ns": ns(f, "entry"), "return_ns": ns(f, "return"), "runs": f["entry"]["runs"]})),
+                    "fentry_to_kprobe": ratio,
+                }),
+            );
+        }
+    }
+    Value::Object(probes)
 }
 
 /// `key=value` among space-separated words.
@@ -411,6 +490,7 @@ fn tracer_sample(text: &str) -> TracerSample {
         drops: None,
         ktls_bytes: None,
         probes: None,
+        cost: None,
         error: None,
     };
     match json_tail(text) {
@@ -418,6 +498,10 @@ fn tracer_sample(text: &str) -> TracerSample {
         Some(v) if v.get("summary").is_some() => {
             t.events = v.pointer("/summary/events").and_then(Value::as_u64);
             t.drops = v.pointer("/summary/drops").and_then(Value::as_u64);
+            t.cost = v
+                .pointer("/summary/cost")
+                .filter(|c| c.is_object())
+                .cloned();
             t.ktls_bytes = Some(
                 bpftrace::KTLS_FUNCS
                     .iter()
@@ -554,7 +638,7 @@ pub fn report_json(series: Series, args: &BenchArgs, r: &Results, elapsed: Durat
                 "tracer": s.tracer.as_ref().map(|t| json!({
                     "rc": t.rc, "alive": t.alive, "cpu_ticks": t.ticks, "wakeups": t.wakeups,
                     "attach_s": t.attach_s, "events": t.events, "drops": t.drops,
-                    "ktls_bytes": t.ktls_bytes, "probes": t.probes,
+                    "ktls_bytes": t.ktls_bytes, "probes": t.probes, "cost": t.cost,
                 })),
                 "load": s.load,
             })
@@ -585,6 +669,7 @@ pub fn report_json(series: Series, args: &BenchArgs, r: &Results, elapsed: Durat
             "tracer_cpu_per_gib", "tracer_cpu_share", "tracer_us_per_event", "events_per_wakeup",
             "attach_s", "ktls_bytes_per_served",
         ])).collect::<Vec<_>>(),
+        "program_cost": program_cost(r),
         "problems": r.problems,
         "raw": raw,
     })
@@ -697,6 +782,30 @@ pub fn render_table(report: &Value) -> String {
         "  tracer start to probes attached (bpftrace: its BEGIN, after compiling); kTLS/served:\n",
         "  plaintext the tracer saw enter kernel TLS per body byte the load served (~1.0).\n",
     ));
+    if let Some(costs) = report["program_cost"].as_object().filter(|c| !c.is_empty()) {
+        s.push_str("\nIn-kernel cost per program run, ns (BPF run-time statistics; trace --cost, one run each)\n");
+        s.push_str(&format!(
+            "  {:<22} {:>12} {:>12} {:>12} {:>12} {:>16}\n",
+            "probe", "kprobe entry", "kretprobe", "fentry", "fexit", "fentry/kprobe"
+        ));
+        for (probe, c) in costs {
+            let n = |v: &Value| opt(v.as_f64(), &|x| format!("{x:.0}"));
+            let (fe, fx) = if c["fentry"]["via"] == "fentry" {
+                (n(&c["fentry"]["entry_ns"]), n(&c["fentry"]["return_ns"]))
+            } else {
+                ("(kprobe)".to_string(), "-".to_string())
+            };
+            s.push_str(&format!(
+                "  {:<22} {:>12} {:>12} {:>12} {:>12} {:>16}\n",
+                probe,
+                n(&c["kprobe"]["entry_ns"]),
+                n(&c["kprobe"]["return_ns"]),
+                fe,
+                fx,
+                opt(c["fentry_to_kprobe"].as_f64(), &|r| format!("{r:.2}")),
+            ));
+        }
+    }
     if let Some(p) = report["problems"].as_array().filter(|p| !p.is_empty()) {
         s.push_str(&format!("\n{} problem(s):\n", p.len()));
         for x in p {
@@ -789,6 +898,23 @@ mod tests {
                 ));
             }
         }
+        // The cost runs: do_sendfile on a trampoline under fentry, tls_sw_sendmsg stays a
+        // kprobe (the tls module).
+        for (name, via) in [("cost-kprobe", "kprobe"), ("cost-fentry", "fentry")] {
+            let ns = if via == "fentry" { 50.0 } else { 200.0 };
+            let cost = json!({
+                "do_sendfile": {"via": via, "entry": {"runs": 10, "ns": 10, "ns_per_run": ns}, "return": {"runs": 10, "ns": 10, "ns_per_run": ns}},
+                "tls_sw_sendmsg": {"via": "kprobe", "entry": {"runs": 10, "ns": 10, "ns_per_run": 300.0}, "return": {"runs": 10, "ns": 10, "ns_per_run": 100.0}},
+            });
+            c.push_str(&format!(
+                "KT-BENCH {id} tracer {name} 1 rc=0 alive=1 ticks=300 wakeups=600 attach_s=1.0 {}\n",
+                json!({"summary": {"events": 6000, "drops": 0, "cost": cost}})
+            ));
+            c.push_str(&format!(
+                "KT-BENCH {id} load {name} 1 rc=0 wall_s=6.5 {}\n",
+                load_json(1 << 30, 6.0, 100e6, 1.0)
+            ));
+        }
         c.push_str(&format!("KT-BENCH {id} done uptime=99\n"));
         c
     }
@@ -803,7 +929,10 @@ mod tests {
             Some("aesni=yes gcm_aes_drivers=generic-gcm-aesni")
         );
         assert_eq!(r.modes, MODES);
-        assert_eq!(r.samples.len(), (MODES.len() + CONFIGS.len()) * 3);
+        assert_eq!(
+            r.samples.len(),
+            (MODES.len() + CONFIGS.len()) * 3 + COST_CONFIGS.len()
+        );
         let top = r.samples[&("top-all".to_string(), 2)]
             .tracer
             .clone()
@@ -915,6 +1044,37 @@ mod tests {
             1.0 + 1000.0 / f64::from(1u32 << 30)
         );
         assert!(!table.contains("problem"), "{table}");
+        let cost = &rep["program_cost"];
+        assert_eq!(cost["do_sendfile"]["kprobe"]["entry_ns"], 200.0);
+        assert_eq!(cost["do_sendfile"]["fentry"]["return_ns"], 50.0);
+        assert_eq!(cost["do_sendfile"]["fentry_to_kprobe"], 0.25);
+        assert_eq!(cost["tls_sw_sendmsg"]["fentry_to_kprobe"], Value::Null);
+        assert!(table.contains("In-kernel cost per program run"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains("tls_sw_sendmsg") && l.contains("(kprobe)")),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains("do_sendfile") && l.trim_end().ends_with("0.25")),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_cost_run_without_cost_is_a_problem() {
+        let c = console("abc", 1).replace("\"cost\":", "\"nocost\":");
+        let r = parse(&c, "abc", 1);
+        assert_eq!(
+            r.problems,
+            [
+                "cost-kprobe: no cost in the trace summary",
+                "cost-fentry: no cost in the trace summary"
+            ]
+        );
     }
 
     #[test]
@@ -934,7 +1094,7 @@ mod tests {
                 .all(|rest| !rest.starts_with(|c: char| c.is_ascii_uppercase())),
             "every placeholder filled: {s}"
         );
-        for c in &CONFIGS {
+        for c in CONFIGS.iter().chain(&COST_CONFIGS) {
             assert!(
                 s.contains(&format!("{}:{}", c.name, c.tracer.kind())),
                 "{}",
