@@ -55,6 +55,7 @@ tracer() {
         trace) "$KT" trace --json >/tmp/tr.out 2>/tmp/tr.err & ;;
         top) "$KT" top --once --json --interval 60 >/tmp/tr.out 2>/tmp/tr.err & ;;
         trace-comm) "$KT" trace --json --comm ktls-load-srv >/tmp/tr.out 2>/tmp/tr.err & ;;
+        trace-fentry) "$KT" trace --json --backend fentry >/tmp/tr.out 2>/tmp/tr.err & ;;
         cost-kprobe) "$KT" trace --json --cost --backend kprobe >/tmp/tr.out 2>/tmp/tr.err & ;;
         cost-fentry) "$KT" trace --json --cost --backend fentry >/tmp/tr.out 2>/tmp/tr.err & ;;
         bpftrace)
@@ -132,10 +133,15 @@ say "crypto aesni=$(grep -q -w aes /proc/cpuinfo && echo yes || echo no) gcm_aes
 # Each round: every mode untraced, with a tracer configuration after each of them, so the
 # traced runs sit between untraced ones and a drift of the guest's speed during a round
 # spreads over both sides.
+# After the first PATH_ROUNDS rounds only the baseline runs untraced: the other paths'
+# ratios barely move, the tracers' need the rounds.
+PATH_ROUNDS=@PATH_ROUNDS@
 r=1
 while [ $r -le $RUNS ]; do
     set -- $TRACERS
-    for m in $MODES; do
+    modes=$MODES
+    [ $r -gt $PATH_ROUNDS ] && modes=$BASELINE
+    for m in $modes; do
         measure "$m" "$m" none $r
         if [ $# -gt 0 ]; then
             measure "${1%%:*}" "$BASELINE" "${1#*:}" $r
