@@ -43,7 +43,7 @@ use crate::{
 #[derive(Debug, Clone, Args)]
 pub struct VmOptions {
     /// Seconds one guest may take (boot + every test) before qemu is killed. The newest
-    /// kernel takes about 27 minutes with its 10-minute soak.
+    /// kernel takes about 21 minutes with its 10-minute soak (ci profile).
     #[arg(long, value_name = "SECS", default_value_t = 2700)]
     pub timeout: u64,
 
