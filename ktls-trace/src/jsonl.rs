@@ -99,48 +99,27 @@ fn write_line(dst: &mut [u8; LINE_MAX], e: &TraceEvent) -> usize {
     w.raw(b",\"comm\":");
     w.comm(&e.comm);
     w.raw(b",\"process\":");
-    match &e.process {
-        Some(p) => w.comm(p),
-        None => w.raw(b"null"),
-    }
+    w.or_null(e.process.as_ref(), Line::comm);
     w.raw(b",\"probe\":");
     w.probe(e.probe);
     w.raw(b",\"bytes\":");
     w.u64(e.bytes);
     w.raw(b",\"ret\":");
-    match e.ret {
-        Some(r) => w.i64(r),
-        None => w.raw(b"null"),
-    }
+    w.or_null(e.ret, Line::i64);
     w.raw(b",\"latency_ns\":");
-    match e.latency_ns {
-        Some(l) => w.u64(l),
-        None => w.raw(b"null"),
-    }
+    w.or_null(e.latency_ns, Line::u64);
     w.raw(b",\"sock\":");
-    match e.sock {
-        Some(s) => {
-            w.raw(b"\"");
-            w.hex16(s);
-            w.raw(b"\"");
-        }
-        None => w.raw(b"null"),
-    }
+    w.or_null(e.sock, |w, s| {
+        w.raw(b"\"");
+        w.hex16(s);
+        w.raw(b"\"");
+    });
     w.raw(b",\"flags\":");
-    match e.flags {
-        Some(f) => w.flags(f),
-        None => w.raw(b"null"),
-    }
+    w.or_null(e.flags, Line::flags);
     w.raw(b",\"parent\":");
-    match e.parent {
-        Some(p) => w.probe(p),
-        None => w.raw(b"null"),
-    }
+    w.or_null(e.parent, Line::probe);
     w.raw(b",\"root\":");
-    match e.root {
-        Some(p) => w.probe(p),
-        None => w.raw(b"null"),
-    }
+    w.or_null(e.root, Line::probe);
     if let Some((out_fd, in_fd)) = e.fds {
         w.raw(b",\"out_fd\":");
         w.i64(out_fd.into());
@@ -249,6 +228,15 @@ struct Line<'a> {
 }
 
 impl Line<'_> {
+    /// An optional value: written by `write`, or `null`.
+    #[inline]
+    fn or_null<T>(&mut self, v: Option<T>, write: impl FnOnce(&mut Self, T)) {
+        match v {
+            Some(v) => write(self, v),
+            None => self.raw(b"null"),
+        }
+    }
+
     fn raw<const K: usize>(&mut self, s: &[u8; K]) {
         self.b[self.n..self.n + K].copy_from_slice(s);
         self.n += K;
