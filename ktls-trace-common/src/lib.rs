@@ -238,7 +238,10 @@ pub struct Config {
     /// The [`Probe`] that marks "inside sendfile(2)": `DoSendfile`, or `Sendfile64` where
     /// the kernel has no `do_sendfile` symbol (or no kprobes).
     pub sendfile_probe: u8,
-    pub _pad: [u8; 4],
+    /// Non-zero: completed calls are added to the `AGG` and `LAT` maps ([`AggKey`]) instead
+    /// of being sent as events (`top` and the exporter read totals, not calls).
+    pub aggregate: u8,
+    pub _pad: [u8; 3],
     pub comm: [u8; COMM_LEN],
     pub off: Offsets,
 }
@@ -254,7 +257,8 @@ impl Config {
         filter_comm: 0,
         debug: 0,
         sendfile_probe: Probe::DoSendfile as u8,
-        _pad: [0; 4],
+        aggregate: 0,
+        _pad: [0; 3],
         comm: [0; COMM_LEN],
         off: Offsets::UNKNOWN,
     };
@@ -313,8 +317,10 @@ pub mod stat {
     /// returns. Seen when the same thread enters the same function again and finds its
     /// previous call still in flight.
     pub const RETURN_MISSED: u32 = 2;
+    /// Calls not counted because the `AGG` (or `LAT`) map was full (aggregate mode).
+    pub const AGG_FULL: u32 = RETURN_MISSED + crate::Probe::ALL.len() as u32;
     /// Number of counters.
-    pub const COUNT: u32 = RETURN_MISSED + crate::Probe::ALL.len() as u32;
+    pub const COUNT: u32 = AGG_FULL + 1;
 }
 
 /// Names of the maps both sides refer to.
@@ -325,6 +331,8 @@ pub mod maps {
     pub const SOCKINFO: &str = "SOCKINFO";
     pub const PROCS: &str = "PROCS";
     pub const TLS_LAYOUT: &str = "TLS_LAYOUT";
+    pub const AGG: &str = "AGG";
+    pub const LAT: &str = "LAT";
 }
 
 /// A TLS record sequence number moves by at most this much in one call; a bigger change
@@ -342,6 +350,145 @@ pub const fn sock_id(addr: u64, key: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// What a completed call was, as far as classification cares: the bits of [`AggKey::facts`].
+/// Both sides compute them with [`facts::of`], the eBPF programs for the in-kernel
+/// aggregates and userspace for events, so the classifier reads the same facts either way.
+pub mod facts {
+    use crate::{HEAD_LEN, has, msg};
+
+    /// The call's return value is known (`has::RET`).
+    pub const RET: u8 = 1 << 0;
+    /// The call's MSG_* flags are known.
+    pub const FLAGS: u8 = 1 << 1;
+    /// The flags carry `MSG_SPLICE_PAGES`: pages spliced, not copied (6.5+).
+    pub const SPLICE: u8 = 1 << 2;
+    /// The first payload bytes are those of a TLS record (user-space TLS).
+    pub const TLS_HEAD: u8 = 1 << 3;
+    /// Asked to send 2 bytes and sent 2: the size of an alert record's plaintext.
+    pub const TWO_BYTES: u8 = 1 << 4;
+    /// The socket's TLS version and cipher are known (`has::TLS`).
+    pub const TLS: u8 = 1 << 5;
+    /// The TLS records the call closed are known (`has::RECORDS`).
+    pub const RECORDS: u8 = 1 << 6;
+    /// The socket is known (`has::SOCK`).
+    pub const SOCK: u8 = 1 << 7;
+
+    /// Largest length a TLS record header may announce: 2^14 plaintext plus the TLS 1.2
+    /// allowance of 2048 bytes of expansion (RFC 5246 6.2.3; TLS 1.3 allows 256).
+    pub const TLS_MAX_RECORD_LEN: u16 = (1 << 14) + 2048;
+
+    /// Do these first payload bytes start a TLS record? Content type 0x17 (application
+    /// data), 0x15 (alert) or 0x16 (handshake), legacy version 0x0303 (0x0301 is also
+    /// accepted for handshakes: ClientHello records), and a length a record can have.
+    #[inline(always)]
+    pub fn looks_like_tls_record(head: &[u8; HEAD_LEN]) -> bool {
+        let version_ok = match head[0] {
+            0x17 | 0x15 => head[1] == 0x03 && head[2] == 0x03,
+            0x16 => head[1] == 0x03 && (head[2] == 0x03 || head[2] == 0x01),
+            _ => false,
+        };
+        let len = ((head[3] as u16) << 8) | head[4] as u16;
+        version_ok && len > 0 && len <= TLS_MAX_RECORD_LEN
+    }
+
+    /// The facts of one call from what the programs know of it (`has` bits and fields of
+    /// [`crate::Event`]).
+    #[inline(always)]
+    pub fn of(has_bits: u8, flags: u32, head: &[u8; HEAD_LEN], bytes: u64, ret: i64) -> u8 {
+        let mut f = 0u8;
+        if has_bits & has::RET != 0 {
+            f |= RET;
+        }
+        if has_bits & has::FLAGS != 0 {
+            f |= FLAGS;
+            if flags & msg::MSG_SPLICE_PAGES != 0 {
+                f |= SPLICE;
+            }
+        }
+        if has_bits & has::HEAD != 0 && looks_like_tls_record(head) {
+            f |= TLS_HEAD;
+        }
+        if bytes == 2 && has_bits & has::RET != 0 && ret == 2 {
+            f |= TWO_BYTES;
+        }
+        if has_bits & has::TLS != 0 {
+            f |= TLS;
+        }
+        if has_bits & has::RECORDS != 0 {
+            f |= RECORDS;
+        }
+        if has_bits & has::SOCK != 0 {
+            f |= SOCK;
+        }
+        f
+    }
+}
+
+/// Key of the in-kernel aggregate `AGG` (aggregate mode): every completed call with the
+/// same key adds to one [`AggVal`]. The key holds what the classifier needs to decide
+/// what the bytes were ([`facts`], nesting, socket) and whom they count for (process,
+/// thread and its name), so userspace classifies a key exactly as it would each of the
+/// calls it sums.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AggKey {
+    /// Socket id ([`sock_id`]), when `facts::SOCK`.
+    pub sock: u64,
+    /// Process id (tgid) and thread id.
+    pub pid: u32,
+    pub tid: u32,
+    /// The socket's TLS version and cipher, when `facts::TLS`.
+    pub tls_version: u16,
+    pub tls_cipher: u16,
+    /// A [`Probe`] discriminant; innermost and outermost enclosing probed calls.
+    pub probe: u8,
+    pub parent: u8,
+    pub root: u8,
+    /// Bit set of [`facts`].
+    pub facts: u8,
+    /// The thread's command name, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Totals of the calls of one [`AggKey`] (per CPU; userspace sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggVal {
+    /// Completed calls.
+    pub calls: u64,
+    /// Bytes asked to send (the `size`/`count` arguments).
+    pub bytes: u64,
+    /// Bytes sent: the positive return values.
+    pub done: u64,
+    /// TLS records closed (calls with `facts::RECORDS`).
+    pub records: u64,
+}
+
+/// Key of the latency histograms `LAT` (aggregate mode): one per process and probe, for
+/// the probes whose latency is shown ([`Probe::latency_shown`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LatKey {
+    pub pid: u32,
+    pub probe: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Number of buckets of a latency histogram: bucket `i > 0` counts latencies in
+/// `[2^(i-1), 2^i)` ns, bucket 0 latencies of 0 ns; the last one everything from 2^38 ns
+/// (about 4.6 minutes) up.
+pub const LAT_BUCKETS: usize = 40;
+
+/// A log2 latency histogram (per CPU; userspace sums the CPUs).
+pub type LatHist = [u64; LAT_BUCKETS];
+
+/// The bucket of a latency (see [`LAT_BUCKETS`]).
+#[inline(always)]
+pub const fn lat_bucket(ns: u64) -> usize {
+    let b = (64 - ns.leading_zeros()) as usize;
+    if b < LAT_BUCKETS { b } else { LAT_BUCKETS - 1 }
+}
+
 // Layout checks: no padding, so every byte pattern is a valid value.
 const _: () = assert!(EVENT_SIZE == 96);
 const _: () = assert!(core::mem::size_of::<Active>() == 72);
@@ -349,3 +496,6 @@ const _: () = assert!(core::mem::size_of::<SockInfo>() == 44);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 88);
 const _: () = assert!(core::mem::size_of::<Config>() == 128);
 const _: () = assert!(core::mem::size_of::<TlsLayout>() == 24);
+const _: () = assert!(core::mem::size_of::<AggKey>() == 40);
+const _: () = assert!(core::mem::size_of::<AggVal>() == 32);
+const _: () = assert!(core::mem::size_of::<LatKey>() == 8);

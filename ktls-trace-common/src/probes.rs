@@ -289,7 +289,35 @@ impl Probe {
     pub const fn role(self) -> Role {
         self.spec().role
     }
+
+    /// Is the latency of this probe's calls shown (sendfile(2) calls, and the sends into
+    /// kernel TLS)? Aggregate mode keeps a histogram only for these. A match on the probe
+    /// rather than on [`Probe::role`], so that the eBPF programs need no table lookup; a
+    /// test checks the two agree.
+    #[inline(always)]
+    pub const fn latency_shown(self) -> bool {
+        matches!(
+            self,
+            Probe::DoSendfile
+                | Probe::Sendfile64
+                | Probe::TlsSwSendmsg
+                | Probe::TlsSwSendpage
+                | Probe::TlsDeviceSendmsg
+                | Probe::TlsDeviceSendpage
+        )
+    }
 }
+
+// The latency rule, by role: sendfile(2) and the sends of plaintext into kernel TLS.
+const _: () = {
+    let mut i = 0;
+    while i < Probe::ALL.len() {
+        let p = Probe::ALL[i];
+        let by_role = matches!(p.role(), Role::Sendfile | Role::KtlsSend | Role::KtlsDevice);
+        assert!(p.latency_shown() == by_role);
+        i += 1;
+    }
+};
 
 // The table is in discriminant order, so `Probe::spec` is an index.
 const _: () = {

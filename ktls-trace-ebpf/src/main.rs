@@ -33,13 +33,14 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use ktls_trace_common::{
-    Active, COMM_LEN, Config, Event, HEAD_LEN, MAX_RECORDS_PER_CALL, OFF_UNKNOWN, Probe, SockInfo,
-    TlsLayout, active_key, has, sock_id, stat,
+    Active, AggKey, AggVal, COMM_LEN, Config, Event, HEAD_LEN, LatHist, LatKey,
+    MAX_RECORDS_PER_CALL, OFF_UNKNOWN, Probe, SockInfo, TlsLayout, active_key, facts, has,
+    lat_bucket, sock_id, stat,
 };
 
 // ---- configuration, written by userspace at load time (EbpfLoader::override_global) ----
@@ -108,6 +109,23 @@ static TLS_LAYOUT: Array<TlsLayout> = Array::with_max_entries(1, 0);
 /// running on its CPU, so the fewer the better).
 #[map]
 static STATS: PerCpuArray<[u64; stat::COUNT as usize]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Aggregate mode (`top`, the exporter): totals per [`AggKey`], summed per CPU so that no
+/// two programs ever write one value. Preallocated: before 6.1 tracing programs may only
+/// use preallocated hash maps. Userspace deletes keys that stay idle, so the live
+/// sockets and threads of a busy server fit; a call that finds it full is counted
+/// (`stat::AGG_FULL`), never silently lost.
+#[map]
+static AGG: PerCpuHashMap<AggKey, AggVal> = PerCpuHashMap::with_max_entries(8192, 0);
+
+/// Aggregate mode: log2 latency histograms per process and probe.
+#[map]
+static LAT: PerCpuHashMap<LatKey, LatHist> = PerCpuHashMap::with_max_entries(512, 0);
+
+/// An all-zero histogram, the value a new `LAT` key starts from: 320 bytes would not fit
+/// the program's stack next to the rest.
+#[map]
+static ZERO_HIST: PerCpuArray<LatHist> = PerCpuArray::with_max_entries(1, 0);
 
 const IPPROTO_TCP: u16 = 6;
 /// `bpf_map_update_elem` flag: fail with -EEXIST if the key is there.
@@ -511,6 +529,36 @@ fn leave<C: EbpfContext>(ctx: &C, probe: Probe, ret: Ret) {
             hasf &= !has::RECORDS;
         }
     }
+    if setting!(aggregate) != 0 {
+        let done = if ret.known && ret.value > 0 {
+            ret.value as u64
+        } else {
+            0
+        };
+        aggregate(
+            AggKey {
+                sock: a.sock,
+                pid: tgid,
+                tid,
+                tls_version: a.tls_version,
+                tls_cipher: a.tls_cipher,
+                probe: probe as u8,
+                parent: a.parent,
+                root: a.root,
+                facts: facts::of(hasf, a.flags, &a.head, a.bytes, ret.value),
+                comm: [0; COMM_LEN],
+            },
+            &Done {
+                bytes: a.bytes,
+                done,
+                records: records as u64,
+                latency_ns: end.wrapping_sub(a.ts_ns),
+                timed: 1,
+                _pad: [0; 7],
+            },
+        );
+        return;
+    }
     emit(
         ctx,
         Event {
@@ -568,6 +616,86 @@ fn emit<C: EbpfContext>(ctx: &C, mut ev: Event) {
             if setting!(debug) != 0 {
                 debug!(ctx, "ring buffer full: event of probe {} dropped", ev.probe);
             }
+        }
+    }
+}
+
+/// A completed call, for the aggregate maps.
+#[repr(C)]
+struct Done {
+    bytes: u64,
+    done: u64,
+    records: u64,
+    latency_ns: u64,
+    /// Non-zero: `latency_ns` is known.
+    timed: u8,
+    _pad: [u8; 7],
+}
+
+/// Aggregate mode: adds one completed call to its key's totals (and its latency to the
+/// process's histogram for the probes whose latency is shown).
+#[inline(always)]
+fn aggregate(mut key: AggKey, d: &Done) {
+    current_comm(&mut key.comm);
+    remember_process(key.tid, key.pid);
+    match AGG.get_ptr_mut(&key) {
+        Some(v) => {
+            // SAFETY: this CPU's value of a per-CPU map. Only a program interrupting this
+            // one on the same CPU could write it too, and the probed functions are
+            // process-context send paths (kprobe programs do not nest at all).
+            unsafe {
+                (*v).calls += 1;
+                (*v).bytes += d.bytes;
+                (*v).done += d.done;
+                (*v).records += d.records;
+            }
+        }
+        None => {
+            let v = AggVal {
+                calls: 1,
+                bytes: d.bytes,
+                done: d.done,
+                records: d.records,
+            };
+            // Another CPU may create the key at the same time: its value is that CPU's,
+            // so inserting ours (this CPU's slot) is still right; an existing key is
+            // only an error with BPF_NOEXIST, which is not used here.
+            if AGG.insert(&key, &v, 0).is_err() {
+                bump(stat::AGG_FULL);
+            }
+        }
+    }
+    if d.timed == 0 {
+        return;
+    }
+    let Some(probe) = Probe::from_u8(key.probe) else {
+        return;
+    };
+    if !probe.latency_shown() {
+        return;
+    }
+    let lk = LatKey {
+        pid: key.pid,
+        probe: key.probe,
+        _pad: [0; 3],
+    };
+    let bucket = lat_bucket(d.latency_ns);
+    if LAT.get_ptr_mut(&lk).is_none() {
+        let Some(zero) = ZERO_HIST.get_ptr(0) else {
+            return;
+        };
+        // SAFETY: a valid per-CPU array value (all zeros, never written).
+        if LAT.insert(&lk, unsafe { &*zero }, BPF_NOEXIST).is_err()
+            && LAT.get_ptr_mut(&lk).is_none()
+        {
+            bump(stat::AGG_FULL);
+            return;
+        }
+    }
+    if let Some(h) = LAT.get_ptr_mut(&lk) {
+        // SAFETY: this CPU's value; `get_mut` bounds the index.
+        if let Some(c) = unsafe { (*h).get_mut(bucket) } {
+            *c += 1;
         }
     }
 }
@@ -1023,6 +1151,32 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     let id = sock_id(sk, setting!(sock_key));
     remember_socket(id, sk, tgid);
     // The tracepoint fires after sendmsg returned: `ret` is what it accepted.
+    if setting!(aggregate) != 0 {
+        let done = ret.max(0) as u64;
+        aggregate(
+            AggKey {
+                sock: id,
+                pid: tgid,
+                tid,
+                tls_version: 0,
+                tls_cipher: 0,
+                probe: Probe::SockSendLength as u8,
+                parent,
+                root,
+                facts: facts::of(has::RET | has::SOCK, 0, &[0; HEAD_LEN], done, ret as i64),
+                comm: [0; COMM_LEN],
+            },
+            &Done {
+                bytes: done,
+                done,
+                records: 0,
+                latency_ns: 0,
+                timed: 0,
+                _pad: [0; 7],
+            },
+        );
+        return 0;
+    }
     emit(
         &ctx,
         Event {

@@ -17,7 +17,7 @@
 //!
 //! The rules are written down in docs/top.md ("How paths are decided").
 
-use ktls_trace_common::{HEAD_LEN, Probe, probes::Role};
+use ktls_trace_common::{Probe, facts, probes::Role};
 use serde::Serialize;
 
 use crate::{
@@ -201,6 +201,8 @@ pub struct Contribution {
     pub in_sendfile: bool,
     /// This event is a kernel TLS send.
     pub ktls: Option<KtlsSend>,
+    /// How many calls this is: 1 for an event, the count of an in-kernel aggregate.
+    pub calls: u64,
 }
 
 impl Contribution {
@@ -218,6 +220,7 @@ impl Contribution {
             tls_latency_ns: None,
             in_sendfile: in_sendfile(e),
             ktls: None,
+            calls: 1,
         }
     }
 
@@ -255,26 +258,12 @@ fn in_sendfile(e: &TraceEvent) -> bool {
         .any(|p| p.role() == Role::Sendfile)
 }
 
-/// Largest length a TLS record header may announce: 2^14 plaintext plus the TLS 1.2
-/// allowance of 2048 bytes of expansion (RFC 5246 6.2.3; TLS 1.3 allows 256).
-pub const TLS_MAX_RECORD_LEN: u16 = (1 << 14) + 2048;
-
-/// Do these first payload bytes start a TLS record? Content type 0x17 (application data),
-/// 0x15 (alert) or 0x16 (handshake), legacy version 0x0303 (0x0301 is also accepted for
-/// handshakes: ClientHello records), and a length a record can have.
-pub fn looks_like_tls_record(head: &[u8; HEAD_LEN]) -> bool {
-    let version_ok = match head[0] {
-        0x17 | 0x15 => head[1] == 0x03 && head[2] == 0x03,
-        0x16 => head[1] == 0x03 && (head[2] == 0x03 || head[2] == 0x01),
-        _ => false,
-    };
-    let len = u16::from_be_bytes([head[3], head[4]]);
-    version_ok && len > 0 && len <= TLS_MAX_RECORD_LEN
-}
+pub use ktls_trace_common::facts::{TLS_MAX_RECORD_LEN, looks_like_tls_record};
 
 /// An alert record carries exactly two bytes of plaintext (level, description): a 2-byte
-/// write into kernel TLS that is not spliced is the close_notify of `shutdown()`.
-const ALERT_LEN: u64 = 2;
+/// write into kernel TLS that is not spliced is the close_notify of `shutdown()`
+/// (`facts::TWO_BYTES`: asked 2, sent 2).
+pub const ALERT_LEN: u64 = 2;
 
 /// A kernel TLS socket seen in a kTLS send.
 #[derive(Debug, Clone, Copy)]
@@ -323,7 +312,15 @@ impl Classifier {
 
     /// What one event contributes.
     pub fn classify(&mut self, e: &TraceEvent) -> Contribution {
+        self.classify_facts(e, e.facts(), 1)
+    }
+
+    /// What `calls` calls contribute that share `e`'s probe, nesting, socket and process
+    /// and the [`facts`] `f` (an in-kernel aggregate: `e` carries their summed bytes and
+    /// records). Every rule reads the per-call facts from `f`, never from `e`'s sums.
+    pub fn classify_facts(&mut self, e: &TraceEvent, f: u8, calls: u64) -> Contribution {
         let mut c = Contribution::of(e);
+        c.calls = calls;
         let done = e.bytes_done();
         let ktls_parent = e.parent.is_some_and(is_ktls_call);
         match e.probe.role() {
@@ -337,17 +334,17 @@ impl Classifier {
             Role::KtlsSend | Role::KtlsDevice => {
                 // Without the flags (offset unknown on this kernel), a call inside
                 // sendfile is the splice path; sendpage is always the splice path.
-                let splice = match (e.probe, e.flags) {
-                    (Probe::TlsSwSendpage | Probe::TlsDeviceSendpage, _) => true,
-                    (_, Some(_)) => e.is_splice(),
-                    (_, None) => c.in_sendfile,
+                let splice = match e.probe {
+                    Probe::TlsSwSendpage | Probe::TlsDeviceSendpage => true,
+                    _ if f & facts::FLAGS != 0 => f & facts::SPLICE != 0,
+                    _ => c.in_sendfile,
                 };
                 let path = match (e.probe.role(), splice) {
                     (Role::KtlsDevice, _) => Path::KtlsDevice,
                     (_, true) => Path::KtlsSendfile,
                     (_, false) => Path::KtlsWrite,
                 };
-                if !splice && done == ALERT_LEN && e.bytes == ALERT_LEN {
+                if !splice && f & facts::TWO_BYTES != 0 {
                     c.control = done;
                 } else {
                     c.payload = Some((path, done));
@@ -362,7 +359,7 @@ impl Classifier {
                 } else if c.in_sendfile {
                     // 6.5+: splice_to_socket -> sock_sendmsg -> tcp_sendmsg.
                     c.payload = Some((Path::PlainSendfile, done));
-                } else if e.head.as_ref().is_some_and(looks_like_tls_record) {
+                } else if f & facts::TLS_HEAD != 0 {
                     c.payload = Some((Path::UserspaceTls, done));
                 } else {
                     c.payload = Some((Path::Plain, done));
@@ -372,6 +369,10 @@ impl Classifier {
                 let owner = e.sock.and_then(|s| self.socks.get_mut(&s));
                 if ktls_parent {
                     c.ciphertext = done;
+                } else if e.parent.is_some_and(|p| p.role() == Role::TcpSend) {
+                    // Counted at the enclosing tcp_sendmsg, which kernel TLS never calls:
+                    // not ciphertext even on a socket that becomes a kTLS socket later
+                    // (its handshake), whichever order the classifier learns that in.
                 } else if let Some(o) = owner {
                     // The tx worker (or a later send) flushing this kTLS socket's records.
                     o.last_ns = o.last_ns.max(e.ts_ns);
@@ -381,8 +382,6 @@ impl Classifier {
                         c.name = o.name;
                         c.on_behalf = true;
                     }
-                } else if e.parent.is_some_and(|p| p.role() == Role::TcpSend) {
-                    // Counted at the enclosing tcp_sendmsg.
                 } else if c.in_sendfile {
                     // Before 6.5: pipe_to_sendpage -> do_tcp_sendpages.
                     c.payload = Some((Path::PlainSendfile, done));
@@ -438,7 +437,7 @@ pub(crate) mod tests {
         event::TlsWire,
         tls::{Cipher, TlsVersion},
     };
-    use ktls_trace_common::msg;
+    use ktls_trace_common::{HEAD_LEN, msg};
 
     /// A synthetic event: probe, pid, bytes done, socket.
     pub(crate) fn ev(probe: Probe, pid: u32, done: i64, sock: Option<u64>) -> TraceEvent {

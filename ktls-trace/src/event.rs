@@ -159,6 +159,31 @@ impl TraceEvent {
         }
     }
 
+    /// What the classifier needs to know of this call ([`ktls_trace_common::facts`]),
+    /// computed by the same function the eBPF programs use for the in-kernel aggregates.
+    pub fn facts(&self) -> u8 {
+        let mut bits = 0u8;
+        for (known, bit) in [
+            (self.ret.is_some(), has::RET),
+            (self.flags.is_some(), has::FLAGS),
+            (self.head.is_some(), has::HEAD),
+            (self.tls.is_some(), has::TLS),
+            (self.records.is_some(), has::RECORDS),
+            (self.sock.is_some(), has::SOCK),
+        ] {
+            if known {
+                bits |= bit;
+            }
+        }
+        ktls_trace_common::facts::of(
+            bits,
+            self.flags.unwrap_or(0),
+            &self.head.unwrap_or([0; HEAD_LEN]),
+            self.bytes,
+            self.ret.unwrap_or(0),
+        )
+    }
+
     pub fn is_splice(&self) -> bool {
         self.flags.is_some_and(|f| f & msg::MSG_SPLICE_PAGES != 0)
     }

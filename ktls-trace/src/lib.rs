@@ -13,6 +13,7 @@
 //! `load` (the workload generator) is a module tree of its own; the tracer side does not
 //! depend on it. Only what the benchmarks and the binary need is public.
 
+mod aggregate;
 mod attach;
 mod btf;
 pub mod classify;

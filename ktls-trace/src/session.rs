@@ -16,7 +16,8 @@ use tokio::{io::unix::AsyncFd, time::Interval};
 use ktls_trace_common::Probe;
 
 use crate::{
-    attach::{Notice, TraceOptions, Tracer, TracerError, Via},
+    aggregate::{Batch, Deltas, Latency, aggregate_of},
+    attach::{AggregateError, Notice, TraceOptions, Tracer, TracerError, Via},
     classify::Rules,
     event::{Comm, TraceEvent, decode},
     inthash::IntMap,
@@ -39,6 +40,8 @@ pub enum SessionError {
     Signals(std::io::Error),
     #[error("reading the ring buffer failed: {0}")]
     Ring(std::io::Error),
+    #[error(transparent)]
+    Aggregates(#[from] AggregateError),
 }
 
 /// Why a session ends.
@@ -130,6 +133,8 @@ pub struct Session {
     options: SessionOptions,
     pids: Vec<u32>,
     names: ProcessNames,
+    /// Aggregate mode: the kernel's totals at the last read.
+    deltas: Option<Deltas>,
     /// Events in the last batch: the next one's vector is allocated that large at once.
     batch_len: usize,
     start_ns: u64,
@@ -165,6 +170,17 @@ impl Session {
         let ring = tracer
             .take_ring()
             .ok_or_else(|| TracerError::Load("the ring buffer was already taken".into()))?;
+        // Aggregate mode: what the kernel added up while the probes were being attached
+        // one by one is incomplete (as events are, see `Counts::before_start`): the first
+        // read is the baseline.
+        let deltas = match opts.aggregate {
+            true => {
+                let mut d = Deltas::default();
+                d.update(tracer.read_aggregates()?);
+                Some(d)
+            }
+            false => None,
+        };
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut house = tokio::time::interval(HOUSEKEEPING_EVERY);
@@ -178,6 +194,7 @@ impl Session {
             options,
             pids: opts.pids.clone(),
             names: ProcessNames::default(),
+            deltas,
             start_ns: crate::clock::now_ns(),
             counts: Counts::default(),
             batch_len: 0,
@@ -256,6 +273,50 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Aggregate mode: does the kernel add calls up (read with [`Session::read_aggregates`])
+    /// rather than send events?
+    pub fn aggregated(&self) -> bool {
+        self.deltas.is_some()
+    }
+
+    /// Aggregate mode: the calls that completed since the last read (since the start, at
+    /// the first), named and ready to classify. Keys idle for long are deleted from the
+    /// kernel's maps. Without aggregate mode: an empty batch.
+    pub fn read_aggregates(&mut self) -> Result<Batch, SessionError> {
+        let Some(deltas) = &mut self.deltas else {
+            return Ok(Batch::default());
+        };
+        let raw = self.tracer.read_aggregates()?;
+        let (calls, latency, forget) = deltas.update(raw);
+        if !forget.calls.is_empty() || !forget.latency.is_empty() {
+            self.tracer
+                .forget_aggregates(&forget.calls, &forget.latency);
+        }
+        let now = crate::clock::now_ns();
+        let mut batch = Batch::default();
+        for (k, d) in &calls {
+            match aggregate_of(k, d, now) {
+                Some(mut a) => {
+                    let tracer = &self.tracer;
+                    a.event.process = self.names.name(&a.event, |pid| tracer.process_name(pid));
+                    self.counts.events += a.calls;
+                    batch.calls.push(a);
+                }
+                None => self.counts.undecodable += d.calls,
+            }
+        }
+        for (k, hist) in latency {
+            if let Some(probe) = Probe::from_u8(k.probe) {
+                batch.latency.push(Latency {
+                    pid: k.pid,
+                    probe,
+                    hist,
+                });
+            }
+        }
+        Ok(batch)
     }
 
     /// Decodes what is in the ring buffer now, without waiting (the end of a run).

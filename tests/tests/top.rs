@@ -242,7 +242,8 @@ fn once_json_for_scripts() {
     assert_eq!(code, 2, "{err}");
 }
 
-/// Lost events reach top's header and its JSON, never a silent zero: a 4 KiB ring buffer
+/// Lost events reach top's header and its JSON, never a silent zero (`--events`: top
+/// classifying the event stream, as it did before the kernel added calls up): a 4 KiB ring buffer
 /// (39 events) cannot hold what 16 KiB records sent as fast as the loopback takes them
 /// make in 100 ms, on every backend and kernel.
 #[test]
@@ -253,6 +254,7 @@ fn a_tiny_ring_buffer_shows_drops_in_the_header_and_the_json() {
     let args = [
         "top",
         "--once",
+        "--events",
         "--ring-kib",
         "4",
         "--interval",
@@ -740,4 +742,151 @@ fn once_classifies_plain_sendfile_with_kprobes() {
     assert_eq!(r["PATH"], "plain sendfile", "{out}");
     assert!(value(&r["PAYLOAD/s"]) > 0.0, "{out}");
     assert_eq!(r["TLS-IN/s"], "0", "{out}");
+}
+
+/// `top --once --json ARGS` running in the background, ready once it has attached.
+struct BackgroundTop {
+    child: std::process::Child,
+    stdout: std::sync::mpsc::Receiver<String>,
+    stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl BackgroundTop {
+    fn start(args: &[&str]) -> BackgroundTop {
+        use std::{io::Read as _, process::Stdio};
+        let mut child = Command::new(bin("ktls-trace"))
+            .args(["top", "--once", "--json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ktls-trace top");
+        let mut out = child.stdout.take().expect("stdout");
+        let mut err = child.stderr.take().expect("stderr");
+        let (tx, stdout) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            let _ = tx.send(s);
+        });
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        BackgroundTop {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits until its probes are attached (the start-up lines say so).
+    fn wait_attached(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self
+            .stderr
+            .lock()
+            .expect("lock")
+            .contains("ktls-trace: attached")
+        {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "top exited early ({status}): {}",
+                    self.stderr.lock().expect("lock")
+                );
+            }
+            assert!(Instant::now() < deadline, "top did not attach");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its JSON snapshot, once it ended on its own.
+    fn snapshot(mut self) -> serde_json::Value {
+        let status = ktls_trace_tests::exit_within(&mut self.child, Duration::from_secs(180))
+            .expect("top --once did not end");
+        let out = self
+            .stdout
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default();
+        let err = self.stderr.lock().expect("lock").clone();
+        assert!(status.success(), "top failed: {err}\n{out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"))
+    }
+}
+
+/// `top` reads totals the kernel adds up (no ring-buffer record per call); its numbers
+/// must be exactly those of `top --events`, which classifies every call from the event
+/// stream, on the same load: both run side by side over the same kernel TLS sendfile,
+/// kernel TLS write and user-space TLS transfers, and every process row has the same
+/// payload bytes per path, ciphertext, records and sendfile calls, and the same number
+/// of calls.
+#[test]
+#[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
+fn top_from_kernel_totals_equals_top_from_events() {
+    require_root();
+    if !needs_ktls("top_from_kernel_totals_equals_top_from_events") {
+        return;
+    }
+    let args = ["--interval", "45", "--comm", "ktls-workload"];
+    let mut maps = BackgroundTop::start(&args);
+    let mut with_events: Vec<&str> = args.to_vec();
+    with_events.push("--events");
+    let mut events = BackgroundTop::start(&with_events);
+    maps.wait_attached();
+    events.wait_attached();
+    for mode in ["ktls-sendfile", "ktls-write", "userspace-tls"] {
+        let out = output_within(
+            Command::new(bin("ktls-workload")).args([mode, "3000000", "--no-wait"]),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "ktls-workload {mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (m, e) = (maps.snapshot(), events.snapshot());
+    let text = format!("from the kernel's totals: {m}\nfrom events: {e}");
+    assert!(
+        m["mode"]
+            .as_str()
+            .unwrap_or("")
+            .contains("totals added up in the kernel"),
+        "{text}"
+    );
+    assert_eq!(m["drops_total"], 0, "{text}");
+    assert_eq!(e["drops_total"], 0, "{text}");
+    assert_eq!(m["events"], e["events"], "calls: {text}");
+    let rows = |v: &serde_json::Value| -> BTreeMap<u64, serde_json::Value> {
+        v["procs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| (p["pid"].as_u64().unwrap_or(0), p["totals"].clone()))
+            .collect()
+    };
+    let (mr, er) = (rows(&m), rows(&e));
+    assert!(!er.is_empty(), "{text}");
+    assert_eq!(mr, er, "{text}");
+    let paths: Vec<&str> = er
+        .values()
+        .flat_map(|t| {
+            ["ktls-sendfile", "ktls-write", "userspace-tls"]
+                .into_iter()
+                .filter(|p| t["payload"][*p].as_u64().unwrap_or(0) > 0)
+        })
+        .collect();
+    for p in ["ktls-sendfile", "ktls-write", "userspace-tls"] {
+        assert!(paths.contains(&p), "no {p} payload: {text}");
+    }
 }

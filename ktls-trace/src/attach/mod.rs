@@ -4,8 +4,11 @@
 //! the session. Dropping the [`Tracer`] detaches everything (aya owns the links; the kernel
 //! also detaches them if the process dies).
 
+mod aggregates;
 mod offsets;
 pub mod progstats;
+
+pub use aggregates::{AggregateError, RawAggregates};
 
 use std::{
     io,
@@ -63,6 +66,9 @@ pub struct TraceOptions {
     /// Wake the reader only when this many bytes wait; the reader must then also drain
     /// on a timer (the session does). 0: wake per event.
     pub wakeup_bytes: u64,
+    /// Add completed calls up in the kernel (`AGG`, `LAT`) instead of sending events:
+    /// read with [`Tracer::read_aggregates`].
+    pub aggregate: bool,
 }
 
 /// Default [`TraceOptions::wakeup_bytes`]: about 2,700 events, a small part of the
@@ -231,6 +237,7 @@ fn config(offsets: &Offsets, opts: &TraceOptions, sendfile: Probe) -> Config {
         filter_comm: u8::from(opts.comm.is_some()),
         debug: u8::from(opts.debug),
         sendfile_probe: sendfile as u8,
+        aggregate: u8::from(opts.aggregate),
         comm,
         off: *offsets,
         ..Config::DEFAULT
@@ -436,6 +443,8 @@ pub struct Losses {
     pub ring_full: u64,
     /// The table of calls in flight was full.
     pub in_flight_full: u64,
+    /// The in-kernel aggregate maps were full (aggregate mode).
+    pub aggregates_full: u64,
     /// Calls whose return side never ran, per probe (only those with some): a kretprobe
     /// has a fixed number of instances (`maxactive`), or the kernel skipped the return
     /// program (below). Found when the thread next enters the function.
@@ -471,7 +480,11 @@ impl Losses {
 
     /// Every event lost, whatever the cause.
     pub fn total(&self) -> u64 {
-        self.ring_full + self.in_flight_full + self.returns_missed() + sum_of(&self.entries_skipped)
+        self.ring_full
+            + self.in_flight_full
+            + self.aggregates_full
+            + self.returns_missed()
+            + sum_of(&self.entries_skipped)
     }
 
     /// Where calls were lost at the probes, for a warning: `returns missed: do_sendfile
@@ -811,6 +824,7 @@ impl Tracer {
         let mut l = Losses {
             ring_full: sum(stat::RINGBUF_FULL),
             in_flight_full: sum(stat::ACTIVE_FULL),
+            aggregates_full: sum(stat::AGG_FULL),
             ..Losses::default()
         };
         for p in Probe::ALL {

@@ -27,6 +27,7 @@ pub fn options(filter: &FilterArgs, verbose: u8) -> anyhow::Result<TraceOptions>
         debug: verbose >= 2,
         ring_bytes: None,
         wakeup_bytes: WAKEUP_BYTES,
+        aggregate: false,
     })
 }
 

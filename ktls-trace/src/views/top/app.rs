@@ -313,6 +313,7 @@ pub async fn run(
             },
             _ = window.tick() => {
                 model.ingest_all(&s.drain_now());
+                model.ingest_aggregates(&s.read_aggregates()?);
                 model.set_counts(s.counts());
                 let mut fresh = model.close_window(clock::now_ns());
                 // The process being looked at stays (its charts) until Esc.

@@ -34,6 +34,10 @@ use view::Header;
 /// The message for `top` without a terminal.
 const NOT_A_TERMINAL: &str = "stdout is not a terminal: `ktls-trace top` is interactive; use `ktls-trace top --once` for one text snapshot, or `ktls-trace trace --json` for an event stream";
 
+/// The ring buffer in aggregate mode, where nothing is sent through it: one 64 KiB
+/// block (a power of two and a multiple of the page size on every architecture).
+const AGGREGATE_RING_BYTES: u32 = 64 << 10;
+
 /// Bounds of the refresh interval (`--interval`, and `d` while running).
 const MIN_INTERVAL: f64 = 0.1;
 const MAX_INTERVAL: f64 = 60.0;
@@ -72,6 +76,12 @@ pub struct TopArgs {
     /// With --once: the snapshot as one JSON object (docs/top.md).
     #[arg(long, requires = "once")]
     pub json: bool,
+
+    /// Classify every call in user space from the event stream (as `trace` does) instead
+    /// of reading the totals the kernel adds up: for comparisons, and to see ring-buffer
+    /// drops. Slower for the traced server.
+    #[arg(long, hide = true)]
+    pub events: bool,
 }
 
 /// The header's facts for a session: kernel, mode, and what this kernel cannot measure.
@@ -88,6 +98,9 @@ fn header(session: &Session, interval_s: f64) -> Header {
         })
         .collect();
     let mut mode = plan.mode_sentence(facts);
+    if session.aggregated() {
+        mode.push_str("; totals added up in the kernel");
+    }
     if plan.backend == Backend::Kprobe && !missing.is_empty() {
         mode.push_str(&format!(
             "; not measurable here: {} (ktls-trace doctor says why)",
@@ -124,7 +137,15 @@ pub async fn run(args: TopArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         return Err(UsageError::Other(NOT_A_TERMINAL.to_string()).into());
     }
     let mut opts = trace::options(&args.filter, verbose)?;
-    opts.ring_bytes = Some(args.ring.bytes()?);
+    let ring_bytes = args.ring.bytes()?;
+    // The kernel adds calls up in maps (per-CPU, no record per call); the ring buffer is
+    // then unused and kept at its smallest.
+    opts.aggregate = !args.events;
+    opts.ring_bytes = Some(if args.events {
+        ring_bytes
+    } else {
+        AGGREGATE_RING_BYTES
+    });
     let load_mode = args.mode.unwrap_or_else(|| {
         if KernelFacts::probe().tls.is_available() {
             Mode::KtlsSendfile

@@ -9,7 +9,10 @@ use std::collections::{HashMap, VecDeque};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use ktls_trace_common::{LatHist, probes::Role};
+
 use crate::{
+    aggregate::{Batch, bucket_value},
     classify::{Classifier, Contribution, Path, PathBytes, Rules},
     event::{Comm, TraceEvent},
     session::Counts,
@@ -31,6 +34,18 @@ fn record(h: &mut Option<Histogram<u64>>, v: u64) {
     }
     if let Some(h) = h {
         h.saturating_record(v.max(1));
+    }
+}
+
+/// Adds a log2 histogram of the kernel's (aggregate mode): each bucket as its middle.
+fn record_log2(h: &mut Option<Histogram<u64>>, hist: &LatHist) {
+    for (i, n) in hist.iter().enumerate().filter(|(_, n)| **n > 0) {
+        if h.is_none() {
+            *h = new_histogram();
+        }
+        if let Some(h) = h {
+            let _ = h.record_n(bucket_value(i).clamp(1, h.high()), *n);
+        }
     }
 }
 
@@ -68,10 +83,12 @@ impl Window {
         self.ciphertext += c.ciphertext;
         match (c.records, c.ktls) {
             (Some(r), _) => self.records += r,
-            (None, Some(_)) => self.sends_without_records += 1,
+            (None, Some(_)) => self.sends_without_records += c.calls,
             (None, None) => {}
         }
-        self.sendfile_calls += u64::from(c.sendfile.is_some());
+        if c.sendfile.is_some() {
+            self.sendfile_calls += c.calls;
+        }
         if let Some(l) = c.sendfile_latency_ns {
             record(&mut self.sendfile_lat, l);
         }
@@ -205,12 +222,25 @@ pub struct ProcRow {
     pub tls_p99_ns: Option<u64>,
     /// Share of payload that went through the kTLS splice path (0..=1).
     pub zero_copy: Option<f64>,
+    /// What the rates above are made of: the window's totals.
+    pub totals: WindowTotals,
     pub conns: Vec<ConnRow>,
     /// Its threads that sent payload in the last minute, busiest first.
     pub threads: Vec<ThreadRow>,
     /// Oldest first, at most [`HISTORY_NS`] back.
     #[serde(skip)]
     pub history: Vec<Sample>,
+}
+
+/// A process's totals in one window (for scripts: rates are these over `window_ns`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct WindowTotals {
+    /// Payload bytes per path.
+    pub payload: PathBytes,
+    pub ciphertext: u64,
+    /// Kernel TLS records (None: this kernel does not tell).
+    pub records: Option<u64>,
+    pub sendfile_calls: u64,
 }
 
 /// Payload bytes/s per path.
@@ -279,6 +309,35 @@ impl Model {
     pub fn ingest(&mut self, e: &TraceEvent) {
         self.events_window += 1;
         let c = self.classifier.classify(e);
+        self.add(e, c);
+    }
+
+    /// Adds what the kernel added up since the last read (aggregate mode): each key is
+    /// classified as its calls would be one by one. Kernel TLS sends go first, so that
+    /// the sockets they name are known as kernel TLS sockets when the TCP pushes of the
+    /// same batch are attributed (as in an event stream, where a send precedes the
+    /// pushes of its records by the tx worker).
+    pub fn ingest_aggregates(&mut self, batch: &Batch) {
+        let mut order: Vec<&crate::aggregate::Aggregate> = batch.calls.iter().collect();
+        order.sort_by_key(|a| !crate::classify::is_ktls_call(a.event.probe));
+        for a in order {
+            self.events_window += a.calls;
+            let c = self.classifier.classify_facts(&a.event, a.facts, a.calls);
+            self.add(&a.event, c);
+        }
+        for l in &batch.latency {
+            // The calls behind a latency were counted above, so the process is there.
+            let Some(p) = self.procs.get_mut(&l.pid) else {
+                continue;
+            };
+            match l.probe.role() {
+                Role::Sendfile => record_log2(&mut p.win.sendfile_lat, &l.hist),
+                _ => record_log2(&mut p.win.tls_lat, &l.hist),
+            }
+        }
+    }
+
+    fn add(&mut self, e: &TraceEvent, c: Contribution) {
         if c.is_empty() {
             return;
         }
@@ -406,6 +465,12 @@ impl Model {
                 tls_p50_ns: tl50,
                 tls_p99_ns: tl99,
                 zero_copy: w.payload.zero_copy_share(),
+                totals: WindowTotals {
+                    payload: w.payload,
+                    ciphertext: w.ciphertext,
+                    records,
+                    sendfile_calls: w.sendfile_calls,
+                },
                 conns,
                 threads,
                 history: p.history.iter().copied().collect(),

@@ -107,6 +107,8 @@ pub async fn run(
         }
     }
     let start = clock::now_ns();
+    // What the kernel added up before the interval is not part of it.
+    s.read_aggregates()?;
     let mut model = Model::new(s.rules(), start);
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(header.interval_s);
     loop {
@@ -120,6 +122,7 @@ pub async fn run(
         }
     }
     ingest_from(&mut model, &s.drain_now(), start);
+    model.ingest_aggregates(&s.read_aggregates()?);
     model.set_counts(s.counts());
     let snap = model.close_window(clock::now_ns());
     header.tls_stat = crate::kernel::read_tls_stat();

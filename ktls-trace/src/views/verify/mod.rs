@@ -215,6 +215,7 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         debug: verbose >= 2,
         ring_bytes: Some(32 << 20),
         wakeup_bytes: WAKEUP_BYTES,
+        aggregate: false,
     };
     let mut session = Session::start(facts.clone(), &opts, SessionOptions::default())?;
     for l in session.tracer().lost() {

@@ -267,6 +267,7 @@ pub(crate) mod tests {
             tls_p50_ns: path.is_ktls().then_some(20_000),
             tls_p99_ns: path.is_ktls().then_some(80_000),
             zero_copy: Some(if path == Path::KtlsSendfile { 1.0 } else { 0.0 }),
+            totals: Default::default(),
             conns: vec![ConnRow {
                 sock: 0xabcdef0123456789,
                 path: Some(path),

@@ -1,0 +1,377 @@
+//! Aggregate mode, between the kernel's totals and the classifier: what changed since the
+//! last read of the `AGG` and `LAT` maps, and each changed key as something the
+//! [`crate::classify::Classifier`] classifies the way it would each call the key sums.
+//!
+//! The kernel keeps running totals per key (summed per CPU); a key it re-creates after
+//! userspace deleted it (idle) starts again from zero, which [`Deltas`] recognises. Pure:
+//! the maps are read in `attach`, the clock is passed in.
+
+use std::collections::HashMap;
+
+use ktls_trace_common::{AggKey, AggVal, LAT_BUCKETS, LatHist, LatKey, Probe, facts};
+
+use crate::{
+    attach::RawAggregates,
+    event::{Comm, TlsWire, TraceEvent},
+};
+
+/// A key that has not changed for this many reads is deleted from the kernel's maps (at
+/// top's default 1 s interval: half a minute), which bounds them to the live sockets and
+/// threads.
+pub const FORGET_AFTER_IDLE_READS: u32 = 30;
+
+/// Calls of one key since the last read, ready for the classifier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregate {
+    /// One call standing for all: bytes, return value and records are their sums.
+    pub event: TraceEvent,
+    /// The [`facts`] every one of the calls had.
+    pub facts: u8,
+    pub calls: u64,
+}
+
+/// Latencies of one process's calls of one probe since the last read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latency {
+    pub pid: u32,
+    pub probe: Probe,
+    /// Bucket `i > 0` counts latencies in `[2^(i-1), 2^i)` ns.
+    pub hist: LatHist,
+}
+
+/// What changed since the last read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub calls: Vec<Aggregate>,
+    pub latency: Vec<Latency>,
+}
+
+impl Batch {
+    /// Calls in the batch (the aggregate mode's "events").
+    pub fn total_calls(&self) -> u64 {
+        self.calls.iter().map(|a| a.calls).sum()
+    }
+}
+
+/// Keys to delete from the kernel's maps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Forget {
+    pub calls: Vec<AggKey>,
+    pub latency: Vec<LatKey>,
+}
+
+/// A running total the kernel keeps.
+trait Total: Copy + PartialEq {
+    /// `self - before`, or None when some counter went down (the key was re-created).
+    fn since(&self, before: &Self) -> Option<Self>;
+    fn is_zero(&self) -> bool;
+}
+
+impl Total for AggVal {
+    fn since(&self, b: &Self) -> Option<Self> {
+        Some(AggVal {
+            calls: self.calls.checked_sub(b.calls)?,
+            bytes: self.bytes.checked_sub(b.bytes)?,
+            done: self.done.checked_sub(b.done)?,
+            records: self.records.checked_sub(b.records)?,
+        })
+    }
+
+    fn is_zero(&self) -> bool {
+        self.calls == 0
+    }
+}
+
+impl Total for LatHist {
+    fn since(&self, b: &Self) -> Option<Self> {
+        let mut d = [0u64; LAT_BUCKETS];
+        for ((d, now), before) in d.iter_mut().zip(self).zip(b) {
+            *d = now.checked_sub(*before)?;
+        }
+        Some(d)
+    }
+
+    fn is_zero(&self) -> bool {
+        self.iter().all(|n| *n == 0)
+    }
+}
+
+#[derive(Debug)]
+struct Seen<V> {
+    total: V,
+    idle_reads: u32,
+}
+
+/// The totals of the last read, per key.
+#[derive(Debug)]
+struct Tracked<K, V>(HashMap<K, Seen<V>>);
+
+impl<K, V> Default for Tracked<K, V> {
+    fn default() -> Self {
+        Tracked(HashMap::new())
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy, V: Total> Tracked<K, V> {
+    /// The non-zero changes of `now` (every key the map holds), and the keys idle long
+    /// enough to delete (forgotten here too: if the kernel re-creates one, it starts at 0).
+    fn update(&mut self, now: Vec<(K, V)>, changed: &mut Vec<(K, V)>, forget: &mut Vec<K>) {
+        let mut next = HashMap::with_capacity(now.len());
+        for (k, total) in now {
+            let (delta, idle_reads) = match self.0.get(&k) {
+                Some(s) => {
+                    let d = total.since(&s.total).unwrap_or(total);
+                    let idle = if d.is_zero() { s.idle_reads + 1 } else { 0 };
+                    (d, idle)
+                }
+                None => (total, 0),
+            };
+            if !delta.is_zero() {
+                changed.push((k, delta));
+            }
+            if idle_reads >= FORGET_AFTER_IDLE_READS {
+                forget.push(k);
+            } else {
+                next.insert(k, Seen { total, idle_reads });
+            }
+        }
+        // Keys the map no longer holds are gone (deleted, or the program never re-made them).
+        self.0 = next;
+    }
+}
+
+/// Turns successive reads of the kernel's totals into changes.
+#[derive(Debug, Default)]
+pub struct Deltas {
+    calls: Tracked<AggKey, AggVal>,
+    latency: Tracked<LatKey, LatHist>,
+}
+
+impl Deltas {
+    /// The changes since the last read (everything, at the first), as the kernel's keys
+    /// and values, and the keys to delete from the kernel's maps.
+    pub fn update(
+        &mut self,
+        raw: RawAggregates,
+    ) -> (Vec<(AggKey, AggVal)>, Vec<(LatKey, LatHist)>, Forget) {
+        let (mut calls, mut latency, mut forget) = (Vec::new(), Vec::new(), Forget::default());
+        self.calls.update(raw.calls, &mut calls, &mut forget.calls);
+        self.latency
+            .update(raw.latency, &mut latency, &mut forget.latency);
+        (calls, latency, forget)
+    }
+}
+
+/// The classifiable form of a key's change: one call standing for all of them (None: a
+/// probe this build does not know).
+pub fn aggregate_of(key: &AggKey, d: &AggVal, ts_ns: u64) -> Option<Aggregate> {
+    let probe = Probe::from_u8(key.probe)?;
+    let f = key.facts;
+    let has = |bit: u8| f & bit != 0;
+    let event = TraceEvent {
+        ts_ns,
+        pid: key.pid,
+        tid: key.tid,
+        comm: Comm::from_kernel(&key.comm),
+        process: None,
+        probe,
+        bytes: d.bytes,
+        ret: has(facts::RET).then_some(d.done.min(i64::MAX as u64) as i64),
+        latency_ns: None,
+        sock: has(facts::SOCK).then_some(key.sock),
+        flags: None,
+        fds: None,
+        parent: Probe::from_u8(key.parent),
+        root: Probe::from_u8(key.root),
+        head: None,
+        records: has(facts::RECORDS).then_some(d.records.min(u32::MAX as u64) as u32),
+        tls: has(facts::TLS).then_some(TlsWire {
+            version: key.tls_version,
+            cipher: key.tls_cipher,
+        }),
+    };
+    Some(Aggregate {
+        event,
+        facts: f,
+        calls: d.calls,
+    })
+}
+
+/// The latency a histogram bucket stands for: the middle of `[2^(i-1), 2^i)` (so a
+/// percentile read from it is within -25%/+50% of the true one), 1 ns for bucket 0.
+pub fn bucket_value(i: usize) -> u64 {
+    match i {
+        0 | 1 => 1,
+        i => 3u64 << (i - 2).min(61),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{Classifier, Path, tests::ev};
+    use ktls_trace_common::{COMM_LEN, lat_bucket, msg};
+
+    fn key(probe: Probe, tid: u32, facts: u8) -> AggKey {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"nginx"[..4].as_ref());
+        AggKey {
+            sock: 9,
+            pid: 100,
+            tid,
+            tls_version: 0x0304,
+            tls_cipher: 51,
+            probe: probe as u8,
+            parent: Probe::NONE,
+            root: Probe::NONE,
+            facts,
+            comm,
+        }
+    }
+
+    fn val(calls: u64, done: u64) -> AggVal {
+        AggVal {
+            calls,
+            bytes: done,
+            done,
+            records: calls,
+        }
+    }
+
+    #[test]
+    fn deltas_are_changes_since_the_last_read() {
+        let mut d = Deltas::default();
+        let k = key(Probe::TlsSwSendmsg, 100, facts::RET);
+        let raw = |v: AggVal| RawAggregates {
+            calls: vec![(k, v)],
+            latency: vec![],
+        };
+        let (c, _, f) = d.update(raw(val(3, 300)));
+        assert_eq!(c, vec![(k, val(3, 300))], "the first read is all new");
+        assert!(f.calls.is_empty());
+        let (c, _, _) = d.update(raw(val(5, 700)));
+        assert_eq!(c, vec![(k, val(2, 400))]);
+        let (c, _, _) = d.update(raw(val(5, 700)));
+        assert!(c.is_empty(), "no change, nothing to classify");
+        // Deleted and re-created by the kernel: counted from zero again.
+        let (c, _, _) = d.update(raw(val(1, 10)));
+        assert_eq!(c, vec![(k, val(1, 10))]);
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten_and_counted_afresh() {
+        let mut d = Deltas::default();
+        let k = key(Probe::TcpSendmsg, 101, facts::RET);
+        let lk = LatKey {
+            pid: 100,
+            probe: Probe::DoSendfile as u8,
+            _pad: [0; 3],
+        };
+        let mut h = [0u64; LAT_BUCKETS];
+        h[lat_bucket(5_000)] = 2;
+        let raw = RawAggregates {
+            calls: vec![(k, val(1, 1))],
+            latency: vec![(lk, h)],
+        };
+        let (_, l, _) = d.update(raw.clone());
+        assert_eq!(l, vec![(lk, h)]);
+        for i in 1..FORGET_AFTER_IDLE_READS {
+            let (c, l, f) = d.update(raw.clone());
+            assert!(
+                c.is_empty() && l.is_empty() && f.calls.is_empty(),
+                "read {i}"
+            );
+        }
+        let (_, _, f) = d.update(raw.clone());
+        assert_eq!((f.calls, f.latency), (vec![k], vec![lk]));
+        // Had the kernel not deleted it yet, the next read counts it whole again: only
+        // keys idle that long are deleted, so that costs nothing real.
+        let (c, _, _) = d.update(raw);
+        assert_eq!(c, vec![(k, val(1, 1))]);
+    }
+
+    #[test]
+    fn an_aggregate_classifies_like_its_calls() {
+        // Ten 2-byte writes into kernel TLS are alerts (control), not payload, however
+        // their sum looks; ten calls of 1 byte are payload although they sum to 10.
+        let mut c = Classifier::default();
+        let alerts = aggregate_of(
+            &key(
+                Probe::TlsSwSendmsg,
+                100,
+                facts::RET | facts::SOCK | facts::TWO_BYTES,
+            ),
+            &val(10, 20),
+            1,
+        )
+        .unwrap();
+        let got = c.classify_facts(&alerts.event, alerts.facts, alerts.calls);
+        assert_eq!((got.payload, got.control, got.calls), (None, 20, 10));
+        let writes = aggregate_of(
+            &key(
+                Probe::TlsSwSendmsg,
+                100,
+                facts::RET | facts::SOCK | facts::FLAGS,
+            ),
+            &val(2, 2),
+            1,
+        )
+        .unwrap();
+        let got = c.classify_facts(&writes.event, writes.facts, writes.calls);
+        assert_eq!(got.payload, Some((Path::KtlsWrite, 2)));
+        // The splice flag decides, as for one event.
+        let spliced = aggregate_of(
+            &key(
+                Probe::TlsSwSendmsg,
+                100,
+                facts::RET | facts::SOCK | facts::FLAGS | facts::SPLICE | facts::RECORDS,
+            ),
+            &val(4, 65_536),
+            1,
+        )
+        .unwrap();
+        let got = c.classify_facts(&spliced.event, spliced.facts, spliced.calls);
+        assert_eq!(got.payload, Some((Path::KtlsSendfile, 65_536)));
+        assert_eq!(got.records, Some(4));
+        // A head that looked like a TLS record: user-space TLS.
+        let tls = aggregate_of(
+            &key(Probe::TcpSendmsg, 100, facts::RET | facts::TLS_HEAD),
+            &val(3, 3_000),
+            1,
+        )
+        .unwrap();
+        let got = c.classify_facts(&tls.event, tls.facts, tls.calls);
+        assert_eq!(got.payload, Some((Path::UserspaceTls, 3_000)));
+    }
+
+    #[test]
+    fn event_facts_match_the_rules() {
+        let mut e = ev(Probe::TlsSwSendmsg, 1, 2, Some(9));
+        e.bytes = 2;
+        assert_ne!(e.facts() & facts::TWO_BYTES, 0);
+        e.bytes = 3;
+        assert_eq!(
+            e.facts() & facts::TWO_BYTES,
+            0,
+            "asked 3, sent 2: not an alert"
+        );
+        e.flags = Some(msg::MSG_SPLICE_PAGES);
+        assert_eq!(
+            e.facts() & (facts::FLAGS | facts::SPLICE),
+            facts::FLAGS | facts::SPLICE
+        );
+        e.head = Some([0x17, 3, 3, 0, 10, 0, 0, 0]);
+        assert_ne!(e.facts() & facts::TLS_HEAD, 0);
+    }
+
+    #[test]
+    fn bucket_values_fall_inside_their_buckets() {
+        for ns in [1u64, 2, 3, 1_000, 65_535, 1 << 30, (1 << 38) - 1] {
+            let b = lat_bucket(ns);
+            let v = bucket_value(b);
+            assert_eq!(lat_bucket(v), b, "{ns} ns -> bucket {b} -> {v}");
+        }
+        assert_eq!(lat_bucket(0), 0);
+        assert_eq!(lat_bucket(u64::MAX), LAT_BUCKETS - 1);
+    }
+}
