@@ -475,18 +475,24 @@ pub struct LatKey {
 }
 
 /// Number of buckets of a latency histogram: bucket `i > 0` counts latencies in
-/// `[2^(i-1), 2^i)` ns, bucket 0 latencies of 0 ns; the last one everything from 2^38 ns
-/// (about 4.6 minutes) up.
-pub const LAT_BUCKETS: usize = 40;
+/// `[2^(i-1), 2^i)` ns, bucket 0 latencies of 0 ns; the last one everything from 2^62 ns
+/// up. 64, so that the eBPF programs bound the index with a mask the verifier follows.
+pub const LAT_BUCKETS: usize = 64;
 
 /// A log2 latency histogram (per CPU; userspace sums the CPUs).
 pub type LatHist = [u64; LAT_BUCKETS];
 
-/// The bucket of a latency (see [`LAT_BUCKETS`]).
+/// The bucket of a latency (see [`LAT_BUCKETS`]): always below 64, by a mask (2^63 ns
+/// and more, 292 years, share the last bucket with 2^62).
 #[inline(always)]
 pub const fn lat_bucket(ns: u64) -> usize {
-    let b = (64 - ns.leading_zeros()) as usize;
-    if b < LAT_BUCKETS { b } else { LAT_BUCKETS - 1 }
+    let b = 64 - ns.leading_zeros() as usize;
+    let b = if b > LAT_BUCKETS - 1 {
+        LAT_BUCKETS - 1
+    } else {
+        b
+    };
+    b & (LAT_BUCKETS - 1)
 }
 
 // Layout checks: no padding, so every byte pattern is a valid value.

@@ -38,7 +38,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use ktls_trace_common::{
-    Active, AggKey, AggVal, COMM_LEN, Config, Event, HEAD_LEN, LatHist, LatKey,
+    Active, AggKey, AggVal, COMM_LEN, Config, Event, HEAD_LEN, LAT_BUCKETS, LatHist, LatKey,
     MAX_RECORDS_PER_CALL, OFF_UNKNOWN, Probe, SockInfo, TlsLayout, active_key, facts, has,
     lat_bucket, sock_id, stat,
 };
@@ -120,9 +120,9 @@ static AGG: PerCpuHashMap<AggKey, AggVal> = PerCpuHashMap::with_max_entries(8192
 
 /// Aggregate mode: log2 latency histograms per process and probe.
 #[map]
-static LAT: PerCpuHashMap<LatKey, LatHist> = PerCpuHashMap::with_max_entries(512, 0);
+static LAT: PerCpuHashMap<LatKey, LatHist> = PerCpuHashMap::with_max_entries(256, 0);
 
-/// An all-zero histogram, the value a new `LAT` key starts from: 320 bytes would not fit
+/// An all-zero histogram, the value a new `LAT` key starts from: 512 bytes would not fit
 /// the program's stack next to the rest.
 #[map]
 static ZERO_HIST: PerCpuArray<LatHist> = PerCpuArray::with_max_entries(1, 0);
@@ -536,6 +536,7 @@ fn leave<C: EbpfContext>(ctx: &C, probe: Probe, ret: Ret) {
             0
         };
         aggregate(
+            probe,
             AggKey {
                 sock: a.sock,
                 pid: tgid,
@@ -635,7 +636,7 @@ struct Done {
 /// Aggregate mode: adds one completed call to its key's totals (and its latency to the
 /// process's histogram for the probes whose latency is shown).
 #[inline(always)]
-fn aggregate(mut key: AggKey, d: &Done) {
+fn aggregate(probe: Probe, mut key: AggKey, d: &Done) {
     current_comm(&mut key.comm);
     remember_process(key.tid, key.pid);
     match AGG.get_ptr_mut(&key) {
@@ -665,13 +666,7 @@ fn aggregate(mut key: AggKey, d: &Done) {
             }
         }
     }
-    if d.timed == 0 {
-        return;
-    }
-    let Some(probe) = Probe::from_u8(key.probe) else {
-        return;
-    };
-    if !probe.latency_shown() {
+    if d.timed == 0 || !probe.latency_shown() {
         return;
     }
     let lk = LatKey {
@@ -693,8 +688,9 @@ fn aggregate(mut key: AggKey, d: &Done) {
         }
     }
     if let Some(h) = LAT.get_ptr_mut(&lk) {
-        // SAFETY: this CPU's value; `get_mut` bounds the index.
-        if let Some(c) = unsafe { (*h).get_mut(bucket) } {
+        // SAFETY: this CPU's value; the index is below LAT_BUCKETS by a mask, which is
+        // also what lets the verifier accept the access.
+        if let Some(c) = unsafe { (*h).get_mut(bucket & (LAT_BUCKETS - 1)) } {
             *c += 1;
         }
     }
@@ -1154,6 +1150,7 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     if setting!(aggregate) != 0 {
         let done = ret.max(0) as u64;
         aggregate(
+            Probe::SockSendLength,
             AggKey {
                 sock: id,
                 pid: tgid,

@@ -68,7 +68,10 @@ pub enum Update {
 /// What the session counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Completed calls seen: events, or in aggregate mode the calls the kernel added up.
     pub events: u64,
+    /// Of `events`: those that came as ring-buffer records (none in aggregate mode).
+    pub ring_records: u64,
     /// Ring-buffer records that could not be decoded.
     pub undecodable: u64,
     /// Events the kernel could not deliver (ring buffer or in-flight map full, or a
@@ -374,6 +377,7 @@ pub fn read_record(
                 return;
             }
             counts.events += 1;
+            counts.ring_records += 1;
             e.process = names.name(&e, noted);
             out.push(e);
         }

@@ -293,6 +293,9 @@ pub struct TracerSample {
     pub wakeups: Option<u64>,
     pub attach_s: Option<f64>,
     pub events: Option<u64>,
+    /// Records that crossed the ring buffer (trace: one per event; top: none when the
+    /// kernel adds calls up; bpftrace counts in maps: none).
+    pub ring_records: Option<u64>,
     pub drops: Option<u64>,
     /// Plaintext bytes kernel TLS took (bytes done at tls_sw_sendmsg / tls_sw_sendpage),
     /// where the tracer reports them per probe (trace, bpftrace): a check that the tracer
@@ -508,6 +511,7 @@ fn tracer_sample(text: &str) -> TracerSample {
         wakeups: num("wakeups").and_then(|w| u64::try_from(w).ok()),
         attach_s: field(text, "attach_s").and_then(|v| v.parse().ok()),
         events: None,
+        ring_records: None,
         drops: None,
         ktls_bytes: None,
         probes: None,
@@ -518,6 +522,7 @@ fn tracer_sample(text: &str) -> TracerSample {
         // trace --json: {"summary":{"events":N,"drops":N,"probes":{...},...}}
         Some(v) if v.get("summary").is_some() => {
             t.events = v.pointer("/summary/events").and_then(Value::as_u64);
+            t.ring_records = t.events;
             t.drops = v.pointer("/summary/drops").and_then(Value::as_u64);
             t.cost = v
                 .pointer("/summary/cost")
@@ -538,6 +543,7 @@ fn tracer_sample(text: &str) -> TracerSample {
         Some(v) if v.get("bpftrace").is_some() => match bpftrace::parse(&v) {
             Ok(totals) => {
                 t.events = Some(bpftrace::events(&totals));
+                t.ring_records = Some(0);
                 t.ktls_bytes = Some(bpftrace::ktls_bytes(&totals));
                 t.probes = Some(bpftrace::to_json(&totals));
             }
@@ -546,6 +552,7 @@ fn tracer_sample(text: &str) -> TracerSample {
         // top --once --json: {"kernel":..,"events":N,"drops_total":N,...}
         Some(v) => {
             t.events = v.get("events").and_then(Value::as_u64);
+            t.ring_records = v.get("ring_records_total").and_then(Value::as_u64);
             t.drops = v.get("drops_total").and_then(Value::as_u64);
         }
         None => {}
@@ -585,7 +592,8 @@ fn stats(v: &[f64]) -> Value {
 fn metric(s: &Sample, what: &str) -> Option<f64> {
     let load = s.load.as_ref()?;
     let server = load.get("server")?;
-    let gib = server.get("body_bytes")?.as_f64()? / f64::from(1u32 << 30);
+    let body = server.get("body_bytes")?.as_f64()?;
+    let gib = body / f64::from(1u32 << 30);
     let t = s.tracer.as_ref();
     match what {
         "throughput" => server.get("throughput_bytes_per_sec")?.as_f64(),
@@ -593,6 +601,7 @@ fn metric(s: &Sample, what: &str) -> Option<f64> {
         "process_cpu_per_gib" => load.pointer("/cpu/s_per_gib")?.as_f64(),
         "events_per_s" => Some(t?.events? as f64 / server.get("seconds")?.as_f64()?),
         "drops" => Some(t?.drops? as f64),
+        "ring_records_per_mib" => Some(t?.ring_records? as f64 * 1_048_576.0 / body),
         "tracer_cpu_s" => Some(t?.ticks as f64 / 100.0),
         "tracer_cpu_per_gib" => Some(t?.ticks as f64 / 100.0 / gib),
         // What the machine pays per GiB served: the server thread plus the tracer (if any).
@@ -658,7 +667,7 @@ pub fn report_json(series: Series, args: &BenchArgs, r: &Results, elapsed: Durat
                 "wall_s": s.wall_s,
                 "tracer": s.tracer.as_ref().map(|t| json!({
                     "rc": t.rc, "alive": t.alive, "cpu_ticks": t.ticks, "wakeups": t.wakeups,
-                    "attach_s": t.attach_s, "events": t.events, "drops": t.drops,
+                    "attach_s": t.attach_s, "events": t.events, "ring_records": t.ring_records, "drops": t.drops,
                     "ktls_bytes": t.ktls_bytes, "probes": t.probes, "cost": t.cost,
                 })),
                 "load": s.load,
@@ -688,7 +697,7 @@ pub fn report_json(series: Series, args: &BenchArgs, r: &Results, elapsed: Durat
         "tracing": std::iter::once(BASELINE).chain(CONFIGS.iter().map(|c| c.name)).map(|n| cfg_summary(n, &[
             "throughput", "server_cpu_per_gib", "events_per_s", "drops", "tracer_cpu_s",
             "tracer_cpu_per_gib", "tracer_cpu_share", "tracer_us_per_event", "events_per_wakeup",
-            "attach_s", "ktls_bytes_per_served",
+            "attach_s", "ktls_bytes_per_served", "ring_records_per_mib",
         ])).collect::<Vec<_>>(),
         "program_cost": program_cost(r),
         "problems": r.problems,
@@ -774,14 +783,23 @@ pub fn render_table(report: &Value) -> String {
     }
     s.push_str("\nThe tracers themselves (medians)\n");
     s.push_str(&format!(
-        "  {:<34} {:>9} {:>6} {:>11} {:>9} {:>8} {:>8} {:>12}\n",
-        "tracer", "events/s", "drops", "tracer CPU", "us/event", "ev/wake", "attach", "kTLS/served"
+        "  {:<34} {:>9} {:>8} {:>6} {:>11} {:>9} {:>8} {:>8} {:>12}\n",
+        "tracer",
+        "events/s",
+        "rec/MiB",
+        "drops",
+        "tracer CPU",
+        "us/event",
+        "ev/wake",
+        "attach",
+        "kTLS/served"
     ));
     for t in tracing.iter().filter(|t| t["config"] != BASELINE) {
         s.push_str(&format!(
-            "  {:<34} {:>9} {:>6} {:>11} {:>9} {:>8} {:>8} {:>12}\n",
+            "  {:<34} {:>9} {:>8} {:>6} {:>11} {:>9} {:>8} {:>8} {:>12}\n",
             label(t),
             opt(med(t, "events_per_s"), &|e| format!("{e:.0}")),
+            opt(med(t, "ring_records_per_mib"), &|r| format!("{r:.0}")),
             opt(t["drops"].get("max").and_then(Value::as_f64), &|d| {
                 format!("{d:.0}")
             }),
@@ -796,7 +814,8 @@ pub fn render_table(report: &Value) -> String {
     }
     s.push_str(concat!(
         "\n  srv CPU: the load's server thread (kprobe handlers run there too); +tracer CPU: server\n",
-        "  thread plus the tracer process, per GiB served; tracer CPU: the tracer's user+sys time\n",
+        "  thread plus the tracer process, per GiB served; rec/MiB: ring-buffer records per MiB\n",
+        "  served (top reads the totals the kernel adds up: 0); tracer CPU: the tracer's user+sys time\n",
         "  during the load as a share of one CPU; us/event: that time per event; ev/wake: events\n",
         "  per voluntary context switch of the tracer's threads (about one per wake-up); drops:\n",
         "  the largest count of any round (bpftrace counts in kernel maps: none to lose); attach:\n",

@@ -273,6 +273,8 @@ pub struct Snapshot {
     pub window_ns: u64,
     pub events: u64,
     pub events_ps: f64,
+    /// Ring-buffer records received since the start (0 when the kernel adds calls up).
+    pub ring_records_total: u64,
     /// Events lost in the kernel since the start, and in this window.
     pub drops_total: u64,
     pub drops_window: u64,
@@ -486,6 +488,7 @@ impl Model {
             window_ns,
             events: self.events_window,
             events_ps: rate(self.events_window),
+            ring_records_total: self.counts.ring_records,
             drops_total: self.counts.drops,
             drops_window: self.counts.drops.saturating_sub(self.drops_at_window_start),
             undecodable_total: self.counts.undecodable,

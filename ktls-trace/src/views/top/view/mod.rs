@@ -297,6 +297,7 @@ pub(crate) mod tests {
             window_ns: 1_000_000_000,
             events: 1234,
             events_ps: 1234.0,
+            ring_records_total: 1234,
             drops_total: 0,
             drops_window: 0,
             undecodable_total: 0,
