@@ -8,6 +8,8 @@ D=@SECONDS@
 RUNS=@RUNS@
 # Tracer configurations, NAME:KIND, run on the baseline mode, one after each load mode.
 TRACERS="@TRACERS@"
+# Tracers measured only in the first PATH_ROUNDS rounds (comparisons, not the targets).
+EXTRAS="@EXTRAS@"
 # In-kernel cost runs (trace --cost), NAME:KIND, once each after the rounds.
 COSTS="@COSTS@"
 BASELINE=@BASELINE@
@@ -138,9 +140,12 @@ say "crypto aesni=$(grep -q -w aes /proc/cpuinfo && echo yes || echo no) gcm_aes
 PATH_ROUNDS=@PATH_ROUNDS@
 r=1
 while [ $r -le $RUNS ]; do
-    set -- $TRACERS
+    set -- $TRACERS $EXTRAS
     modes=$MODES
-    [ $r -gt $PATH_ROUNDS ] && modes=$BASELINE
+    if [ $r -gt $PATH_ROUNDS ]; then
+        modes=$BASELINE
+        set -- $TRACERS
+    fi
     for m in $modes; do
         measure "$m" "$m" none $r
         if [ $# -gt 0 ]; then

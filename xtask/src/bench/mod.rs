@@ -68,6 +68,21 @@ pub struct Config {
     pub tracer: Tracer,
     /// What the table calls it.
     pub label: &'static str,
+    /// Runs in every round (the overhead figures the targets are about); otherwise only in
+    /// the first [`PATH_ROUNDS`], like the other transmit paths (comparisons whose medians
+    /// need fewer rounds).
+    pub every_round: bool,
+}
+
+impl Config {
+    /// The rounds this configuration runs in, of `runs`.
+    pub fn rounds(&self, runs: u32) -> u32 {
+        if self.every_round {
+            runs
+        } else {
+            runs.min(PATH_ROUNDS)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,26 +138,31 @@ pub const CONFIGS: [Config; 5] = [
         name: "trace-all",
         tracer: Tracer::TraceAll,
         label: "trace --json (whole system)",
+        every_round: true,
     },
     Config {
         name: "top-all",
         tracer: Tracer::TopAll,
         label: "top --once (whole system)",
+        every_round: true,
     },
     Config {
         name: "trace-comm",
         tracer: Tracer::TraceComm,
         label: "trace --json --comm ktls-load-srv",
+        every_round: false,
     },
     Config {
         name: "trace-fentry",
         tracer: Tracer::TraceFentry,
         label: "trace --json --backend fentry",
+        every_round: false,
     },
     Config {
         name: "bpftrace",
         tracer: Tracer::Bpftrace,
         label: "bpftrace script (whole system)",
+        every_round: true,
     },
 ];
 
@@ -152,11 +172,13 @@ pub const COST_CONFIGS: [Config; 2] = [
         name: "cost-kprobe",
         tracer: Tracer::CostKprobe,
         label: "trace --json --cost --backend kprobe",
+        every_round: true,
     },
     Config {
         name: "cost-fentry",
         tracer: Tracer::CostFentry,
         label: "trace --json --cost --backend fentry",
+        every_round: true,
     },
 ];
 
@@ -250,6 +272,15 @@ fn run_id() -> String {
     format!("{:x}{:x}", t.as_secs(), std::process::id())
 }
 
+/// The tracer configurations that run in every round (`true`) or in the first rounds only.
+fn every_round(every: bool) -> Vec<Config> {
+    CONFIGS
+        .iter()
+        .filter(|c| c.every_round == every)
+        .copied()
+        .collect()
+}
+
 /// The guest plan (guest.sh, with this run's values). Every measurement prints one
 /// `KT-BENCH <id> ...` line (formats in [`parse`]).
 pub fn guest_script(run_id: &str, seconds: u32, runs: u32) -> String {
@@ -266,7 +297,8 @@ pub fn guest_script(run_id: &str, seconds: u32, runs: u32) -> String {
         .replace("@SECONDS@", &seconds.to_string())
         .replace("@RUNS@", &runs.to_string())
         .replace("@PATH_ROUNDS@", &PATH_ROUNDS.to_string())
-        .replace("@TRACERS@", &words(&CONFIGS))
+        .replace("@TRACERS@", &words(&every_round(true)))
+        .replace("@EXTRAS@", &words(&every_round(false)))
         .replace("@BASELINE@", BASELINE)
         .replace("@BPFTRACE_READY@", bpftrace::READY)
         .replace("@BPFTRACE_SENDMSG@", bpftrace::program(false).trim_end())
@@ -404,7 +436,11 @@ pub fn parse(console: &str, run_id: &str, runs: u32) -> Results {
             let rounds = if m == BASELINE { runs } else { path_rounds };
             (m.clone(), false, rounds)
         })
-        .chain(CONFIGS.iter().map(|c| (c.name.to_string(), true, runs)))
+        .chain(
+            CONFIGS
+                .iter()
+                .map(|c| (c.name.to_string(), true, c.rounds(runs))),
+        )
         .collect::<Vec<_>>();
     for (name, traced, rounds) in expected {
         for round in 1..=rounds {
@@ -909,8 +945,10 @@ mod tests {
             .chain(CONFIGS.iter().map(|c| (c.name, Some(c.tracer))));
         for round in 1..=runs {
             for (name, tracer) in names.clone() {
-                // Like guest.sh: the other paths only in the first rounds.
-                if tracer.is_none() && name != BASELINE && round > PATH_ROUNDS {
+                // Like guest.sh: the other paths and the extra tracers only in the first
+                // rounds.
+                let every = config(name).is_some_and(|c| c.every_round) || name == BASELINE;
+                if !every && round > PATH_ROUNDS {
                     continue;
                 }
                 let factor = if name == BASELINE { 1.0 } else { 0.5 };
@@ -961,6 +999,25 @@ mod tests {
         }
         c.push_str(&format!("KT-BENCH {id} done uptime=99\n"));
         c
+    }
+
+    #[test]
+    fn extra_tracers_run_in_the_first_rounds_only() {
+        let r = parse(&console("abc", 5), "abc", 5);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        for c in CONFIGS {
+            let rounds = (1..=5)
+                .filter(|round| r.samples.contains_key(&(c.name.to_string(), *round)))
+                .count() as u32;
+            assert_eq!(rounds, c.rounds(5), "{}", c.name);
+        }
+        assert_eq!(config("trace-comm").map(|c| c.rounds(5)), Some(PATH_ROUNDS));
+        assert_eq!(config("top-all").map(|c| c.rounds(5)), Some(5));
+        let script = guest_script("abc", 6, 5);
+        assert!(
+            script.contains("EXTRAS=\"trace-comm:trace-comm trace-fentry:trace-fentry\""),
+            "{script}"
+        );
     }
 
     #[test]
