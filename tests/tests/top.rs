@@ -285,6 +285,33 @@ fn a_tiny_ring_buffer_shows_drops_in_the_header_and_the_json() {
     assert!(v["drops_total"].as_u64().unwrap_or(0) > 0, "{out}");
 }
 
+/// The kernel's totals map full: `--max-keys 2` (hidden) leaves room for two keys (thread,
+/// socket, probe), while a workload started again and again brings new ones. The calls
+/// that found no room are drops, in the header and the JSON, never a silent zero.
+#[test]
+fn a_full_totals_map_shows_drops_in_the_json() {
+    require_root();
+    let looper = Looper::start("userspace-tls", 2_000_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = run_ktls_trace(&[
+        "top",
+        "--once",
+        "--json",
+        "--max-keys",
+        "2",
+        "--interval",
+        "4",
+        "--comm",
+        "ktls-workload",
+    ]);
+    let runs = looper.finish();
+    assert_eq!(code, 0, "{err}\n{out}");
+    assert!(runs > 0, "the workload never finished a run");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(v["drops_total"].as_u64().unwrap_or(0) > 0, "{out}");
+    assert_eq!(v["ring_records_total"], 0, "{out}");
+}
+
 #[test]
 fn without_a_terminal_top_points_to_once_and_trace_json() {
     // stdout is a pipe here.

@@ -69,6 +69,8 @@ pub struct TraceOptions {
     /// Add completed calls up in the kernel (`AGG`, `LAT`) instead of sending events:
     /// read with [`Tracer::read_aggregates`].
     pub aggregate: bool,
+    /// Size of the in-kernel totals map `AGG` in keys (None: the object's 8,192).
+    pub aggregate_keys: Option<u32>,
 }
 
 /// Default [`TraceOptions::wakeup_bytes`]: about 2,700 events, a small part of the
@@ -246,12 +248,15 @@ fn config(offsets: &Offsets, opts: &TraceOptions, sendfile: Probe) -> Config {
 
 /// Loads the object with this run's configuration (maps are created; no program is
 /// loaded into the kernel yet).
-fn load_object(cfg: &Config, ring_bytes: Option<u32>) -> Result<Ebpf, TracerError> {
+fn load_object(cfg: &Config, opts: &TraceOptions) -> Result<Ebpf, TracerError> {
     let config = PodConfig(*cfg);
     let mut loader = EbpfLoader::new();
     loader.override_global(CONFIG_SYMBOL, &config, true);
-    if let Some(bytes) = ring_bytes {
+    if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries(maps::EVENTS, bytes);
+    }
+    if let Some(keys) = opts.aggregate_keys {
+        loader.map_max_entries(maps::AGG, keys.max(1));
     }
     loader.load(EBPF_OBJECT).map_err(|e| {
         let words = match &e {
@@ -558,7 +563,7 @@ impl Tracer {
             }
         };
         let offsets = offsets::read(btf.as_ref(), facts.tracefs.as_deref());
-        let mut ebpf = load_object(&config(&offsets, opts, plan.sendfile), opts.ring_bytes)?;
+        let mut ebpf = load_object(&config(&offsets, opts, plan.sendfile), opts)?;
 
         if !opts.pids.is_empty() {
             let mut pids: BpfHashMap<_, u32, u8> = ebpf
@@ -939,7 +944,7 @@ pub fn load_check(facts: &KernelFacts) -> LoadCheck {
         },
     );
     let cfg = config(&offsets, &TraceOptions::default(), Probe::DoSendfile);
-    let mut ebpf = match load_object(&cfg, None) {
+    let mut ebpf = match load_object(&cfg, &TraceOptions::default()) {
         Ok(e) => e,
         Err(e) => {
             out.object_error = Some(e.to_string());

@@ -28,6 +28,7 @@ pub fn options(filter: &FilterArgs, verbose: u8) -> anyhow::Result<TraceOptions>
         ring_bytes: None,
         wakeup_bytes: WAKEUP_BYTES,
         aggregate: false,
+        aggregate_keys: None,
     })
 }
 

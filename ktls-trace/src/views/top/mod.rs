@@ -82,6 +82,11 @@ pub struct TopArgs {
     /// drops. Slower for the traced server.
     #[arg(long, hide = true)]
     pub events: bool,
+
+    /// Keys the kernel's totals map holds (default 8192): the tests make it tiny to force
+    /// and see its drops.
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_keys: Option<u32>,
 }
 
 /// The header's facts for a session: kernel, mode, and what this kernel cannot measure.
@@ -141,6 +146,7 @@ pub async fn run(args: TopArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     // The kernel adds calls up in maps (per-CPU, no record per call); the ring buffer is
     // then unused and kept at its smallest.
     opts.aggregate = !args.events;
+    opts.aggregate_keys = args.max_keys;
     opts.ring_bytes = Some(if args.events {
         ring_bytes
     } else {

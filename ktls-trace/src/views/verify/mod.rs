@@ -216,6 +216,7 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         ring_bytes: Some(32 << 20),
         wakeup_bytes: WAKEUP_BYTES,
         aggregate: false,
+        aggregate_keys: None,
     };
     let mut session = Session::start(facts.clone(), &opts, SessionOptions::default())?;
     for l in session.tracer().lost() {
