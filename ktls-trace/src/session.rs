@@ -28,6 +28,9 @@ use crate::{
 
 /// How often the ring buffer is drained without a wake-up from the kernel.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// The same in aggregate mode, where the programs send nothing through the ring buffer:
+/// a drain is only a safety net there.
+const AGGREGATE_DRAIN_EVERY: Duration = Duration::from_secs(10);
 /// How often the tls module and the traced processes are checked.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
 
@@ -184,7 +187,13 @@ impl Session {
             }
             false => None,
         };
-        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        // Nothing crosses the ring buffer in aggregate mode: no point waking to drain it.
+        let drain_every = if deltas.is_some() {
+            AGGREGATE_DRAIN_EVERY
+        } else {
+            DRAIN_EVERY
+        };
+        let mut drain = tokio::time::interval(drain_every);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut house = tokio::time::interval(HOUSEKEEPING_EVERY);
         house.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
