@@ -19,10 +19,15 @@ use crate::event::{Comm, FLAG_NAMES, TlsWire, TraceEvent};
 /// buffer stays small enough to stay in the cache (and bounded however large a batch is).
 pub const FLUSH_AT: usize = 64 * 1024;
 
+/// The block each line is written into: twice [`LINE_LIMIT`]. Every write starts at an
+/// offset below `LINE_LIMIT` (masked into it: the line is shorter, see
+/// [`Line::raw`]) and is at most `LINE_LIMIT` long, so it fits without a bounds check.
+const LINE_MAX: usize = 2 * LINE_LIMIT;
+
 /// More than any line can take, with room for the fixed-size copies past its end: keys
 /// ~230 bytes, numbers at most 20 digits each, two names of 15 bytes escaped to at most 6
 /// bytes per byte, every flag name (a test writes the longest line there can be).
-const LINE_MAX: usize = 1024;
+const LINE_LIMIT: usize = 1024;
 
 /// `trace --json` lines waiting to be written: a buffer allocated once, with room for a
 /// line more than [`FLUSH_AT`], that lines are written into in place.
@@ -47,20 +52,28 @@ impl JsonLines {
     }
 
     /// Appends one event's line (the buffer grows if nobody wrote it out when full).
+    #[inline]
     pub fn push(&mut self, e: &TraceEvent) {
-        if self.buf.len() - self.len < LINE_MAX {
-            let mut v = std::mem::take(&mut self.buf).into_vec();
-            v.resize(2 * v.len() + LINE_MAX, 0);
-            self.buf = v.into_boxed_slice();
-        }
-        let end = self.len + LINE_MAX;
-        if let Some(dst) = self
-            .buf
-            .get_mut(self.len..end)
-            .and_then(|d| <&mut [u8; LINE_MAX]>::try_from(d).ok())
-        {
+        if let Some(dst) = self.line_block() {
             self.len += write_line(dst, e);
         }
+    }
+
+    /// The block the next line goes into, after growing the buffer if it has no room for
+    /// one (always `Some`: a block of the size reserved).
+    #[inline]
+    fn line_block(&mut self) -> Option<&mut [u8; LINE_MAX]> {
+        if self.buf.len() - self.len < LINE_MAX {
+            self.grow();
+        }
+        self.buf.get_mut(self.len..)?.first_chunk_mut::<LINE_MAX>()
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let mut v = std::mem::take(&mut self.buf).into_vec();
+        v.resize(2 * v.len() + LINE_MAX, 0);
+        self.buf = v.into_boxed_slice();
     }
 
     /// Enough to write out (see [`FLUSH_AT`]).
@@ -88,6 +101,7 @@ impl JsonLines {
 
 /// Writes `e` as one JSON line, newline included, at the start of `dst`; returns its
 /// length.
+#[inline]
 fn write_line(dst: &mut [u8; LINE_MAX], e: &TraceEvent) -> usize {
     let mut w = Line { b: dst, n: 0 };
     w.raw(b"{\"ts_ns\":");
@@ -110,9 +124,9 @@ fn write_line(dst: &mut [u8; LINE_MAX], e: &TraceEvent) -> usize {
     w.or_null(e.latency_ns, Line::u64);
     w.raw(b",\"sock\":");
     w.or_null(e.sock, |w, s| {
-        w.raw(b"\"");
-        w.hex16(s);
-        w.raw(b"\"");
+        w.byte(b'"');
+        w.raw(&hex16(s));
+        w.byte(b'"');
     });
     w.raw(b",\"flags\":");
     w.or_null(e.flags, Line::flags);
@@ -128,8 +142,8 @@ fn write_line(dst: &mut [u8; LINE_MAX], e: &TraceEvent) -> usize {
     }
     if let Some(head) = e.head {
         w.raw(b",\"head\":\"");
-        w.hex16(u64::from_be_bytes(head));
-        w.raw(b"\"");
+        w.raw(&hex16(u64::from_be_bytes(head)));
+        w.byte(b'"');
     }
     if let Some(r) = e.records {
         w.raw(b",\"records\":");
@@ -142,32 +156,73 @@ fn write_line(dst: &mut [u8; LINE_MAX], e: &TraceEvent) -> usize {
     w.n
 }
 
-/// "00" to "99": two digits per division.
-const DIGITS: [u8; 200] = {
-    let mut t = [0u8; 200];
-    let mut i = 0;
-    while i < 100 {
-        t[2 * i] = b'0' + (i / 10) as u8;
-        t[2 * i + 1] = b'0' + (i % 10) as u8;
-        i += 1;
-    }
-    t
-};
-
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// `v` < 10^8 as exactly eight digits, the first in the lowest byte.
+/// A byte repeated in every byte of a word.
+const fn splat(b: u8) -> u64 {
+    u64::from_ne_bytes([b; 8])
+}
+
+/// `v` < 10^8 as exactly eight ASCII digits, the first in the lowest byte: split in
+/// 32-bit lanes (two halves of four digits), then 16-bit lanes (pairs), then bytes,
+/// dividing every lane at once by a multiply and shift (exact for these ranges: 10486 /
+/// 2^20 for x < 10^4 and 103 / 2^10 for x < 100; no lane overflows into the next).
+#[inline]
 fn eight_digits(v: u32) -> u64 {
-    let (hi, lo) = (v / 10_000, v % 10_000);
-    let mut b = [0u8; 8];
-    for (pair, q) in b
-        .chunks_exact_mut(2)
-        .zip([hi / 100, hi % 100, lo / 100, lo % 100])
-    {
-        let d = q as usize * 2;
-        pair.copy_from_slice(&DIGITS[d..d + 2]);
+    let x = u64::from(v / 10_000) | (u64::from(v % 10_000) << 32);
+    let q = ((x * 10_486) >> 20) & 0x0000_007f_0000_007f;
+    let x = q | ((x - q * 100) << 16);
+    let q = ((x * 103) >> 10) & 0x000f_000f_000f_000f;
+    let x = q | ((x - q * 10) << 8);
+    x + splat(b'0')
+}
+
+/// 16 lowercase hex digits, the most significant first (socket ids; the 8 head bytes read
+/// big-endian): every nibble spread into a byte of its own, then turned into its digit.
+#[inline]
+fn hex16(v: u64) -> [u8; 16] {
+    // Nibble k of `x` (from the low end) into byte k, as its ASCII digit.
+    fn spread(x: u32) -> u64 {
+        let x = u64::from(x);
+        let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+        let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+        let x = (x | (x << 4)) & splat(0x0f);
+        let letters = ((x + splat(6)) >> 4) & splat(1);
+        x + splat(b'0') + letters * u64::from(b'a' - b'0' - 10)
     }
-    u64::from_le_bytes(b)
+    let hi = u128::from(spread((v >> 32) as u32));
+    let lo = u128::from(spread(v as u32));
+    // Big-endian: byte 15 (the top nibble) comes first.
+    ((hi << 64) | lo).to_be_bytes()
+}
+
+/// Do the first `len` bytes of `b` go into a JSON string as they are (no `"`, `\` or
+/// control character below 0x20)? Checked over the whole block at once: bytes past `len`
+/// are replaced by a harmless one, then the classic "is any byte below n / zero" word tests
+/// (exact for the question whether any byte is).
+#[inline]
+fn json_plain(b: &[u8; 16], len: usize) -> bool {
+    const ONES: u128 = u128::MAX / 255;
+    const HIGH: u128 = ONES * 0x80;
+    let keep = 1u128
+        .checked_shl(8 * len as u32)
+        .map_or(u128::MAX, |b| b - 1);
+    let x = (u128::from_le_bytes(*b) & keep) | (ONES * u128::from(b'a') & !keep);
+    let zero = |y: u128| y.wrapping_sub(ONES) & !y & HIGH;
+    let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+    below_space | zero(x ^ (ONES * u128::from(b'"'))) | zero(x ^ (ONES * u128::from(b'\\'))) == 0
+}
+
+/// [`json_plain`] for a short string (false for one longer than 16 bytes).
+fn json_plain_str(s: &str) -> bool {
+    let mut b = [0u8; 16];
+    match b.get_mut(..s.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(s.as_bytes());
+            json_plain(&b, s.len())
+        }
+        None => false,
+    }
 }
 
 /// Room for a quoted name in a fixed-size block.
@@ -175,12 +230,12 @@ const NAME_BLOCK: usize = 32;
 
 /// `"name"` in a block of [`NAME_BLOCK`] bytes, and its length: copied whole, one fixed-size
 /// copy instead of a call to `memcpy`.
-const fn block(name: &str, open: bool, close: bool) -> ([u8; NAME_BLOCK], usize) {
+const fn block(name: &str, open: u8, close: bool) -> ([u8; NAME_BLOCK], usize) {
     let s = name.as_bytes();
     let mut b = [0u8; NAME_BLOCK];
     let mut n = 0;
-    if open {
-        b[n] = b'"';
+    if open != 0 {
+        b[n] = open;
         n += 1;
     }
     let mut i = 0;
@@ -203,25 +258,38 @@ const PROBE_NAMES: [([u8; NAME_BLOCK], usize); Probe::ALL.len()] = {
     let mut t = [([0u8; NAME_BLOCK], 0); Probe::ALL.len()];
     let mut i = 0;
     while i < t.len() {
-        t[i] = block(Probe::ALL[i].name(), true, true);
+        t[i] = block(Probe::ALL[i].name(), b'"', true);
         i += 1;
     }
     t
 };
 
-/// Every flag's name, unquoted, in [`FLAG_NAMES`] order.
-const FLAG_TEXT: [([u8; NAME_BLOCK], usize); FLAG_NAMES.len()] = {
-    let mut t = [([0u8; NAME_BLOCK], 0); FLAG_NAMES.len()];
+/// Every flag's bit, and its name after a `|`, in [`FLAG_NAMES`] order.
+const FLAG_TEXT: [(u32, [u8; NAME_BLOCK], usize); FLAG_NAMES.len()] = {
+    let mut t = [(0, [0u8; NAME_BLOCK], 0); FLAG_NAMES.len()];
     let mut i = 0;
     while i < t.len() {
-        t[i] = block(FLAG_NAMES[i].1, false, false);
+        let (b, len) = block(FLAG_NAMES[i].1, b'|', false);
+        t[i] = (FLAG_NAMES[i].0, b, len);
         i += 1;
     }
     t
 };
 
-/// One line being written into its block; every write has room (a line is at most
-/// [`LINE_MAX`] bytes, fixed-size copies included).
+/// The bits [`FLAG_NAMES`] names.
+const NAMED_FLAGS: u32 = {
+    let mut all = 0;
+    let mut i = 0;
+    while i < FLAG_NAMES.len() {
+        all |= FLAG_NAMES[i].0;
+        i += 1;
+    }
+    all
+};
+
+/// One line being written into its block. Every write is a fixed-size copy
+/// ([`Line::raw`]), which has room: a line is shorter than [`LINE_LIMIT`], fixed-size
+/// copies past its end included (`the_longest_line_fits`).
 struct Line<'a> {
     b: &'a mut [u8; LINE_MAX],
     n: usize,
@@ -229,7 +297,7 @@ struct Line<'a> {
 
 impl Line<'_> {
     /// An optional value: written by `write`, or `null`.
-    #[inline]
+    #[inline(always)]
     fn or_null<T>(&mut self, v: Option<T>, write: impl FnOnce(&mut Self, T)) {
         match v {
             Some(v) => write(self, v),
@@ -237,30 +305,48 @@ impl Line<'_> {
         }
     }
 
+    /// `s` at the end of the line. The offset is masked into the first half of the block
+    /// (a no-op: lines are shorter), so the compiler sees the copy fits and checks no
+    /// bounds.
+    #[inline(always)]
     fn raw<const K: usize>(&mut self, s: &[u8; K]) {
-        self.b[self.n..self.n + K].copy_from_slice(s);
+        const { assert!(K <= LINE_LIMIT && LINE_LIMIT.is_power_of_two()) };
+        let i = self.n & (LINE_LIMIT - 1);
+        // `i + K <= LINE_MAX`: always there.
+        if let Some((dst, _)) = self.b[i..].split_first_chunk_mut::<K>() {
+            *dst = *s;
+        }
         self.n += K;
     }
 
     /// A block copied whole, of which the first `len` bytes count.
+    #[inline(always)]
     fn block<const K: usize>(&mut self, s: &[u8; K], len: usize) {
         self.raw(s);
         self.n -= K - len.min(K);
     }
 
+    #[inline(always)]
     fn byte(&mut self, c: u8) {
-        self.b[self.n] = c;
-        self.n += 1;
+        self.raw(&[c]);
     }
 
     /// Decimal, as serde_json (and `Display`) write integers: in groups of eight digits,
-    /// each made with 32-bit arithmetic and stored as one word.
+    /// each made in one word.
+    #[inline(always)]
     fn u64(&mut self, v: u64) {
         const E8: u64 = 100_000_000;
         if v < E8 {
             self.up_to_8(v as u32);
-            return;
+        } else {
+            self.u64_long(v);
         }
+    }
+
+    /// `v` >= 10^8.
+    #[inline]
+    fn u64_long(&mut self, v: u64) {
+        const E8: u64 = 100_000_000;
         let (hi, lo) = (v / E8, (v % E8) as u32);
         if hi < E8 {
             self.up_to_8(hi as u32);
@@ -273,32 +359,26 @@ impl Line<'_> {
     }
 
     /// `v` < 10^8 without leading zeros.
+    #[inline(always)]
     fn up_to_8(&mut self, v: u32) {
         let w = eight_digits(v);
         // Every byte is b'0'..=b'9': subtracting b'0' from each borrows nowhere, and the
         // leading zero digits become the zero bytes at the low end. One digit stays.
-        let zeros = ((w - 0x3030_3030_3030_3030).trailing_zeros() / 8).min(7) as usize;
+        let zeros = ((w - splat(b'0')).trailing_zeros() / 8).min(7) as usize;
         self.block(&(w >> (8 * zeros)).to_le_bytes(), 8 - zeros);
     }
 
+    #[inline(always)]
     fn i64(&mut self, v: i64) {
-        if v < 0 {
-            self.byte(b'-');
-        }
+        // The sign is written always and counted only when there is one.
+        self.raw(b"-");
+        self.n -= usize::from(v >= 0);
         self.u64(v.unsigned_abs());
-    }
-
-    /// 16 lowercase hex digits (socket ids; the 8 head bytes read big-endian).
-    fn hex16(&mut self, v: u64) {
-        let mut h = [0u8; 16];
-        for (i, c) in h.iter_mut().enumerate() {
-            *c = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
-        }
-        self.raw(&h);
     }
 
     /// Lowercase hex without leading zeros, at least `width` digits (`{:#0Nx}` without
     /// the `0x`, which the caller writes).
+    #[cold]
     fn hex(&mut self, v: u64, width: usize) {
         let digits = (64 - v.leading_zeros() as usize)
             .div_ceil(4)
@@ -308,6 +388,7 @@ impl Line<'_> {
         }
     }
 
+    #[inline(always)]
     fn probe(&mut self, p: Probe) {
         let (b, len) = &PROBE_NAMES[p as usize];
         self.block(b, *len);
@@ -315,13 +396,10 @@ impl Line<'_> {
 
     /// A thread or process name, escaped as serde_json escapes strings. Names are short
     /// and almost never need escaping: the check and the copy take the whole block.
+    #[inline(always)]
     fn comm(&mut self, c: &Comm) {
         let (b, len) = c.block();
-        let mut plain = true;
-        for (i, &x) in b.iter().enumerate() {
-            plain &= i >= len || (x >= 0x20 && x != b'"' && x != b'\\');
-        }
-        if plain {
+        if json_plain(b, len) {
             self.byte(b'"');
             self.block(b, len);
             self.byte(b'"');
@@ -330,10 +408,28 @@ impl Line<'_> {
         }
     }
 
+    /// One of this build's names (TLS versions and ciphers), quoted: copied through a
+    /// fixed-size block when it needs no escaping (they never do).
+    #[inline]
+    fn name(&mut self, s: &str) {
+        let mut b = [0u8; 16];
+        match b.get_mut(..s.len()) {
+            Some(dst) if json_plain_str(s) => {
+                dst.copy_from_slice(s.as_bytes());
+                self.byte(b'"');
+                self.block(&b, s.len());
+                self.byte(b'"');
+            }
+            _ => self.str(s),
+        }
+    }
+
     /// A JSON string, escaped as serde_json escapes: `"` and `\` with a backslash, the
     /// control characters below 0x20 as `\b \t \n \f \r` or `\u00XX` (lowercase hex),
     /// everything else (DEL, any other character) as it is. Only for short strings (a
     /// name): at most 6 bytes are written per byte.
+    #[cold]
+    #[inline(never)]
     fn str(&mut self, s: &str) {
         self.byte(b'"');
         for &c in s.as_bytes() {
@@ -360,40 +456,39 @@ impl Line<'_> {
     }
 
     /// `"MSG_SPLICE_PAGES|MSG_MORE"`, unknown bits in hex, `""` for none (as
-    /// `flag_names`).
+    /// `flag_names`). Without branches on the bits: every name is written after a `|`
+    /// and counted only when its bit is set; the quote then takes the place of the first
+    /// `|`.
+    #[inline(always)]
     fn flags(&mut self, flags: u32) {
-        self.byte(b'"');
-        let mut rest = flags;
-        let mut first = true;
-        for ((bit, _), (text, len)) in FLAG_NAMES.iter().zip(&FLAG_TEXT) {
-            if flags & bit != 0 {
-                if !first {
-                    self.byte(b'|');
-                }
-                self.block(text, *len);
-                first = false;
-                rest &= !bit;
-            }
+        let start = self.n;
+        for (bit, text, len) in &FLAG_TEXT {
+            self.raw(text);
+            self.n -= NAME_BLOCK - if flags & bit != 0 { *len } else { 0 };
         }
+        let rest = flags & !NAMED_FLAGS;
         if rest != 0 {
-            if !first {
-                self.byte(b'|');
-            }
-            self.raw(b"0x");
+            self.raw(b"|0x");
             self.hex(rest.into(), 1);
         }
+        // `"` over the first `|`, or alone.
+        let end = self.n.max(start + 1);
+        self.n = start;
+        self.byte(b'"');
+        self.n = end;
         self.byte(b'"');
     }
 
     /// This build's names, or the kernel's numbers: the version as `0x0305`, the cipher
     /// in decimal.
+    #[inline]
     fn tls(&mut self, t: TlsWire) {
         self.raw(b",\"tls_version\":");
         match t.params() {
             Some(p) => {
-                self.str(p.version.name());
+                self.name(p.version.name());
                 self.raw(b",\"tls_cipher\":");
-                self.str(p.cipher.name());
+                self.name(p.cipher.name());
             }
             None => {
                 self.raw(b"\"0x");
@@ -637,7 +732,7 @@ mod tests {
         // Names are at most 15 bytes; a control character (which `Comm` never keeps)
         // would take 6 bytes escaped: at most 90 bytes per name.
         let len = ours(&e).len() + 2 * 6 * 15;
-        assert!(len + NAME_BLOCK < LINE_MAX, "{len}");
+        assert!(len + NAME_BLOCK < LINE_LIMIT, "{len}");
     }
 
     #[test]
