@@ -28,36 +28,50 @@ pub struct Comm {
 
 impl Comm {
     /// From a NUL-padded kernel `comm`.
+    #[inline]
     pub fn from_kernel(raw: &[u8; COMM_LEN]) -> Comm {
-        let len = raw
-            .iter()
-            .position(|&c| c == 0)
-            .unwrap_or(COMM_LEN)
-            .min(COMM_LEN - 1);
-        // The common case, per event: printable ASCII, copied as it is. Checked and copied
-        // over the whole fixed-size block (no per-length loop or copy call).
-        let mut bytes = [0u8; COMM_LEN];
-        let mut printable = true;
-        for (i, (b, &r)) in bytes.iter_mut().zip(raw).enumerate() {
-            let inside = i < len;
-            printable &= !inside || (0x20..0x7f).contains(&r);
-            *b = if inside { r } else { 0 };
-        }
-        if printable {
+        // The common case, per event: printable ASCII, copied as it is. The name's end and
+        // the check are word operations over the whole block (no per-byte loop).
+        const ONES: u128 = u128::MAX / 255;
+        const HIGH: u128 = ONES * 0x80;
+        let x = u128::from_le_bytes(*raw);
+        // The lowest flagged byte is the first NUL (only bytes above a NUL can be flagged
+        // falsely, by a borrow from it).
+        let nul = x.wrapping_sub(ONES) & !x & HIGH;
+        let len = ((nul.trailing_zeros() / 8) as usize).min(COMM_LEN - 1);
+        let keep = 1u128
+            .checked_shl(8 * len as u32)
+            .map_or(u128::MAX, |b| b - 1);
+        let name = x & keep;
+        // Any byte of the name below 0x20 or above 0x7e (bytes past it read as b'a'): the
+        // "any byte below n" and "any byte above n" word tests, exact as to whether any is.
+        let y = name | (ONES * u128::from(b'a') & !keep);
+        let below = y.wrapping_sub(ONES * 0x20) & !y;
+        let above = y.wrapping_add(ONES) | y;
+        if (below | above) & HIGH == 0 {
             return Comm {
-                bytes,
+                bytes: name.to_le_bytes(),
                 len: len as u8,
             };
         }
+        Comm::from_kernel_text(raw, len)
+    }
+
+    /// [`Comm::from_kernel`] of a name that is not printable ASCII.
+    #[cold]
+    fn from_kernel_text(raw: &[u8; COMM_LEN], len: usize) -> Comm {
         let mut bytes = *raw;
-        if std::str::from_utf8(&bytes[..len]).is_err() {
-            for b in &mut bytes[..len] {
+        let Some(name) = bytes.get_mut(..len) else {
+            return Comm::default();
+        };
+        if std::str::from_utf8(name).is_err() {
+            for b in name.iter_mut() {
                 if !b.is_ascii() {
                     *b = b'?';
                 }
             }
         }
-        Comm::new(std::str::from_utf8(&bytes[..len]).unwrap_or("?"))
+        Comm::new(std::str::from_utf8(name).unwrap_or("?"))
     }
 
     /// From text (cut to what the kernel keeps, on a character boundary). Any process can
@@ -83,6 +97,7 @@ impl Comm {
     /// The name's bytes as a fixed-size block (what follows the name in it is unspecified)
     /// and its length, for writers that copy the block whole. Both constructors keep the
     /// name UTF-8, so these are the bytes of [`Comm::as_str`].
+    #[inline]
     pub(crate) fn block(&self) -> (&[u8; COMM_LEN], usize) {
         (&self.bytes, usize::from(self.len).min(COMM_LEN))
     }
