@@ -35,6 +35,7 @@ const LINE_LIMIT: usize = 1024;
 pub struct JsonLines {
     buf: Box<[u8]>,
     len: usize,
+    memo: Box<Memo>,
 }
 
 impl Default for JsonLines {
@@ -48,25 +49,24 @@ impl JsonLines {
         JsonLines {
             buf: vec![0; FLUSH_AT + LINE_MAX].into_boxed_slice(),
             len: 0,
+            memo: Box::default(),
         }
     }
 
     /// Appends one event's line (the buffer grows if nobody wrote it out when full).
     #[inline]
     pub fn push(&mut self, e: &TraceEvent) {
-        if let Some(dst) = self.line_block() {
-            self.len += write_line(dst, e);
-        }
-    }
-
-    /// The block the next line goes into, after growing the buffer if it has no room for
-    /// one (always `Some`: a block of the size reserved).
-    #[inline]
-    fn line_block(&mut self) -> Option<&mut [u8; LINE_MAX]> {
         if self.buf.len() - self.len < LINE_MAX {
             self.grow();
         }
-        self.buf.get_mut(self.len..)?.first_chunk_mut::<LINE_MAX>()
+        // Always there: the buffer has room for a block.
+        if let Some(dst) = self
+            .buf
+            .get_mut(self.len..)
+            .and_then(|b| b.first_chunk_mut::<LINE_MAX>())
+        {
+            self.len += write_line(dst, e, &mut self.memo);
+        }
     }
 
     #[cold]
@@ -102,18 +102,16 @@ impl JsonLines {
 /// Writes `e` as one JSON line, newline included, at the start of `dst`; returns its
 /// length.
 #[inline]
-fn write_line(dst: &mut [u8; LINE_MAX], e: &TraceEvent) -> usize {
+fn write_line(dst: &mut [u8; LINE_MAX], e: &TraceEvent, memo: &mut Memo) -> usize {
     let mut w = Line { b: dst, n: 0 };
     w.raw(b"{\"ts_ns\":");
     w.u64(e.ts_ns);
-    w.raw(b",\"pid\":");
-    w.u64(e.pid.into());
-    w.raw(b",\"tid\":");
-    w.u64(e.tid.into());
-    w.raw(b",\"comm\":");
-    w.comm(&e.comm);
-    w.raw(b",\"process\":");
-    w.or_null(e.process.as_ref(), Line::comm);
+    let slot = &mut memo.threads[e.tid as usize % THREAD_SLOTS];
+    if slot.is_for(e) {
+        w.block(&slot.text, slot.len);
+    } else {
+        w.thread_part(e, slot);
+    }
     w.raw(b",\"probe\":");
     w.probe(e.probe);
     w.raw(b",\"bytes\":");
@@ -129,7 +127,14 @@ fn write_line(dst: &mut [u8; LINE_MAX], e: &TraceEvent) -> usize {
         w.byte(b'"');
     });
     w.raw(b",\"flags\":");
-    w.or_null(e.flags, Line::flags);
+    w.or_null(e.flags, |w, f| {
+        let slot = &mut memo.flags[flag_slot(f)];
+        if slot.len != 0 && slot.flags == f {
+            w.block(&slot.text, slot.len);
+        } else {
+            w.flags_part(f, slot);
+        }
+    });
     w.raw(b",\"parent\":");
     w.or_null(e.parent, Line::probe);
     w.raw(b",\"root\":");
@@ -157,6 +162,94 @@ fn write_line(dst: &mut [u8; LINE_MAX], e: &TraceEvent) -> usize {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Slots of [`Memo::threads`], by thread id.
+const THREAD_SLOTS: usize = 16;
+/// Room for a thread's part of a line (longer ones are written every time).
+const THREAD_PART: usize = 128;
+/// Slots of [`Memo::flags`], by a hash of the flags.
+const FLAG_SLOTS: usize = 8;
+/// Room for a flags value's text, quotes included (longer ones are written every time).
+const FLAGS_PART: usize = 48;
+
+/// The parts of a line that repeat from event to event, as written last time: what
+/// depends only on the thread (`,"pid":…,"tid":…,"comm":…,"process":…`: two integers and
+/// two names to check for escapes) and the flag names. A part is reused only when
+/// everything it was written from is equal, so the line is the same byte for byte.
+#[derive(Debug)]
+struct Memo {
+    threads: [ThreadPart; THREAD_SLOTS],
+    flags: [FlagsPart; FLAG_SLOTS],
+}
+
+impl Default for Memo {
+    fn default() -> Self {
+        Memo {
+            threads: [ThreadPart::default(); THREAD_SLOTS],
+            flags: [FlagsPart::default(); FLAG_SLOTS],
+        }
+    }
+}
+
+/// What [`Line::thread_part`] wrote for one thread (`len` 0: nothing yet).
+#[derive(Debug, Clone, Copy)]
+struct ThreadPart {
+    pid: u32,
+    tid: u32,
+    comm: Comm,
+    process: Option<Comm>,
+    len: usize,
+    text: [u8; THREAD_PART],
+}
+
+impl Default for ThreadPart {
+    fn default() -> Self {
+        ThreadPart {
+            pid: 0,
+            tid: 0,
+            comm: Comm::default(),
+            process: None,
+            len: 0,
+            text: [0; THREAD_PART],
+        }
+    }
+}
+
+impl ThreadPart {
+    #[inline(always)]
+    fn is_for(&self, e: &TraceEvent) -> bool {
+        self.len != 0
+            && self.tid == e.tid
+            && self.pid == e.pid
+            && self.comm == e.comm
+            && self.process == e.process
+    }
+}
+
+/// What [`Line::flags`] wrote for one value (`len` 0: nothing yet).
+#[derive(Debug, Clone, Copy)]
+struct FlagsPart {
+    flags: u32,
+    len: usize,
+    text: [u8; FLAGS_PART],
+}
+
+impl Default for FlagsPart {
+    fn default() -> Self {
+        FlagsPart {
+            flags: 0,
+            len: 0,
+            text: [0; FLAGS_PART],
+        }
+    }
+}
+
+/// The slot of a flags value (a multiplicative hash: the named bits are spread over the
+/// word).
+#[inline(always)]
+fn flag_slot(flags: u32) -> usize {
+    (flags.wrapping_mul(0x9e37_79b1) >> 29) as usize % FLAG_SLOTS
+}
 
 /// A byte repeated in every byte of a word.
 const fn splat(b: u8) -> u64 {
@@ -343,8 +436,8 @@ impl Line<'_> {
         }
     }
 
-    /// `v` >= 10^8.
-    #[inline]
+    /// `v` >= 10^8 (every timestamp).
+    #[inline(always)]
     fn u64_long(&mut self, v: u64) {
         const E8: u64 = 100_000_000;
         let (hi, lo) = (v / E8, (v % E8) as u32);
@@ -392,6 +485,49 @@ impl Line<'_> {
     fn probe(&mut self, p: Probe) {
         let (b, len) = &PROBE_NAMES[p as usize];
         self.block(b, *len);
+    }
+
+    /// `,"pid":…,"tid":…,"comm":…,"process":…`, kept in `slot` for the thread's next
+    /// events when it fits.
+    #[inline(never)]
+    fn thread_part(&mut self, e: &TraceEvent, slot: &mut ThreadPart) {
+        let start = self.n;
+        self.raw(b",\"pid\":");
+        self.u64(e.pid.into());
+        self.raw(b",\"tid\":");
+        self.u64(e.tid.into());
+        self.raw(b",\"comm\":");
+        self.comm(&e.comm);
+        self.raw(b",\"process\":");
+        self.or_null(e.process.as_ref(), Line::comm);
+        self.keep(start, &mut slot.text, &mut slot.len);
+        slot.pid = e.pid;
+        slot.tid = e.tid;
+        slot.comm = e.comm;
+        slot.process = e.process;
+    }
+
+    /// The flags' text, kept in `slot` for the next events with the same flags when it
+    /// fits.
+    #[inline(never)]
+    fn flags_part(&mut self, flags: u32, slot: &mut FlagsPart) {
+        let start = self.n;
+        self.flags(flags);
+        self.keep(start, &mut slot.text, &mut slot.len);
+        slot.flags = flags;
+    }
+
+    /// Copies what was written since `start` into `text` and sets `len` (0 when it does
+    /// not fit).
+    fn keep<const K: usize>(&self, start: usize, text: &mut [u8; K], len: &mut usize) {
+        let part = self.b.get(start..self.n).unwrap_or_default();
+        match text.get_mut(..part.len()) {
+            Some(dst) if !part.is_empty() => {
+                dst.copy_from_slice(part);
+                *len = part.len();
+            }
+            _ => *len = 0,
+        }
     }
 
     /// A thread or process name, escaped as serde_json escapes strings. Names are short
@@ -702,6 +838,105 @@ mod tests {
             w.str(s);
             let n = w.n;
             assert_eq!(b[..n], serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
+
+    /// Lines written one after the other into one buffer, where the parts kept from
+    /// earlier lines ([`Memo`]) are reused: threads whose slots collide, a thread renamed
+    /// or moved to another process, flags whose slots collide, values too long to keep.
+    #[test]
+    fn lines_in_sequence_match_serde() {
+        let names = odd_names();
+        let mut events = Vec::new();
+        for (i, tid) in [5u32, 21, 37, 5, 6, 4_194_304, u32::MAX]
+            .into_iter()
+            .enumerate()
+        {
+            for (j, comm) in names.iter().enumerate().step_by(3) {
+                // The same thread and name: other pids, other process names.
+                for variant in 0..4 {
+                    let mut e = base();
+                    e.tid = tid;
+                    e.pid = if variant == 3 { 7 } else { tid };
+                    e.comm = *comm;
+                    e.process = match variant {
+                        0 => None,
+                        1 | 3 => Some(*comm),
+                        _ => Some(names[(i + 2 * j) % names.len()]),
+                    };
+                    events.push(e);
+                }
+            }
+        }
+        let mut flags = vec![0, u32::MAX, msg::MSG_MORE | 0x1000_0000];
+        flags.extend((0..32).map(|b| 1u32 << b));
+        flags.extend(FLAG_NAMES.iter().map(|(b, _)| *b | msg::MSG_SPLICE_PAGES));
+        let mut all = Vec::new();
+        // A fixed pseudo-random order, every event several times.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..8 {
+            for k in 0..events.len() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let mut e = events[(x as usize + k) % events.len()].clone();
+                e.flags = (round % 4 != 3).then(|| flags[(x >> 32) as usize % flags.len()]);
+                e.ts_ns = x >> (x % 64);
+                if k % 5 == 0 {
+                    e.tls = Some(TlsWire {
+                        version: if round % 2 == 0 { 0x0304 } else { 0x0305 },
+                        cipher: 51,
+                    });
+                }
+                all.push(e);
+            }
+        }
+        let mut lines = JsonLines::new();
+        let mut want = Vec::new();
+        for e in &all {
+            lines.push(e);
+            want.extend(serde_line(e));
+        }
+        assert_eq!(
+            String::from_utf8_lossy(lines.as_bytes()),
+            String::from_utf8_lossy(&want)
+        );
+        assert_eq!(lines.as_bytes(), want);
+    }
+
+    /// The word-at-a-time helpers against the plain definitions.
+    #[test]
+    fn digits_hex_and_plain_checks() {
+        let mut v = 0u32;
+        while v < 100_000_000 {
+            assert_eq!(eight_digits(v).to_le_bytes(), *format!("{v:08}").as_bytes());
+            v += if v < 200_000 { 1 } else { 9_973 };
+        }
+        assert_eq!(eight_digits(99_999_999).to_le_bytes(), *b"99999999");
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..100_000 {
+            x = x.rotate_left(11).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ i;
+            for v in [x, x >> (i % 64), u64::MAX, 0] {
+                assert_eq!(hex16(v), *format!("{v:016x}").as_bytes());
+            }
+        }
+        // Every byte value at every position, inside the name and past its end.
+        let plain = |b: &[u8], len: usize| {
+            b[..len]
+                .iter()
+                .all(|&c| c >= 0x20 && c != b'"' && c != b'\\')
+        };
+        for len in 0..=16 {
+            for pos in 0..16 {
+                for c in 0..=255u8 {
+                    let mut b = [b'x'; 16];
+                    b[pos] = c;
+                    assert_eq!(json_plain(&b, len), plain(&b, len), "{len} {pos} {c}");
+                    let mut b = [0u8; 16];
+                    b[pos] = c;
+                    assert_eq!(json_plain(&b, len), plain(&b, len), "{len} {pos} {c}");
+                }
+            }
         }
     }
 
