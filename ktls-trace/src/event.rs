@@ -668,6 +668,77 @@ pub(crate) mod tests {
         assert_eq!(Comm::default().as_str(), "");
     }
 
+    /// `Comm::from_kernel` as it was before the word-at-a-time check (the reference).
+    fn from_kernel_bytewise(raw: &[u8; COMM_LEN]) -> Comm {
+        let len = raw
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(COMM_LEN)
+            .min(COMM_LEN - 1);
+        if raw[..len].iter().all(|c| (0x20..0x7f).contains(c)) {
+            let mut bytes = [0u8; COMM_LEN];
+            bytes[..len].copy_from_slice(&raw[..len]);
+            return Comm {
+                bytes,
+                len: len as u8,
+            };
+        }
+        let mut bytes = *raw;
+        if std::str::from_utf8(&bytes[..len]).is_err() {
+            for b in &mut bytes[..len] {
+                if !b.is_ascii() {
+                    *b = b'?';
+                }
+            }
+        }
+        Comm::new(std::str::from_utf8(&bytes[..len]).unwrap_or("?"))
+    }
+
+    #[test]
+    fn comm_from_kernel_matches_the_bytewise_reading() {
+        // Every byte value at every position, after names of every length (and garbage
+        // past the NUL), and pseudo-random blocks.
+        for len in 0..=COMM_LEN {
+            for pos in 0..COMM_LEN {
+                for c in 0..=255u8 {
+                    let mut raw = [b'k'; COMM_LEN];
+                    if len < COMM_LEN {
+                        raw[len] = 0;
+                    }
+                    raw[pos] = c;
+                    assert_eq!(
+                        Comm::from_kernel(&raw),
+                        from_kernel_bytewise(&raw),
+                        "{raw:?}"
+                    );
+                }
+            }
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut raw = [0u8; COMM_LEN];
+            for (i, b) in raw.iter_mut().enumerate() {
+                // Mostly printable, sometimes NUL, control, DEL or high bytes.
+                let r = (x.rotate_left(i as u32 * 4) & 0xff) as u8;
+                *b = match r % 16 {
+                    0 => 0,
+                    1 => r >> 3,
+                    2 => 0x7f,
+                    3 => r | 0x80,
+                    _ => 0x20 + r % 0x5f,
+                };
+            }
+            assert_eq!(
+                Comm::from_kernel(&raw),
+                from_kernel_bytewise(&raw),
+                "{raw:?}"
+            );
+        }
+    }
+
     #[test]
     fn flags_are_named_and_read_back() {
         let both = msg::MSG_SPLICE_PAGES | msg::MSG_MORE;

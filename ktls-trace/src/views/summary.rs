@@ -370,6 +370,56 @@ mod tests {
         );
     }
 
+    /// The per-probe array counts what a map per probe counted, and lists the probes
+    /// that had events in probe order (the text summary's rows, the JSON keys).
+    #[test]
+    fn per_probe_totals_match_a_map() {
+        let mut s = Summary::default();
+        let mut k = Classifier::default();
+        let mut want: std::collections::BTreeMap<Probe, ProbeTotals> = Default::default();
+        let rets = [65_536, 0, -11, -32, 1, -4095];
+        for i in 0..500usize {
+            // Not every probe: some never have events.
+            let p = Probe::ALL[(i * 7) % 9];
+            let mut e = ev(p, 1 + (i % 3) as u32, rets[i % rets.len()], Some(0x55));
+            e.bytes = (i * 1_000) as u64;
+            if i % 4 == 0 {
+                e.ret = None;
+            }
+            let t = want.entry(p).or_default();
+            t.events += 1;
+            t.bytes += e.bytes;
+            t.bytes_done += e.bytes_done();
+            match e.ret {
+                Some(-11) => t.would_block += 1,
+                Some(r) if r < 0 => t.errors += 1,
+                _ => {}
+            }
+            add(&mut s, &mut k, e);
+        }
+        let got: Vec<(Probe, ProbeTotals)> = s.probes.iter().map(|(p, t)| (p, *t)).collect();
+        let want: Vec<(Probe, ProbeTotals)> = want.into_iter().collect();
+        assert_eq!(got, want);
+        for p in Probe::ALL {
+            assert_eq!(
+                s.totals(p),
+                got.iter()
+                    .find(|(q, _)| *q == p)
+                    .map_or_else(Default::default, |(_, t)| *t)
+            );
+        }
+        assert!(!s.probes.is_empty() && Summary::default().probes.is_empty());
+        let text = s.render_text("kprobe", 1.0);
+        let rows: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| Probe::ALL.iter().any(|p| p.name() == *w))
+            .collect();
+        let names: Vec<&str> = got.iter().map(|(p, _)| p.name()).collect();
+        assert_eq!(rows, names);
+        assert_eq!(s.to_json("kprobe", 1.0)["summary"]["events"], 500);
+    }
+
     #[test]
     fn json_summary_shape() {
         let mut s = Summary::default();
