@@ -39,9 +39,7 @@ impl Comm {
         // falsely, by a borrow from it).
         let nul = x.wrapping_sub(ONES) & !x & HIGH;
         let len = ((nul.trailing_zeros() / 8) as usize).min(COMM_LEN - 1);
-        let keep = 1u128
-            .checked_shl(8 * len as u32)
-            .map_or(u128::MAX, |b| b - 1);
+        let keep = low_bytes(len);
         let name = x & keep;
         // Any byte of the name below 0x20 or above 0x7e (bytes past it read as b'a'): the
         // "any byte below n" and "any byte above n" word tests, exact as to whether any is.
@@ -125,6 +123,24 @@ impl PartialEq<&str> for Comm {
     }
 }
 
+/// For `len` from 0 to 16, the mask of the first `len` bytes of a 16-byte block read
+/// little-endian (a table: a variable 128-bit shift takes a dozen instructions).
+const LOW_BYTES: [u128; COMM_LEN + 1] = {
+    let mut t = [0u128; COMM_LEN + 1];
+    let mut len = 1;
+    while len <= COMM_LEN {
+        t[len] = (t[len - 1] << 8) | 0xff;
+        len += 1;
+    }
+    t
+};
+
+/// See [`LOW_BYTES`]; `len` past 16 is 16.
+#[inline(always)]
+pub(crate) fn low_bytes(len: usize) -> u128 {
+    LOW_BYTES[len.min(COMM_LEN)]
+}
+
 /// TLS version and cipher as the kernel keeps them (`TLS_*_VERSION`, `TLS_CIPHER_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlsWire {
@@ -190,6 +206,7 @@ impl TraceEvent {
 }
 
 /// Decodes one ring-buffer record.
+#[inline]
 pub fn decode(buf: &[u8]) -> Result<TraceEvent, DecodeError> {
     if buf.len() != EVENT_SIZE {
         return Err(DecodeError::Size(buf.len()));
@@ -202,6 +219,7 @@ pub fn decode(buf: &[u8]) -> Result<TraceEvent, DecodeError> {
 }
 
 /// Converts the wire struct.
+#[inline]
 pub fn from_raw(e: &Event) -> Result<TraceEvent, DecodeError> {
     let probe = Probe::from_u8(e.probe).ok_or(DecodeError::Probe(e.probe))?;
     let opt = |bit: u8| e.has & bit != 0;

@@ -13,7 +13,7 @@ use std::io::{self, Write};
 
 use ktls_trace_common::Probe;
 
-use crate::event::{Comm, FLAG_NAMES, TlsWire, TraceEvent};
+use crate::event::{Comm, FLAG_NAMES, TlsWire, TraceEvent, low_bytes};
 
 /// Lines are written out once the buffer holds this much: few writes per batch, and the
 /// buffer stays small enough to stay in the cache (and bounded however large a batch is).
@@ -155,7 +155,12 @@ fn write_line(dst: &mut [u8; LINE_MAX], e: &TraceEvent, memo: &mut Memo) -> usiz
         w.u64(r.into());
     }
     if let Some(t) = e.tls {
-        w.tls(t);
+        let part = &mut memo.tls;
+        if part.len != 0 && part.wire == t {
+            w.block(&part.text, part.len);
+        } else {
+            w.tls_part(t, part);
+        }
     }
     w.raw(b"}\n");
     w.n
@@ -180,6 +185,8 @@ const FLAGS_PART: usize = 48;
 struct Memo {
     threads: [ThreadPart; THREAD_SLOTS],
     flags: [FlagsPart; FLAG_SLOTS],
+    /// The last TLS version and cipher (a trace has few kinds of kTLS sockets).
+    tls: TlsPart,
 }
 
 impl Default for Memo {
@@ -187,6 +194,7 @@ impl Default for Memo {
         Memo {
             threads: [ThreadPart::default(); THREAD_SLOTS],
             flags: [FlagsPart::default(); FLAG_SLOTS],
+            tls: TlsPart::default(),
         }
     }
 }
@@ -223,6 +231,30 @@ impl ThreadPart {
             && self.pid == e.pid
             && self.comm == e.comm
             && self.process == e.process
+    }
+}
+
+/// What [`Line::tls`] wrote last (`len` 0: nothing yet).
+#[derive(Debug, Clone, Copy)]
+struct TlsPart {
+    wire: TlsWire,
+    len: usize,
+    text: [u8; TLS_PART],
+}
+
+/// Room for the TLS version and cipher, keys included.
+const TLS_PART: usize = 64;
+
+impl Default for TlsPart {
+    fn default() -> Self {
+        TlsPart {
+            wire: TlsWire {
+                version: 0,
+                cipher: 0,
+            },
+            len: 0,
+            text: [0; TLS_PART],
+        }
     }
 }
 
@@ -297,9 +329,7 @@ fn hex16(v: u64) -> [u8; 16] {
 fn json_plain(b: &[u8; 16], len: usize) -> bool {
     const ONES: u128 = u128::MAX / 255;
     const HIGH: u128 = ONES * 0x80;
-    let keep = 1u128
-        .checked_shl(8 * len as u32)
-        .map_or(u128::MAX, |b| b - 1);
+    let keep = low_bytes(len);
     let x = (u128::from_le_bytes(*b) & keep) | (ONES * u128::from(b'a') & !keep);
     let zero = |y: u128| y.wrapping_sub(ONES) & !y & HIGH;
     let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
@@ -517,6 +547,15 @@ impl Line<'_> {
         slot.flags = flags;
     }
 
+    /// The TLS version and cipher, kept in `slot` for the next events with the same ones.
+    #[inline(never)]
+    fn tls_part(&mut self, t: TlsWire, slot: &mut TlsPart) {
+        let start = self.n;
+        self.tls(t);
+        self.keep(start, &mut slot.text, &mut slot.len);
+        slot.wire = t;
+    }
+
     /// Copies what was written since `start` into `text` and sets `len` (0 when it does
     /// not fit).
     fn keep<const K: usize>(&self, start: usize, text: &mut [u8; K], len: &mut usize) {
@@ -617,7 +656,6 @@ impl Line<'_> {
 
     /// This build's names, or the kernel's numbers: the version as `0x0305`, the cipher
     /// in decimal.
-    #[inline]
     fn tls(&mut self, t: TlsWire) {
         self.raw(b",\"tls_version\":");
         match t.params() {
@@ -885,7 +923,7 @@ mod tests {
                 if k % 5 == 0 {
                     e.tls = Some(TlsWire {
                         version: if round % 2 == 0 { 0x0304 } else { 0x0305 },
-                        cipher: 51,
+                        cipher: if k % 10 == 0 { 51 } else { 52 },
                     });
                 }
                 all.push(e);
