@@ -43,7 +43,7 @@ impl Comm {
         let name = x & keep;
         // Any byte of the name below 0x20 or above 0x7e (bytes past it read as b'a'): the
         // "any byte below n" and "any byte above n" word tests, exact as to whether any is.
-        let y = name | (ONES * u128::from(b'a') & !keep);
+        let y = name | ((ONES * u128::from(b'a')) & !keep);
         let below = y.wrapping_sub(ONES * 0x20) & !y;
         let above = y.wrapping_add(ONES) | y;
         if (below | above) & HIGH == 0 {

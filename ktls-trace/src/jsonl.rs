@@ -330,7 +330,7 @@ fn json_plain(b: &[u8; 16], len: usize) -> bool {
     const ONES: u128 = u128::MAX / 255;
     const HIGH: u128 = ONES * 0x80;
     let keep = low_bytes(len);
-    let x = (u128::from_le_bytes(*b) & keep) | (ONES * u128::from(b'a') & !keep);
+    let x = (u128::from_le_bytes(*b) & keep) | ((ONES * u128::from(b'a')) & !keep);
     let zero = |y: u128| y.wrapping_sub(ONES) & !y & HIGH;
     let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
     below_space | zero(x ^ (ONES * u128::from(b'"'))) | zero(x ^ (ONES * u128::from(b'\\'))) == 0
