@@ -1,8 +1,14 @@
 //! The `trace --json` line writer: one decoded event -> one JSON object and a newline
 //! (docs/event-schema.md), written by hand into a reused byte buffer that goes out in large
 //! writes. The schema is fixed, so the keys are constant byte strings, the integers are
-//! formatted with a small two-digits-at-a-time routine, and the only text that needs
+//! formatted eight digits at a time in one 64-bit word, and the only text that needs
 //! escaping is the thread and process names (any process can name itself anything).
+//!
+//! Per line, every write is a fixed-size copy into a block reserved for the line, without
+//! bounds checks (see [`Line::raw`]), and the parts that repeat from event to event — what
+//! depends only on the thread (pid, tid, names), the flag names, the TLS version and
+//! cipher — are copied from where they were written last when what they were written from
+//! is equal ([`Memo`]). docs/performance.md has the measurements.
 //!
 //! The output is byte for byte what `serde_json::to_writer(&JsonLine(e))` writes: the
 //! tests compare the two over every combination of optional fields, every probe, every TLS
@@ -934,6 +940,59 @@ mod tests {
         for e in &all {
             lines.push(e);
             want.extend(serde_line(e));
+        }
+        assert_eq!(
+            String::from_utf8_lossy(lines.as_bytes()),
+            String::from_utf8_lossy(&want)
+        );
+        assert_eq!(lines.as_bytes(), want);
+    }
+
+    /// The whole path from the wire: ring-buffer records (every `has` bit combination,
+    /// kernel names printable or not, nesting or none) decoded and written one after the
+    /// other, against serde's lines of the same decoded events.
+    #[test]
+    fn lines_from_ring_records_match_serde() {
+        use crate::event::{decode, tests::bytes_of};
+        use ktls_trace_common::{COMM_LEN, Event};
+        let comms: [&[u8]; 5] = [b"nginx", b"ktls-load-srv", b"a\"b\\c", b"\x1b[2J\xff", b""];
+        let mut lines = JsonLines::new();
+        let mut want = Vec::new();
+        let mut n = 0u64;
+        for bits in 0..=u8::MAX {
+            for (i, name) in comms.iter().enumerate() {
+                let mut comm = [0u8; COMM_LEN];
+                comm[..name.len()].copy_from_slice(name);
+                n += 1;
+                let raw = Event {
+                    ts_ns: 1_000_000_000 + n * 5_000,
+                    latency_ns: n * 7,
+                    bytes: 65_536 >> (n % 5),
+                    ret: if n.is_multiple_of(7) {
+                        -11
+                    } else {
+                        (65_536 >> (n % 5)) as i64
+                    },
+                    sock: n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    pid: 400 + (i % 2) as u32,
+                    tid: 401 + i as u32,
+                    flags: msg::MSG_SPLICE_PAGES >> (n % 3),
+                    fd_out: 5,
+                    fd_in: -1,
+                    records: 4,
+                    tls_version: 0x0304,
+                    tls_cipher: 51 + (n % 2) as u16,
+                    probe: (n % Probe::ALL.len() as u64) as u8,
+                    parent: if n.is_multiple_of(3) { Probe::NONE } else { 1 },
+                    root: if n.is_multiple_of(3) { Probe::NONE } else { 0 },
+                    has: bits,
+                    comm,
+                    head: [0x17, 3, 3, 0, 0x40, 0, 0, n as u8],
+                };
+                let e = decode(&bytes_of(&raw)).unwrap();
+                lines.push(&e);
+                want.extend(serde_line(&e));
+            }
         }
         assert_eq!(
             String::from_utf8_lossy(lines.as_bytes()),
