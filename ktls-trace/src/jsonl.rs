@@ -121,9 +121,22 @@ fn write_line(dst: &mut [u8; LINE_MAX], e: &TraceEvent, memo: &mut Memo) -> usiz
     w.raw(b",\"probe\":");
     w.probe(e.probe);
     w.raw(b",\"bytes\":");
-    w.u64(e.bytes);
+    // A call that did all it was asked returns its size: its digits are made once.
+    let bytes = u32::try_from(e.bytes)
+        .ok()
+        .filter(|b| *b < 100_000_000)
+        .map(short_decimal);
+    match bytes {
+        Some((digits, len)) => w.block(&digits.to_le_bytes(), len),
+        None => w.u64(e.bytes),
+    }
     w.raw(b",\"ret\":");
-    w.or_null(e.ret, Line::i64);
+    w.or_null(e.ret, |w, r| match bytes {
+        Some((digits, len)) if u64::try_from(r) == Ok(e.bytes) => {
+            w.block(&digits.to_le_bytes(), len)
+        }
+        _ => w.i64(r),
+    });
     w.raw(b",\"latency_ns\":");
     w.or_null(e.latency_ns, Line::u64);
     w.raw(b",\"sock\":");
@@ -308,6 +321,17 @@ fn eight_digits(v: u32) -> u64 {
     x + splat(b'0')
 }
 
+/// `v` < 10^8 in decimal without leading zeros: the digits in one word, the first in the
+/// lowest byte, and how many there are.
+#[inline(always)]
+fn short_decimal(v: u32) -> (u64, usize) {
+    let w = eight_digits(v);
+    // Every byte is b'0'..=b'9': subtracting b'0' from each borrows nowhere, and the
+    // leading zero digits become the zero bytes at the low end. One digit stays.
+    let zeros = ((w - splat(b'0')).trailing_zeros() / 8).min(7) as usize;
+    (w >> (8 * zeros), 8 - zeros)
+}
+
 /// 16 lowercase hex digits, the most significant first (socket ids; the 8 head bytes read
 /// big-endian): every nibble spread into a byte of its own, then turned into its digit.
 #[inline]
@@ -490,11 +514,8 @@ impl Line<'_> {
     /// `v` < 10^8 without leading zeros.
     #[inline(always)]
     fn up_to_8(&mut self, v: u32) {
-        let w = eight_digits(v);
-        // Every byte is b'0'..=b'9': subtracting b'0' from each borrows nowhere, and the
-        // leading zero digits become the zero bytes at the low end. One digit stays.
-        let zeros = ((w - splat(b'0')).trailing_zeros() / 8).min(7) as usize;
-        self.block(&(w >> (8 * zeros)).to_le_bytes(), 8 - zeros);
+        let (w, len) = short_decimal(v);
+        self.block(&w.to_le_bytes(), len);
     }
 
     #[inline(always)]
@@ -834,6 +855,24 @@ mod tests {
                 e.ret = Some(r);
                 e.fds = Some((r as i32, (r >> 32) as i32));
                 same(&e);
+            }
+            // A return value equal to the size (its digits are reused), and near it.
+            for b in [
+                v,
+                v.wrapping_add(1),
+                v.saturating_sub(1),
+                99_999_999,
+                100_000_000,
+            ] {
+                e.bytes = b;
+                for r in [
+                    b as i64,
+                    (b as i64).wrapping_neg(),
+                    (b as i64).wrapping_add(1),
+                ] {
+                    e.ret = Some(r);
+                    same(&e);
+                }
             }
         }
         for fds in [(i32::MIN, i32::MAX), (-1, 0), (0, -1)] {
