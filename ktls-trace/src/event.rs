@@ -28,36 +28,48 @@ pub struct Comm {
 
 impl Comm {
     /// From a NUL-padded kernel `comm`.
+    #[inline]
     pub fn from_kernel(raw: &[u8; COMM_LEN]) -> Comm {
-        let len = raw
-            .iter()
-            .position(|&c| c == 0)
-            .unwrap_or(COMM_LEN)
-            .min(COMM_LEN - 1);
-        // The common case, per event: printable ASCII, copied as it is. Checked and copied
-        // over the whole fixed-size block (no per-length loop or copy call).
-        let mut bytes = [0u8; COMM_LEN];
-        let mut printable = true;
-        for (i, (b, &r)) in bytes.iter_mut().zip(raw).enumerate() {
-            let inside = i < len;
-            printable &= !inside || (0x20..0x7f).contains(&r);
-            *b = if inside { r } else { 0 };
-        }
-        if printable {
+        // The common case, per event: printable ASCII, copied as it is. The name's end and
+        // the check are word operations over the whole block (no per-byte loop).
+        const ONES: u128 = u128::MAX / 255;
+        const HIGH: u128 = ONES * 0x80;
+        let x = u128::from_le_bytes(*raw);
+        // The lowest flagged byte is the first NUL (only bytes above a NUL can be flagged
+        // falsely, by a borrow from it).
+        let nul = x.wrapping_sub(ONES) & !x & HIGH;
+        let len = ((nul.trailing_zeros() / 8) as usize).min(COMM_LEN - 1);
+        let keep = low_bytes(len);
+        let name = x & keep;
+        // Any byte of the name below 0x20 or above 0x7e (bytes past it read as b'a'): the
+        // "any byte below n" and "any byte above n" word tests, exact as to whether any is.
+        let y = name | ((ONES * u128::from(b'a')) & !keep);
+        let below = y.wrapping_sub(ONES * 0x20) & !y;
+        let above = y.wrapping_add(ONES) | y;
+        if (below | above) & HIGH == 0 {
             return Comm {
-                bytes,
+                bytes: name.to_le_bytes(),
                 len: len as u8,
             };
         }
+        Comm::from_kernel_text(raw, len)
+    }
+
+    /// [`Comm::from_kernel`] of a name that is not printable ASCII.
+    #[cold]
+    fn from_kernel_text(raw: &[u8; COMM_LEN], len: usize) -> Comm {
         let mut bytes = *raw;
-        if std::str::from_utf8(&bytes[..len]).is_err() {
-            for b in &mut bytes[..len] {
+        let Some(name) = bytes.get_mut(..len) else {
+            return Comm::default();
+        };
+        if std::str::from_utf8(name).is_err() {
+            for b in name.iter_mut() {
                 if !b.is_ascii() {
                     *b = b'?';
                 }
             }
         }
-        Comm::new(std::str::from_utf8(&bytes[..len]).unwrap_or("?"))
+        Comm::new(std::str::from_utf8(name).unwrap_or("?"))
     }
 
     /// From text (cut to what the kernel keeps, on a character boundary). Any process can
@@ -83,6 +95,7 @@ impl Comm {
     /// The name's bytes as a fixed-size block (what follows the name in it is unspecified)
     /// and its length, for writers that copy the block whole. Both constructors keep the
     /// name UTF-8, so these are the bytes of [`Comm::as_str`].
+    #[inline]
     pub(crate) fn block(&self) -> (&[u8; COMM_LEN], usize) {
         (&self.bytes, usize::from(self.len).min(COMM_LEN))
     }
@@ -108,6 +121,24 @@ impl PartialEq<&str> for Comm {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
     }
+}
+
+/// For `len` from 0 to 16, the mask of the first `len` bytes of a 16-byte block read
+/// little-endian (a table: a variable 128-bit shift takes a dozen instructions).
+const LOW_BYTES: [u128; COMM_LEN + 1] = {
+    let mut t = [0u128; COMM_LEN + 1];
+    let mut len = 1;
+    while len <= COMM_LEN {
+        t[len] = (t[len - 1] << 8) | 0xff;
+        len += 1;
+    }
+    t
+};
+
+/// See [`LOW_BYTES`]; `len` past 16 is 16.
+#[inline(always)]
+pub(crate) fn low_bytes(len: usize) -> u128 {
+    LOW_BYTES[len.min(COMM_LEN)]
 }
 
 /// TLS version and cipher as the kernel keeps them (`TLS_*_VERSION`, `TLS_CIPHER_*`).
@@ -200,6 +231,7 @@ impl TraceEvent {
 }
 
 /// Decodes one ring-buffer record.
+#[inline]
 pub fn decode(buf: &[u8]) -> Result<TraceEvent, DecodeError> {
     if buf.len() != EVENT_SIZE {
         return Err(DecodeError::Size(buf.len()));
@@ -212,6 +244,7 @@ pub fn decode(buf: &[u8]) -> Result<TraceEvent, DecodeError> {
 }
 
 /// Converts the wire struct.
+#[inline]
 pub fn from_raw(e: &Event) -> Result<TraceEvent, DecodeError> {
     let probe = Probe::from_u8(e.probe).ok_or(DecodeError::Probe(e.probe))?;
     let opt = |bit: u8| e.has & bit != 0;
@@ -676,6 +709,77 @@ pub(crate) mod tests {
         );
         assert_eq!(Comm::new("ünïcödé-name-long").as_str().len(), 15);
         assert_eq!(Comm::default().as_str(), "");
+    }
+
+    /// `Comm::from_kernel` as it was before the word-at-a-time check (the reference).
+    fn from_kernel_bytewise(raw: &[u8; COMM_LEN]) -> Comm {
+        let len = raw
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(COMM_LEN)
+            .min(COMM_LEN - 1);
+        if raw[..len].iter().all(|c| (0x20..0x7f).contains(c)) {
+            let mut bytes = [0u8; COMM_LEN];
+            bytes[..len].copy_from_slice(&raw[..len]);
+            return Comm {
+                bytes,
+                len: len as u8,
+            };
+        }
+        let mut bytes = *raw;
+        if std::str::from_utf8(&bytes[..len]).is_err() {
+            for b in &mut bytes[..len] {
+                if !b.is_ascii() {
+                    *b = b'?';
+                }
+            }
+        }
+        Comm::new(std::str::from_utf8(&bytes[..len]).unwrap_or("?"))
+    }
+
+    #[test]
+    fn comm_from_kernel_matches_the_bytewise_reading() {
+        // Every byte value at every position, after names of every length (and garbage
+        // past the NUL), and pseudo-random blocks.
+        for len in 0..=COMM_LEN {
+            for pos in 0..COMM_LEN {
+                for c in 0..=255u8 {
+                    let mut raw = [b'k'; COMM_LEN];
+                    if len < COMM_LEN {
+                        raw[len] = 0;
+                    }
+                    raw[pos] = c;
+                    assert_eq!(
+                        Comm::from_kernel(&raw),
+                        from_kernel_bytewise(&raw),
+                        "{raw:?}"
+                    );
+                }
+            }
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut raw = [0u8; COMM_LEN];
+            for (i, b) in raw.iter_mut().enumerate() {
+                // Mostly printable, sometimes NUL, control, DEL or high bytes.
+                let r = (x.rotate_left(i as u32 * 4) & 0xff) as u8;
+                *b = match r % 16 {
+                    0 => 0,
+                    1 => r >> 3,
+                    2 => 0x7f,
+                    3 => r | 0x80,
+                    _ => 0x20 + r % 0x5f,
+                };
+            }
+            assert_eq!(
+                Comm::from_kernel(&raw),
+                from_kernel_bytewise(&raw),
+                "{raw:?}"
+            );
+        }
     }
 
     #[test]

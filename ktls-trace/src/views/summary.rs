@@ -2,8 +2,6 @@
 //! bytes were per path (classified), and what the session lost. Pure: fed by events and
 //! their classification.
 
-use std::collections::BTreeMap;
-
 use ktls_trace_common::Probe;
 use serde::Serialize;
 
@@ -85,10 +83,37 @@ pub struct ProbeCost {
     pub ret: Option<RunCost>,
 }
 
+/// Totals per probe, indexed by the probe's discriminant (one array index per event, not
+/// a map lookup); a probe without events has none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerProbe([ProbeTotals; Probe::ALL.len()]);
+
+impl PerProbe {
+    /// The probes that had events, in [`Probe::ALL`] order, with their totals.
+    pub fn iter(&self) -> impl Iterator<Item = (Probe, &ProbeTotals)> {
+        Probe::ALL
+            .into_iter()
+            .zip(&self.0)
+            .filter(|(_, t)| t.events > 0)
+    }
+
+    pub fn get(&self, p: Probe) -> ProbeTotals {
+        self.0[p as usize]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    fn entry(&mut self, p: Probe) -> &mut ProbeTotals {
+        &mut self.0[p as usize]
+    }
+}
+
 /// Everything `trace` counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
-    pub probes: BTreeMap<Probe, ProbeTotals>,
+    pub probes: PerProbe,
     pub classified: Classified,
     pub counts: Counts,
     /// Per probe, what its programs cost in the kernel (`--cost`; None: not asked).
@@ -97,7 +122,7 @@ pub struct Summary {
 
 impl Summary {
     pub fn add(&mut self, e: &TraceEvent, c: &Contribution) {
-        let t = self.probes.entry(e.probe).or_default();
+        let t = self.probes.entry(e.probe);
         t.events += 1;
         t.bytes += e.bytes;
         t.bytes_done += e.bytes_done();
@@ -121,11 +146,11 @@ impl Summary {
     }
 
     pub fn totals(&self, p: Probe) -> ProbeTotals {
-        self.probes.get(&p).copied().unwrap_or_default()
+        self.probes.get(p)
     }
 
     fn events(&self) -> u64 {
-        self.probes.values().map(|t| t.events).sum()
+        self.probes.iter().map(|(_, t)| t.events).sum()
     }
 
     /// The `{"summary": {...}}` object `trace --json` ends with.
@@ -175,7 +200,7 @@ impl Summary {
                 "    {:<20} {:>10} {:>16} {:>16} {:>8} {:>8}",
                 "probe", "events", "bytes asked", "bytes done", "errors", "EAGAIN"
             );
-            for (p, t) in &self.probes {
+            for (p, t) in self.probes.iter() {
                 let _ = writeln!(
                     s,
                     "    {:<20} {:>10} {:>16} {:>16} {:>8} {:>8}",
@@ -343,6 +368,56 @@ mod tests {
             text.contains("122 bytes of ciphertext into TCP, 1 records"),
             "{text}"
         );
+    }
+
+    /// The per-probe array counts what a map per probe counted, and lists the probes
+    /// that had events in probe order (the text summary's rows, the JSON keys).
+    #[test]
+    fn per_probe_totals_match_a_map() {
+        let mut s = Summary::default();
+        let mut k = Classifier::default();
+        let mut want: std::collections::BTreeMap<Probe, ProbeTotals> = Default::default();
+        let rets = [65_536, 0, -11, -32, 1, -4095];
+        for i in 0..500usize {
+            // Not every probe: some never have events.
+            let p = Probe::ALL[(i * 7) % 9];
+            let mut e = ev(p, 1 + (i % 3) as u32, rets[i % rets.len()], Some(0x55));
+            e.bytes = (i * 1_000) as u64;
+            if i % 4 == 0 {
+                e.ret = None;
+            }
+            let t = want.entry(p).or_default();
+            t.events += 1;
+            t.bytes += e.bytes;
+            t.bytes_done += e.bytes_done();
+            match e.ret {
+                Some(-11) => t.would_block += 1,
+                Some(r) if r < 0 => t.errors += 1,
+                _ => {}
+            }
+            add(&mut s, &mut k, e);
+        }
+        let got: Vec<(Probe, ProbeTotals)> = s.probes.iter().map(|(p, t)| (p, *t)).collect();
+        let want: Vec<(Probe, ProbeTotals)> = want.into_iter().collect();
+        assert_eq!(got, want);
+        for p in Probe::ALL {
+            assert_eq!(
+                s.totals(p),
+                got.iter()
+                    .find(|(q, _)| *q == p)
+                    .map_or_else(Default::default, |(_, t)| *t)
+            );
+        }
+        assert!(!s.probes.is_empty() && Summary::default().probes.is_empty());
+        let text = s.render_text("kprobe", 1.0);
+        let rows: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| Probe::ALL.iter().any(|p| p.name() == *w))
+            .collect();
+        let names: Vec<&str> = got.iter().map(|(p, _)| p.name()).collect();
+        assert_eq!(rows, names);
+        assert_eq!(s.to_json("kprobe", 1.0)["summary"]["events"], 500);
     }
 
     #[test]

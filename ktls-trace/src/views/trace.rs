@@ -240,14 +240,13 @@ impl Printer {
         out: &mut impl Write,
     ) -> bool {
         for e in events {
+            if self.open {
+                self.lines.push(e);
+                if self.lines.is_full() && self.lines.write_to(out).is_err() {
+                    self.open = false;
+                }
+            }
             summary.add(e, &classifier.classify(e));
-            if !self.open {
-                continue;
-            }
-            self.lines.push(e);
-            if self.lines.is_full() && self.lines.write_to(out).is_err() {
-                self.open = false;
-            }
         }
         self.open = self.open && self.lines.write_to(out).and_then(|()| out.flush()).is_ok();
         self.open
@@ -273,5 +272,108 @@ impl Printer {
         }
         self.open = self.open && out.flush().is_ok();
         self.open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        classify::{
+            Classifier,
+            tests::{TLS13, ev, under},
+        },
+        event::JsonLine,
+    };
+    use ktls_trace_common::{Probe, msg};
+
+    /// A kTLS sendfile's events on two threads, more than one 64 KiB write's worth.
+    fn events() -> Vec<TraceEvent> {
+        let mut out = Vec::new();
+        for i in 0..2_000u64 {
+            let pid = 400 + (i % 2) as u32;
+            let mut tcp = under(
+                ev(Probe::TcpSendmsgLocked, pid, 16_406, Some(0x55 + i % 4)),
+                Probe::TlsSwSendmsg,
+                Probe::DoSendfile,
+            );
+            tcp.ts_ns = 1_000_000_000 + i * 3_000;
+            tcp.flags = Some(msg::MSG_SPLICE_PAGES);
+            let mut tls = under(
+                ev(Probe::TlsSwSendmsg, pid, 65_536, Some(0x55 + i % 4)),
+                Probe::DoSendfile,
+                Probe::DoSendfile,
+            );
+            tls.ts_ns = tcp.ts_ns + 1_000;
+            tls.flags = Some(msg::MSG_SPLICE_PAGES | msg::MSG_MORE);
+            tls.records = Some(4);
+            tls.tls = Some(TLS13);
+            let mut call = ev(Probe::DoSendfile, pid, 65_536, None);
+            call.ts_ns = tls.ts_ns + 1_000;
+            out.extend([tcp, tls, call]);
+        }
+        out
+    }
+
+    /// Fails every write after the first `ok` ones.
+    struct Failing {
+        ok: usize,
+        got: Vec<u8>,
+    }
+
+    impl Write for Failing {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.ok == 0 {
+                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+            }
+            self.ok -= 1;
+            self.got.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_and_summary_of_a_batch() {
+        let events = events();
+        let mut want = Vec::new();
+        let mut want_summary = Summary::default();
+        let mut k = Classifier::default();
+        for e in &events {
+            serde_json::to_writer(&mut want, &JsonLine(e)).unwrap();
+            want.push(b'\n');
+            want_summary.add(e, &k.classify(e));
+        }
+        // In two batches, as the session hands them over.
+        let mut printer = Printer::new(true);
+        let mut summary = Summary::default();
+        let mut k = Classifier::default();
+        let mut out = Vec::new();
+        let (a, b) = events.split_at(1_001);
+        assert!(printer.emit_to(a, &mut summary, &mut k, &mut out));
+        assert!(printer.emit_to(b, &mut summary, &mut k, &mut out));
+        assert_eq!(out, want);
+        assert_eq!(summary, want_summary);
+        assert_eq!(summary.totals(Probe::TlsSwSendmsg).events, 2_000);
+        // The output gone after the first 64 KiB write: nothing more is written, every
+        // event still counts.
+        let mut printer = Printer::new(true);
+        let mut summary = Summary::default();
+        let mut k = Classifier::default();
+        let mut out = Failing {
+            ok: 1,
+            got: Vec::new(),
+        };
+        assert!(!printer.emit_to(&events, &mut summary, &mut k, &mut out));
+        assert!(!printer.emit_to(&events[..10], &mut summary, &mut k, &mut out));
+        assert!(out.got.len() >= crate::jsonl::FLUSH_AT && want.starts_with(&out.got));
+        let mut again = want_summary.clone();
+        for e in &events[..10] {
+            again.add(e, &Classifier::default().classify(e));
+        }
+        assert_eq!(summary.probes, again.probes);
     }
 }
