@@ -312,13 +312,24 @@ impl Classifier {
 
     /// What one event contributes.
     pub fn classify(&mut self, e: &TraceEvent) -> Contribution {
-        self.classify_facts(e, e.facts(), 1)
+        // The facts only where a rule reads them (kernel TLS sends, socket-level TCP
+        // sends): most events are TCP pushes, which need none, and this is trace's hot path.
+        self.classify_with(e, || e.facts(), 1)
     }
 
     /// What `calls` calls contribute that share `e`'s probe, nesting, socket and process
     /// and the [`facts`] `f` (an in-kernel aggregate: `e` carries their summed bytes and
     /// records). Every rule reads the per-call facts from `f`, never from `e`'s sums.
     pub fn classify_facts(&mut self, e: &TraceEvent, f: u8, calls: u64) -> Contribution {
+        self.classify_with(e, || f, calls)
+    }
+
+    fn classify_with(
+        &mut self,
+        e: &TraceEvent,
+        facts_of: impl FnOnce() -> u8,
+        calls: u64,
+    ) -> Contribution {
         let mut c = Contribution::of(e);
         c.calls = calls;
         let done = e.bytes_done();
@@ -332,6 +343,7 @@ impl Classifier {
                 }
             }
             Role::KtlsSend | Role::KtlsDevice => {
+                let f = facts_of();
                 // Without the flags (offset unknown on this kernel), a call inside
                 // sendfile is the splice path; sendpage is always the splice path.
                 let splice = match e.probe {
@@ -359,7 +371,7 @@ impl Classifier {
                 } else if c.in_sendfile {
                     // 6.5+: splice_to_socket -> sock_sendmsg -> tcp_sendmsg.
                     c.payload = Some((Path::PlainSendfile, done));
-                } else if f & facts::TLS_HEAD != 0 {
+                } else if facts_of() & facts::TLS_HEAD != 0 {
                     c.payload = Some((Path::UserspaceTls, done));
                 } else {
                     c.payload = Some((Path::Plain, done));
