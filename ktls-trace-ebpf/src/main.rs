@@ -639,7 +639,7 @@ struct Done {
 fn aggregate(probe: Probe, mut key: AggKey, d: &Done) {
     current_comm(&mut key.comm);
     remember_process(key.tid, key.pid);
-    match AGG.get_ptr_mut(&key) {
+    match AGG.get_ptr_mut(key) {
         Some(v) => {
             // SAFETY: this CPU's value of a per-CPU map. Only a program interrupting this
             // one on the same CPU could write it too, and the probed functions are
@@ -661,7 +661,7 @@ fn aggregate(probe: Probe, mut key: AggKey, d: &Done) {
             // Another CPU may create the key at the same time: its value is that CPU's,
             // so inserting ours (this CPU's slot) is still right; an existing key is
             // only an error with BPF_NOEXIST, which is not used here.
-            if AGG.insert(&key, &v, 0).is_err() {
+            if AGG.insert(key, v, 0).is_err() {
                 bump(stat::AGG_FULL);
             }
         }
@@ -675,19 +675,20 @@ fn aggregate(probe: Probe, mut key: AggKey, d: &Done) {
         _pad: [0; 3],
     };
     let bucket = lat_bucket(d.latency_ns);
-    if LAT.get_ptr_mut(&lk).is_none() {
+    if LAT.get_ptr_mut(lk).is_none() {
         let Some(zero) = ZERO_HIST.get_ptr(0) else {
             return;
         };
+        // A reference into the map, not a value: a 512-byte copy would not fit the stack.
         // SAFETY: a valid per-CPU array value (all zeros, never written).
-        if LAT.insert(&lk, unsafe { &*zero }, BPF_NOEXIST).is_err()
-            && LAT.get_ptr_mut(&lk).is_none()
-        {
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let inserted = LAT.insert(lk, unsafe { &*zero }, BPF_NOEXIST);
+        if inserted.is_err() && LAT.get_ptr_mut(lk).is_none() {
             bump(stat::AGG_FULL);
             return;
         }
     }
-    if let Some(h) = LAT.get_ptr_mut(&lk) {
+    if let Some(h) = LAT.get_ptr_mut(lk) {
         // SAFETY: this CPU's value; the index is below LAT_BUCKETS by a mask, which is
         // also what lets the verifier accept the access.
         if let Some(c) = unsafe { (*h).get_mut(bucket & (LAT_BUCKETS - 1)) } {

@@ -140,6 +140,15 @@ impl<K: std::hash::Hash + Eq + Copy, V: Total> Tracked<K, V> {
     }
 }
 
+/// What changed since the last read, as the kernel's keys and values, and the keys to
+/// delete from the kernel's maps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    pub calls: Vec<(AggKey, AggVal)>,
+    pub latency: Vec<(LatKey, LatHist)>,
+    pub forget: Forget,
+}
+
 /// Turns successive reads of the kernel's totals into changes.
 #[derive(Debug, Default)]
 pub struct Deltas {
@@ -148,17 +157,14 @@ pub struct Deltas {
 }
 
 impl Deltas {
-    /// The changes since the last read (everything, at the first), as the kernel's keys
-    /// and values, and the keys to delete from the kernel's maps.
-    pub fn update(
-        &mut self,
-        raw: RawAggregates,
-    ) -> (Vec<(AggKey, AggVal)>, Vec<(LatKey, LatHist)>, Forget) {
-        let (mut calls, mut latency, mut forget) = (Vec::new(), Vec::new(), Forget::default());
-        self.calls.update(raw.calls, &mut calls, &mut forget.calls);
+    /// The changes since the last read (everything, at the first).
+    pub fn update(&mut self, raw: RawAggregates) -> Changes {
+        let mut c = Changes::default();
+        self.calls
+            .update(raw.calls, &mut c.calls, &mut c.forget.calls);
         self.latency
-            .update(raw.latency, &mut latency, &mut forget.latency);
-        (calls, latency, forget)
+            .update(raw.latency, &mut c.latency, &mut c.forget.latency);
+        c
     }
 }
 
@@ -246,16 +252,16 @@ mod tests {
             calls: vec![(k, v)],
             latency: vec![],
         };
-        let (c, _, f) = d.update(raw(val(3, 300)));
-        assert_eq!(c, vec![(k, val(3, 300))], "the first read is all new");
-        assert!(f.calls.is_empty());
-        let (c, _, _) = d.update(raw(val(5, 700)));
-        assert_eq!(c, vec![(k, val(2, 400))]);
-        let (c, _, _) = d.update(raw(val(5, 700)));
-        assert!(c.is_empty(), "no change, nothing to classify");
+        let c = d.update(raw(val(3, 300)));
+        assert_eq!(c.calls, vec![(k, val(3, 300))], "the first read is all new");
+        assert!(c.forget.calls.is_empty());
+        let c = d.update(raw(val(5, 700)));
+        assert_eq!(c.calls, vec![(k, val(2, 400))]);
+        let c = d.update(raw(val(5, 700)));
+        assert!(c.calls.is_empty(), "no change, nothing to classify");
         // Deleted and re-created by the kernel: counted from zero again.
-        let (c, _, _) = d.update(raw(val(1, 10)));
-        assert_eq!(c, vec![(k, val(1, 10))]);
+        let c = d.update(raw(val(1, 10)));
+        assert_eq!(c.calls, vec![(k, val(1, 10))]);
     }
 
     #[test]
@@ -273,21 +279,18 @@ mod tests {
             calls: vec![(k, val(1, 1))],
             latency: vec![(lk, h)],
         };
-        let (_, l, _) = d.update(raw.clone());
-        assert_eq!(l, vec![(lk, h)]);
+        let c = d.update(raw.clone());
+        assert_eq!(c.latency, vec![(lk, h)]);
         for i in 1..FORGET_AFTER_IDLE_READS {
-            let (c, l, f) = d.update(raw.clone());
-            assert!(
-                c.is_empty() && l.is_empty() && f.calls.is_empty(),
-                "read {i}"
-            );
+            let c = d.update(raw.clone());
+            assert_eq!(c, Changes::default(), "read {i}");
         }
-        let (_, _, f) = d.update(raw.clone());
+        let f = d.update(raw.clone()).forget;
         assert_eq!((f.calls, f.latency), (vec![k], vec![lk]));
         // Had the kernel not deleted it yet, the next read counts it whole again: only
         // keys idle that long are deleted, so that costs nothing real.
-        let (c, _, _) = d.update(raw);
-        assert_eq!(c, vec![(k, val(1, 1))]);
+        let c = d.update(raw);
+        assert_eq!(c.calls, vec![(k, val(1, 1))]);
     }
 
     #[test]

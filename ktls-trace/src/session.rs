@@ -301,7 +301,11 @@ impl Session {
             return Ok(Batch::default());
         };
         let raw = self.tracer.read_aggregates()?;
-        let (calls, latency, forget) = deltas.update(raw);
+        let crate::aggregate::Changes {
+            calls,
+            latency,
+            forget,
+        } = deltas.update(raw);
         if !forget.calls.is_empty() || !forget.latency.is_empty() {
             self.tracer
                 .forget_aggregates(&forget.calls, &forget.latency);

@@ -205,7 +205,8 @@ fn top_from_kernel_totals_equals_top_from_events_on_recorded_streams() {
         let mut deltas = Deltas::default();
         let third = events.len() / 3;
         for upto in [third, 2 * third, events.len()] {
-            let (calls, latency, _) = deltas.update(kernel_totals(&events[..upto]));
+            let crate::aggregate::Changes { calls, latency, .. } =
+                deltas.update(kernel_totals(&events[..upto]));
             let mut batch = Batch::default();
             for (k, d) in &calls {
                 let mut a = aggregate_of(k, d, 0).expect("known probe");
