@@ -39,6 +39,7 @@ use crate::{
 };
 
 mod bpftrace;
+mod host;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -197,7 +198,17 @@ pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
         peer.version,
         peer.root.display()
     );
-    let out_dir = target_dir()?.join("bench");
+    let target = target_dir()?;
+    // The user-space figure first, while the machine is otherwise idle: on the host, not
+    // in a guest (its emulated CPU would say nothing about a real one).
+    let host_path =
+        host::measure(&target).context("the trace --json path benchmark (criterion)")?;
+    eprintln!(
+        "bench: trace --json user-space path: {:.1} M events/s ({:.0} ns/event, criterion on this machine)",
+        host_path.events_per_s() / 1e6,
+        host_path.ns_per_event()
+    );
+    let out_dir = target.join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut failed = Vec::new();
     for series in args.kernel.series() {
@@ -237,12 +248,18 @@ pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
             // The host-side package version; the guest's `bpftrace --version` is in
             // bpftrace_guest.
             r.insert("bpftrace".into(), json!(peer.version));
+            r.insert("trace_json_path".into(), host_path.to_json());
         }
         let path = out_dir.join(format!("{label}.json"));
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         println!();
         print!("{}", render_table(&report));
+        println!(
+            "trace --json user-space path (criterion, this machine, not the guest): {:.1} M events/s, {:.0} ns/event",
+            host_path.events_per_s() / 1e6,
+            host_path.ns_per_event()
+        );
         println!("raw results: {}", path.display());
         if !results.problems.is_empty() {
             for p in &results.problems {
