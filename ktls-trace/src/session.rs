@@ -85,8 +85,33 @@ pub struct Counts {
     /// Of `drops`: calls whose entry program the kernel did not run (another BPF program,
     /// or a bpf() call touching maps, held the CPU; see [`crate::attach::Losses`]).
     pub skipped_by_kernel: u64,
+    /// Of `drops`: the ring buffer was full.
+    pub ring_full: u64,
+    /// Of `drops`: the table of calls in flight was full.
+    pub in_flight_full: u64,
+    /// Of `drops`: the in-kernel aggregate maps were full.
+    pub aggregates_full: u64,
     /// Events that completed before every probe was attached (dropped).
     pub before_start: u64,
+}
+
+impl Counts {
+    /// Why `drops` were lost, the non-zero causes only, for a one-line header:
+    /// `ring buffer full 2, skipped by the kernel 1`. Empty without drops.
+    pub fn drop_causes(&self) -> String {
+        [
+            ("ring buffer full", self.ring_full),
+            ("in-flight table full", self.in_flight_full),
+            ("totals map full", self.aggregates_full),
+            ("returns missed", self.returns_missed),
+            ("skipped by the kernel", self.skipped_by_kernel),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(what, n)| format!("{what} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
 }
 
 /// Options beyond what is traced.
@@ -236,6 +261,9 @@ impl Session {
             drops: l.total(),
             returns_missed: l.returns_missed(),
             skipped_by_kernel: l.entries_skipped(),
+            ring_full: l.ring_full,
+            in_flight_full: l.in_flight_full,
+            aggregates_full: l.aggregates_full,
             ..self.counts
         }
     }
@@ -446,6 +474,22 @@ pub fn announce(tracer: &Tracer) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::classify::tests::ev;
+
+    #[test]
+    fn drop_causes_name_the_nonzero_ones_in_order() {
+        assert_eq!(Counts::default().drop_causes(), "");
+        let c = Counts {
+            drops: 4,
+            skipped_by_kernel: 1,
+            ring_full: 2,
+            aggregates_full: 1,
+            ..Counts::default()
+        };
+        assert_eq!(
+            c.drop_causes(),
+            "ring buffer full 2, totals map full 1, skipped by the kernel 1"
+        );
+    }
 
     #[test]
     fn process_names_come_from_the_main_thread() {

@@ -283,6 +283,9 @@ fn a_tiny_ring_buffer_shows_drops_in_the_header_and_the_json() {
     assert_eq!(code, 0, "{err}\n{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert!(v["drops_total"].as_u64().unwrap_or(0) > 0, "{out}");
+    // The cause, as the header says it.
+    let causes = v["drop_causes"].as_str().unwrap_or_default();
+    assert!(causes.starts_with("ring buffer full "), "{out}");
 }
 
 /// The kernel's totals map full: `--max-keys 2` (hidden) leaves room for two keys (thread,
@@ -309,6 +312,8 @@ fn a_full_totals_map_shows_drops_in_the_json() {
     assert!(runs > 0, "the workload never finished a run");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert!(v["drops_total"].as_u64().unwrap_or(0) > 0, "{out}");
+    let causes = v["drop_causes"].as_str().unwrap_or_default();
+    assert!(causes.contains("totals map full "), "{out}");
     assert_eq!(v["ring_records_total"], 0, "{out}");
 }
 

@@ -7,6 +7,7 @@
 mod aggregates;
 mod offsets;
 pub mod progstats;
+mod unpreempted;
 
 pub use aggregates::{AggregateError, RawAggregates};
 
@@ -824,7 +825,10 @@ impl Tracer {
             .ok_or_else(|| format!("no {} map", maps::STATS))?;
         let arr = PerCpuArray::<_, [u64; stat::COUNT as usize]>::try_from(map)
             .map_err(|e| e.to_string())?;
-        let per_cpu = arr.get(&0, 0).map_err(|e| e.to_string())?;
+        let per_cpu = {
+            let _rt = unpreempted::Unpreempted::new();
+            arr.get(&0, 0).map_err(|e| e.to_string())?
+        };
         let sum = |i: u32| -> u64 { per_cpu.iter().map(|c| c[i as usize]).sum() };
         let mut l = Losses {
             ring_full: sum(stat::RINGBUF_FULL),
@@ -854,6 +858,7 @@ impl Tracer {
     pub fn process_name(&self, pid: u32) -> Option<Comm> {
         let map = self.ebpf.map(maps::PROCS)?;
         let m: BpfHashMap<_, u32, [u8; COMM_LEN]> = BpfHashMap::try_from(map).ok()?;
+        let _rt = unpreempted::Unpreempted::new();
         m.get(&pid, 0).ok().map(|raw| Comm::from_kernel(&raw))
     }
 
@@ -861,6 +866,7 @@ impl Tracer {
     pub fn endpoints(&self, sock: u64) -> Option<(Endpoints, u32)> {
         let map = self.ebpf.map(maps::SOCKINFO)?;
         let m: BpfHashMap<_, u64, PodSockInfo> = BpfHashMap::try_from(map).ok()?;
+        let _rt = unpreempted::Unpreempted::new();
         m.get(&sock, 0)
             .ok()
             .map(|p| (Endpoints::from(&p.0), p.0.owner))

@@ -278,6 +278,8 @@ pub struct Snapshot {
     /// Events lost in the kernel since the start, and in this window.
     pub drops_total: u64,
     pub drops_window: u64,
+    /// Why they were lost (`ring buffer full 2, skipped by the kernel 1`); empty without.
+    pub drop_causes: String,
     pub undecodable_total: u64,
     /// Unordered; views sort.
     pub procs: Vec<ProcRow>,
@@ -491,6 +493,7 @@ impl Model {
             ring_records_total: self.counts.ring_records,
             drops_total: self.counts.drops,
             drops_window: self.counts.drops.saturating_sub(self.drops_at_window_start),
+            drop_causes: self.counts.drop_causes(),
             undecodable_total: self.counts.undecodable,
             procs: rows,
         };
@@ -853,12 +856,14 @@ pub(crate) mod tests {
         let mut m = model();
         let c = |drops, undecodable| Counts {
             drops,
+            ring_full: drops,
             undecodable,
             ..Counts::default()
         };
         m.set_counts(c(5, 0));
         let s = m.close_window(11 * SEC);
         assert_eq!((s.drops_total, s.drops_window), (5, 5));
+        assert_eq!(s.drop_causes, "ring buffer full 5");
         m.set_counts(c(7, 0));
         let s = m.close_window(12 * SEC);
         assert_eq!((s.drops_total, s.drops_window), (7, 2));

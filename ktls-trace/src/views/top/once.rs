@@ -35,8 +35,8 @@ pub fn render_text(snap: &Snapshot, h: &Header) -> String {
     }
     if snap.drops_total > 0 {
         out.push_str(&format!(
-            "WARNING: {} events were dropped in the kernel; rates are low\n",
-            snap.drops_total
+            "WARNING: {} events were dropped in the kernel ({}); rates are low\n",
+            snap.drops_total, snap.drop_causes
         ));
     }
     out.push('\n');
@@ -164,6 +164,7 @@ mod tests {
         let snap = Snapshot {
             drops_total: 3,
             drops_window: 3,
+            drop_causes: "returns missed 3".into(),
             procs: vec![
                 proc_row(7, "small", Path::Plain, 10.0),
                 proc_row(8, "ktls-workload", Path::KtlsSendfile, 5e6),
@@ -183,7 +184,7 @@ mod tests {
         assert!(t.contains("mode: full mode: kprobes"));
         assert!(t.contains("tls_stat: not available"));
         assert!(t.contains("load: ktls-sendfile running"));
-        assert!(t.contains("WARNING: 3 events were dropped"));
+        assert!(t.contains("WARNING: 3 events were dropped in the kernel (returns missed 3)"));
         let head = lines
             .iter()
             .position(|l| l.starts_with("    PID COMMAND"))

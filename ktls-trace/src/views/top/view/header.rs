@@ -66,12 +66,18 @@ pub fn lines(snap: &Snapshot, h: &Header, paused: bool) -> Vec<Line> {
         ),
         (
             format!(
-                "dropped {}{}",
+                "dropped {}{}{}",
                 snap.drops_total,
                 if snap.drops_window > 0 {
                     format!(" (+{} this interval)", snap.drops_window)
                 } else {
                     String::new()
+                },
+                // Why, so that a drop on the screen says what to do about it.
+                if snap.drop_causes.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", snap.drop_causes)
                 }
             ),
             if snap.drops_total > 0 { Alarm } else { Plain },
@@ -129,6 +135,7 @@ mod tests {
             events_ps: 10.0,
             drops_total: 3,
             drops_window: 1,
+            drop_causes: "ring buffer full 2, skipped by the kernel 1".into(),
             undecodable_total: 2,
             ..Snapshot::default()
         };
@@ -152,7 +159,12 @@ mod tests {
             first.contains("kernel 6.1.0-1-cloud-amd64 - interval 2.00s"),
             "{first}"
         );
-        assert!(first.contains("dropped 3 (+1 this interval)"), "{first}");
+        assert!(
+            first.contains(
+                "dropped 3 (+1 this interval): ring buffer full 2, skipped by the kernel 1 - "
+            ),
+            "{first}"
+        );
         assert!(
             first.contains("undecodable 2") && first.ends_with("PAUSED"),
             "{first}"

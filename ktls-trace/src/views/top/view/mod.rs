@@ -300,6 +300,7 @@ pub(crate) mod tests {
             ring_records_total: 1234,
             drops_total: 0,
             drops_window: 0,
+            drop_causes: String::new(),
             undecodable_total: 0,
             procs: vec![
                 proc_row(100, "nginx", Path::KtlsSendfile, 120e6),
