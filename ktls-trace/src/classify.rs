@@ -241,6 +241,10 @@ pub struct Rules {
     /// Tracepoint mode without `sock:sock_send_length` (kernels before 6.3): the bytes
     /// sendfile returns are the only payload figure there is.
     pub sendfile_is_payload: bool,
+    /// The TCP pushes are not probed ([`crate::plan::Plan::derive_ciphertext`]): a kernel
+    /// TLS send's ciphertext is its plaintext plus its records times the socket's record
+    /// overhead.
+    pub ciphertext_derived: bool,
 }
 
 /// A kernel TLS send of plaintext, a flush of the open record, or a device offload send.
@@ -434,6 +438,15 @@ impl Classifier {
         if params.is_some() {
             s.params = params;
         }
+        if self.rules.ciphertext_derived {
+            // The plaintext taken in (payload or an alert) and what its records add on the
+            // wire, counted when they close: over a connection, exactly the bytes pushed.
+            // A version or cipher not known here adds nothing (docs/top.md).
+            let overhead = s.params.and_then(|p| p.record_overhead()).unwrap_or(0);
+            c.ciphertext = e
+                .bytes_done()
+                .saturating_add(c.records.unwrap_or(0).saturating_mul(overhead));
+        }
         c.ktls = Some(KtlsSend {
             sock,
             params: s.params,
@@ -530,6 +543,57 @@ pub(crate) mod tests {
         assert_eq!(c.payload, Some((Path::KtlsSendfile, 4096)));
         assert!(c.in_sendfile);
         assert_eq!(c.records, None, "not read on this kernel");
+    }
+
+    /// With the pushes not probed (top from 6.5), a kernel TLS send's ciphertext is its
+    /// plaintext plus its records' overhead: TLS 1.3 adds 22 bytes a record, TLS 1.2
+    /// AES-GCM 29. A flush closes records without taking plaintext; an alert is plaintext
+    /// too; a cipher this build does not know adds nothing.
+    #[test]
+    fn derived_ciphertext_is_plaintext_plus_record_overhead() {
+        let mut k = Classifier::new(Rules {
+            ciphertext_derived: true,
+            ..Rules::default()
+        });
+        let mut e = under(
+            ev(Probe::TlsSwSendmsg, 1, 65_536, Some(9)),
+            Probe::DoSendfile,
+            Probe::DoSendfile,
+        );
+        e.flags = Some(msg::MSG_SPLICE_PAGES);
+        e.records = Some(4);
+        e.tls = Some(TLS13);
+        assert_eq!(k.classify(&e).ciphertext, 65_536 + 4 * 22);
+        // Observed pushes are the default: the send itself adds no ciphertext.
+        assert_eq!(classify(&e).ciphertext, 0);
+        // The flush at the end of a splice closes the open record.
+        let mut flush = ev(Probe::TlsSwSpliceEof, 1, 0, Some(9));
+        flush.ret = None;
+        flush.records = Some(1);
+        assert_eq!(k.classify(&flush).ciphertext, 22);
+        // TLS 1.2 AES-GCM-128, the socket's params from an earlier send of it.
+        let mut w = ev(Probe::TlsSwSendmsg, 1, 1000, Some(10));
+        w.tls = Some(TlsWire {
+            version: 0x0303,
+            cipher: 51,
+        });
+        w.records = Some(1);
+        assert_eq!(k.classify(&w).ciphertext, 1000 + 29);
+        w.tls = None;
+        assert_eq!(k.classify(&w).ciphertext, 1000 + 29);
+        // An alert's two bytes are a record too.
+        let mut alert = ev(Probe::TlsSwSendmsg, 1, 2, Some(10));
+        alert.records = Some(1);
+        let c = k.classify(&alert);
+        assert_eq!((c.control, c.ciphertext), (2, 2 + 29));
+        // Unknown cipher on a new socket: the plaintext only.
+        let mut odd = ev(Probe::TlsSwSendmsg, 1, 100, Some(11));
+        odd.tls = Some(TlsWire {
+            version: 0x0303,
+            cipher: 9999,
+        });
+        odd.records = Some(1);
+        assert_eq!(k.classify(&odd).ciphertext, 100);
     }
 
     #[test]
@@ -676,6 +740,7 @@ pub(crate) mod tests {
         assert_eq!(c.payload, None);
         let c = Classifier::new(Rules {
             sendfile_is_payload: true,
+            ..Rules::default()
         })
         .classify(&sf);
         assert_eq!(c.payload, Some((Path::PlainSendfile, 1_000_000)));

@@ -68,7 +68,14 @@ pub struct Plan {
     /// `--backend fentry`, and the kernel has BTF. Each probe falls back to kprobes if
     /// the kernel refuses them.
     pub trampolines: bool,
+    /// Kernel TLS ciphertext is derived from plaintext and records, not counted at the TCP
+    /// pushes (which are then not probed): see [`Plan::derive_ciphertext`].
+    pub ciphertext_derived: bool,
 }
+
+/// Why the TCP push probe is skipped when ciphertext is derived.
+pub const CIPHERTEXT_DERIVED: &str =
+    "not needed here: kernel TLS ciphertext is derived from its plaintext and records";
 
 /// Why a plan cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,7 +133,48 @@ impl Plan {
             decisions,
             sendfile,
             trampolines: choice == BackendChoice::Fentry && backend == Backend::Kprobe && facts.btf,
+            ciphertext_derived: false,
         })
+    }
+
+    /// For totals (`top`): stop probing the TCP pushes where the one number only they
+    /// give, kernel TLS ciphertext, can be derived instead: each record adds a fixed
+    /// overhead to its plaintext (TLS 1.2 AES-GCM 29 bytes, TLS 1.3 22; [`TlsParams`]),
+    /// and every kernel TLS send tells its plaintext and the records it closed. The push
+    /// probe is the costliest of all (it fires for every record pushed and every plain
+    /// send; docs/performance.md), so this is most of top's cost in the kernel.
+    ///
+    /// Only from 6.5 on (`do_tcp_sendpages` gone, commit dc97391e6610): before, plain
+    /// sendfile's bytes are counted at that push. Only with `tcp_sendmsg` probed (plain
+    /// and user-space TLS traffic) and a kernel TLS send probe; the caller makes sure the
+    /// record counts are readable (the tls module's layout is known). Returns whether it
+    /// derives.
+    ///
+    /// [`TlsParams`]: crate::tls::TlsParams
+    pub fn derive_ciphertext(&mut self) -> bool {
+        let on = |p: Probe| {
+            matches!(
+                self.decision(p),
+                Some(Decision::Attach | Decision::WaitForTls)
+            )
+        };
+        if self.backend != Backend::Kprobe
+            || on(Probe::DoTcpSendpages)
+            || !on(Probe::TlsSwSendmsg)
+            || self.decision(Probe::TcpSendmsg) != Some(&Decision::Attach)
+        {
+            return false;
+        }
+        if let Some((_, d)) = self
+            .decisions
+            .iter_mut()
+            .find(|(p, _)| *p == Probe::TcpSendmsgLocked)
+            && *d == Decision::Attach
+        {
+            *d = Decision::Skip(CIPHERTEXT_DERIVED.into());
+            self.ciphertext_derived = true;
+        }
+        self.ciphertext_derived
     }
 
     pub fn decision(&self, probe: Probe) -> Option<&Decision> {
@@ -338,7 +386,11 @@ pub fn numbers(plan: &Plan, off: &Offsets, tls: &TlsLayoutState) -> Vec<Number> 
     );
     push(
         "kernel TLS ciphertext (TLS-OUT)",
-        if any_of(&pushes).is_some() {
+        if plan.ciphertext_derived {
+            tls_source(Source::Derived(
+                "plaintext + records × the record overhead of the socket's TLS version and cipher (the TCP pushes are not probed)".into(),
+            ))
+        } else if any_of(&pushes).is_some() {
             if any_of(&ktls_sends).is_some() || waiting_of(&ktls_sends) {
                 Source::Exact(names(&pushes))
             } else {
@@ -436,6 +488,16 @@ mod tests {
         }
     }
 
+    /// The probed functions of a 6.1 kernel with kernel TLS (sendpage era).
+    const SYMBOLS_6_1: [&str; 6] = [
+        "do_sendfile",
+        "tls_sw_sendmsg",
+        "tls_sw_sendpage",
+        "tcp_sendmsg",
+        "tcp_sendmsg_locked",
+        "do_tcp_sendpages",
+    ];
+
     fn attached(p: &Plan) -> Vec<&'static str> {
         p.decisions
             .iter()
@@ -466,19 +528,7 @@ mod tests {
 
     #[test]
     fn kernel_6_1_uses_sendpage_and_do_tcp_sendpages() {
-        let f = facts(
-            (6, 1),
-            true,
-            TlsState::Loaded,
-            &[
-                "do_sendfile",
-                "tls_sw_sendmsg",
-                "tls_sw_sendpage",
-                "tcp_sendmsg",
-                "tcp_sendmsg_locked",
-                "do_tcp_sendpages",
-            ],
-        );
+        let f = facts((6, 1), true, TlsState::Loaded, &SYMBOLS_6_1);
         let p = Plan::choose(&f, BackendChoice::Auto).unwrap();
         assert_eq!(p.backend, Backend::Kprobe);
         assert_eq!(p.sendfile, Probe::DoSendfile);
@@ -560,6 +610,70 @@ mod tests {
         let n = numbers(&p, &OFF, &TlsLayoutState::Known("test".into()));
         assert!(n.iter().all(|n| !n.source.is_missing()), "{n:#?}");
         assert!(matches!(source(&n, "sendfile"), Source::Exact(s) if s.contains("tracepoints")));
+    }
+
+    /// top derives ciphertext where it can: from 6.5 on (6.12, 7.3), never before (6.1's
+    /// do_tcp_sendpages also carries plain sendfile), nor without kernel TLS or kprobes.
+    #[test]
+    fn ciphertext_is_derived_from_6_5_on_only() {
+        let sendmsg_era = [
+            "do_sendfile",
+            "tls_sw_sendmsg",
+            "tls_sw_splice_eof",
+            "tcp_sendmsg",
+            "tcp_sendmsg_locked",
+        ];
+        for v in [(6, 12), (7, 3)] {
+            let mut p = Plan::choose(
+                &facts(v, true, TlsState::Loaded, &sendmsg_era),
+                BackendChoice::Auto,
+            )
+            .unwrap();
+            assert!(p.derive_ciphertext(), "{v:?}");
+            assert!(p.ciphertext_derived);
+            assert!(!attached(&p).contains(&"tcp_sendmsg_locked"), "{v:?}");
+            assert!(attached(&p).contains(&"tcp_sendmsg"));
+            assert_eq!(
+                p.decision(Probe::TcpSendmsgLocked),
+                Some(&Decision::Skip(CIPHERTEXT_DERIVED.into()))
+            );
+            let n = numbers(&p, &OFF, &TlsLayoutState::Known("test".into()));
+            assert!(
+                matches!(source(&n, "kernel TLS ciphertext"), Source::Derived(w) if w.contains("records")),
+                "{n:#?}"
+            );
+            // Deriving twice changes nothing.
+            let before = p.clone();
+            assert!(p.derive_ciphertext());
+            assert_eq!(p.decisions, before.decisions);
+        }
+        let keep = |f: KernelFacts, choice| {
+            let mut p = Plan::choose(&f, choice).unwrap();
+            let before = p.decisions.clone();
+            assert!(!p.derive_ciphertext(), "{}", f.release);
+            assert!(!p.ciphertext_derived);
+            assert_eq!(p.decisions, before, "{}", f.release);
+        };
+        // 6.1: plain sendfile's bytes are counted at do_tcp_sendpages.
+        keep(
+            facts((6, 1), true, TlsState::Loaded, &SYMBOLS_6_1),
+            BackendChoice::Auto,
+        );
+        // No kernel TLS: nothing to derive from.
+        keep(
+            facts(
+                (6, 12),
+                true,
+                TlsState::Missing("kernel built without CONFIG_TLS".into()),
+                &["do_sendfile", "tcp_sendmsg", "tcp_sendmsg_locked"],
+            ),
+            BackendChoice::Auto,
+        );
+        // Tracepoint mode probes no pushes anyway.
+        keep(
+            facts((6, 12), true, TlsState::Loaded, &sendmsg_era),
+            BackendChoice::Tracepoint,
+        );
     }
 
     #[test]

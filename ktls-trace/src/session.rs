@@ -251,6 +251,7 @@ impl Session {
         Rules {
             sendfile_is_payload: plan.backend == Backend::Tracepoint
                 && !self.tracer.attached().contains(&Probe::SockSendLength),
+            ciphertext_derived: plan.ciphertext_derived,
         }
     }
 

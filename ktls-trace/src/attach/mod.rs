@@ -72,6 +72,9 @@ pub struct TraceOptions {
     pub aggregate: bool,
     /// Size of the in-kernel totals map `AGG` in keys (None: the object's 8,192).
     pub aggregate_keys: Option<u32>,
+    /// Derive kernel TLS ciphertext from plaintext and records instead of probing the
+    /// TCP pushes, where the kernel allows ([`Plan::derive_ciphertext`]; `top`).
+    pub derive_ciphertext: bool,
 }
 
 /// Default [`TraceOptions::wakeup_bytes`]: about 2,700 events, a small part of the
@@ -607,6 +610,12 @@ impl Tracer {
             drops_unreadable: std::sync::atomic::AtomicBool::new(false),
         };
         t.tls_layout = t.read_tls_layout();
+        // Records are counted only with the tls module's layout known: derive from them
+        // only then (a tls module loaded later keeps the pushes probed).
+        if opts.derive_ciphertext && matches!(t.tls_layout, TlsLayoutState::Known(_)) {
+            t.plan.derive_ciphertext();
+        }
+        let plan = t.plan.clone();
         if plan.trampolines {
             t.aya_btf = aya::Btf::from_sys_fs()
                 .map_err(|e| log::info!("no BPF trampolines: cannot read the kernel's BTF ({e})"))

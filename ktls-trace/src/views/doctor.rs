@@ -160,14 +160,26 @@ pub fn report(facts: &KernelFacts, check: Option<&LoadCheck>) -> Report {
         })
         .collect();
     let numbers = match (&plan, check.and_then(|c| c.offsets.as_ref())) {
-        (Ok(p), Some(off)) => plan::numbers(
-            p,
-            off,
-            check
+        (Ok(p), Some(off)) => {
+            let layout = check
                 .and_then(|c| c.tls_layout.clone())
-                .as_ref()
-                .unwrap_or(&TlsLayoutState::Waiting),
-        ),
+                .unwrap_or(TlsLayoutState::Waiting);
+            let mut v = plan::numbers(p, off, &layout);
+            // top asks for less than trace and verify: say where its ciphertext differs.
+            let mut top = p.clone();
+            if matches!(layout, TlsLayoutState::Known(_))
+                && top.derive_ciphertext()
+                && let Some(n) = plan::numbers(&top, off, &layout)
+                    .into_iter()
+                    .find(|n| n.number.starts_with("kernel TLS ciphertext"))
+            {
+                v.push(plan::Number {
+                    number: "kernel TLS ciphertext in top",
+                    source: n.source,
+                });
+            }
+            v
+        }
         _ => Vec::new(),
     };
 

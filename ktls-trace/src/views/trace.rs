@@ -29,6 +29,8 @@ pub fn options(filter: &FilterArgs, verbose: u8) -> anyhow::Result<TraceOptions>
         wakeup_bytes: WAKEUP_BYTES,
         aggregate: false,
         aggregate_keys: None,
+        // The ciphertext is observed at the TCP pushes: trace shows every one.
+        derive_ciphertext: false,
     })
 }
 

@@ -106,6 +106,9 @@ fn header(session: &Session, interval_s: f64) -> Header {
     if session.aggregated() {
         mode.push_str("; totals added up in the kernel");
     }
+    if plan.ciphertext_derived {
+        mode.push_str("; kernel TLS ciphertext derived from its records");
+    }
     if plan.backend == Backend::Kprobe && !missing.is_empty() {
         mode.push_str(&format!(
             "; not measurable here: {} (ktls-trace doctor says why)",
@@ -146,6 +149,9 @@ pub async fn run(args: TopArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     // The kernel adds calls up in maps (per-CPU, no record per call); the ring buffer is
     // then unused and kept at its smallest.
     opts.aggregate = !args.events;
+    // top's numbers need no TCP push where ciphertext can be derived: the costliest probe.
+    // In both modes, so that they stay comparable.
+    opts.derive_ciphertext = true;
     opts.aggregate_keys = args.max_keys;
     opts.ring_bytes = Some(if args.events {
         ring_bytes

@@ -842,6 +842,7 @@ pub(crate) mod tests {
         let mut m = Model::new(
             Rules {
                 sendfile_is_payload: true,
+                ..Rules::default()
             },
             0,
         );

@@ -217,6 +217,8 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
         wakeup_bytes: WAKEUP_BYTES,
         aggregate: false,
         aggregate_keys: None,
+        // The ciphertext is observed at the TCP pushes (verify proves it reached TCP).
+        derive_ciphertext: false,
     };
     let mut session = Session::start(facts.clone(), &opts, SessionOptions::default())?;
     for l in session.tracer().lost() {
