@@ -46,12 +46,31 @@ impl Series {
         !matches!(self, Series::V5_10)
     }
 
+    /// The series' kernel version, where it is fixed (the newest moves on).
+    pub fn fixed_version(self) -> Option<(u32, u32)> {
+        match self {
+            Series::V5_10 => Some((5, 10)),
+            Series::V6_1 => Some((6, 1)),
+            Series::V6_12 => Some((6, 12)),
+            Series::Latest => None,
+        }
+    }
+
     /// May a test skip on this series, given the reason it printed (`KT-SKIP <test>:
     /// <why>`)? Only for the one capability the series is chosen to have or lack, kernel
-    /// TLS: a kTLS test on 5.10, a test of the no-TLS explanations on the others. Every
-    /// guest has every tool and every other capability the tests need, so any other skip
-    /// hides a broken image or a broken test and fails the run.
+    /// TLS (a kTLS test on 5.10, a test of the no-TLS explanations on the others), and for
+    /// what a kernel older than a named release cannot do (`kernels before 6.7 ...`) on a
+    /// series that is older. Every guest has every tool and every other capability the
+    /// tests need, so any other skip hides a broken image or a broken test and fails the
+    /// run.
     pub fn allows_skip(self, reason: &str) -> bool {
+        if let Some(rest) = reason.strip_prefix("kernels before ") {
+            let named = rest.split_whitespace().next().and_then(|v| {
+                let (a, b) = v.split_once('.')?;
+                Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?))
+            });
+            return matches!((self.fixed_version(), named), (Some(k), Some(n)) if k < n);
+        }
         if self.has_ktls() {
             reason.ends_with("has kernel TLS") && !reason.contains("no kernel TLS")
         } else {
@@ -303,6 +322,13 @@ mod tests {
             assert!(!s.allows_skip("tmux not found"));
         }
         assert!(!Series::V5_10.allows_skip("no sock_send_length tracepoint"));
+        // What an older kernel cannot do, only where the series is older.
+        let old = "kernels before 6.7 do not count the calls a kprobe program misses";
+        assert!(Series::V5_10.allows_skip(old));
+        assert!(Series::V6_1.allows_skip(old));
+        assert!(!Series::V6_12.allows_skip(old));
+        assert!(!Series::Latest.allows_skip(old));
+        assert!(!Series::V6_1.allows_skip("kernels before six do not"));
     }
 
     #[test]
