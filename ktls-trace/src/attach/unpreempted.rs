@@ -29,6 +29,15 @@ pub const STRETCH: u32 = 64;
 /// Set once real-time scheduling was refused: not asked for again.
 static REFUSED: AtomicBool = AtomicBool::new(false);
 
+/// A `sched_param` of this priority. Built field by field: musl's has private padding
+/// fields, so a struct literal does not compile there (the static binary).
+fn sched_param(priority: libc::c_int) -> libc::sched_param {
+    // SAFETY: sched_param is plain integers (and padding on musl); all zeros is valid.
+    let mut p: libc::sched_param = unsafe { std::mem::zeroed() };
+    p.sched_priority = priority;
+    p
+}
+
 /// The calling thread runs as a real-time task until this is dropped (then as before).
 /// Does nothing where the thread already is real-time or the kernel refuses.
 pub struct Unpreempted {
@@ -52,12 +61,12 @@ impl Unpreempted {
             // Already real-time (or deadline): nothing normal can preempt it.
             return none;
         }
-        let mut old = libc::sched_param { sched_priority: 0 };
+        let mut old = sched_param(0);
         // SAFETY: `old` is a valid sched_param for the call to fill.
         if unsafe { libc::sched_getparam(0, &mut old) } != 0 {
             return none;
         }
-        let rt = libc::sched_param { sched_priority: 1 };
+        let rt = sched_param(1);
         // SAFETY: `rt` is a valid sched_param, only read by the call.
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &rt) } != 0 {
             if !REFUSED.swap(true, Ordering::Relaxed) {
