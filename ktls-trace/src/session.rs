@@ -77,25 +77,31 @@ pub struct Counts {
     pub ring_records: u64,
     /// Ring-buffer records that could not be decoded.
     pub undecodable: u64,
-    /// Events the kernel could not deliver (ring buffer or in-flight map full, or a
-    /// return probe missed).
-    pub drops: u64,
-    /// Of `drops`: calls whose return probe never ran (see [`crate::attach::Losses`]).
+    /// Of [`Counts::drops`]: calls whose return probe never ran (see [`crate::attach::Losses`]).
     pub returns_missed: u64,
-    /// Of `drops`: calls whose entry program the kernel did not run (another BPF program,
+    /// Of [`Counts::drops`]: calls whose entry program the kernel did not run (another BPF program,
     /// or a bpf() call touching maps, held the CPU; see [`crate::attach::Losses`]).
     pub skipped_by_kernel: u64,
-    /// Of `drops`: the ring buffer was full.
+    /// Of [`Counts::drops`]: the ring buffer was full.
     pub ring_full: u64,
-    /// Of `drops`: the table of calls in flight was full.
+    /// Of [`Counts::drops`]: the table of calls in flight was full.
     pub in_flight_full: u64,
-    /// Of `drops`: the in-kernel aggregate maps were full.
+    /// Of [`Counts::drops`]: the in-kernel aggregate maps were full.
     pub aggregates_full: u64,
     /// Events that completed before every probe was attached (dropped).
     pub before_start: u64,
 }
 
 impl Counts {
+    /// Events the kernel could not deliver, whatever the cause: the sum of the causes.
+    pub fn drops(&self) -> u64 {
+        self.ring_full
+            + self.in_flight_full
+            + self.aggregates_full
+            + self.returns_missed
+            + self.skipped_by_kernel
+    }
+
     /// Why `drops` were lost, the non-zero causes only, for a one-line header:
     /// `ring buffer full 2, skipped by the kernel 1`. Empty without drops.
     pub fn drop_causes(&self) -> String {
@@ -259,7 +265,6 @@ impl Session {
     pub fn counts(&self) -> Counts {
         let l = self.tracer.losses();
         Counts {
-            drops: l.total(),
             returns_missed: l.returns_missed(),
             skipped_by_kernel: l.entries_skipped(),
             ring_full: l.ring_full,
@@ -480,7 +485,6 @@ mod tests {
     fn drop_causes_name_the_nonzero_ones_in_order() {
         assert_eq!(Counts::default().drop_causes(), "");
         let c = Counts {
-            drops: 4,
             skipped_by_kernel: 1,
             ring_full: 2,
             aggregates_full: 1,
@@ -490,6 +494,7 @@ mod tests {
             c.drop_causes(),
             "ring buffer full 2, totals map full 1, skipped by the kernel 1"
         );
+        assert_eq!(c.drops(), 4);
     }
 
     #[test]

@@ -487,15 +487,6 @@ impl Losses {
         sum_of(&self.entries_skipped)
     }
 
-    /// Every event lost, whatever the cause.
-    pub fn total(&self) -> u64 {
-        self.ring_full
-            + self.in_flight_full
-            + self.aggregates_full
-            + self.returns_missed()
-            + sum_of(&self.entries_skipped)
-    }
-
     /// Where calls were lost at the probes, for a warning: `returns missed: do_sendfile
     /// 2 (1 return skipped by the kernel); entries skipped by the kernel: tcp_sendmsg 1`.
     pub fn at_probes(&self) -> String {

@@ -170,7 +170,7 @@ impl Summary {
                 "backend": backend,
                 "duration_s": (duration_s * 1000.0).round() / 1000.0,
                 "events": self.events(),
-                "drops": self.counts.drops,
+                "drops": self.counts.drops(),
                 "returns_missed": self.counts.returns_missed,
                 "skipped_by_kernel": self.counts.skipped_by_kernel,
                 "undecodable": self.counts.undecodable,
@@ -190,7 +190,7 @@ impl Summary {
             self.events(),
             duration_s,
             backend,
-            self.counts.drops
+            self.counts.drops()
         );
         if self.probes.is_empty() {
             s.push_str("    no events\n");
@@ -233,11 +233,11 @@ impl Summary {
                 );
             }
         }
-        if self.counts.drops > 0 {
+        if self.counts.drops() > 0 {
             let _ = writeln!(
                 s,
                 "    WARNING: {} events were dropped in the kernel; totals are low",
-                self.counts.drops
+                self.counts.drops()
             );
         }
         if self.counts.returns_missed > 0 {
@@ -425,7 +425,7 @@ mod tests {
         let mut s = Summary::default();
         let mut k = Classifier::default();
         add(&mut s, &mut k, ev(Probe::Sendfile64, 1, 10, None));
-        s.counts.drops = 3;
+        s.counts.ring_full = 3;
         let v = s.to_json("tracepoint", 1.23456);
         assert_eq!(v["summary"]["drops"], 3);
         assert_eq!(v["summary"]["events"], 1);
@@ -461,7 +461,7 @@ mod tests {
             ]),
             ..Summary::default()
         };
-        s.counts.drops = 0;
+        s.counts.ring_full = 0;
         let v = s.to_json("kprobe", 1.0);
         let c = &v["summary"]["cost"];
         assert_eq!(c["do_sendfile"]["via"], "fentry");

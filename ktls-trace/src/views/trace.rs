@@ -117,7 +117,7 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
     if end == End::Session(Stop::ProcessesGone) {
         eprintln!("ktls-trace: the traced processes have exited");
     }
-    if args.json && summary.counts.drops > 0 {
+    if args.json && summary.counts.drops() > 0 {
         // The text summary says it in its body; JSON readers get it on stderr too.
         let c = summary.counts;
         let l = session.tracer().losses();
@@ -131,7 +131,7 @@ pub async fn run(args: TraceArgs, verbose: u8) -> anyhow::Result<()> {
         }
         eprintln!(
             "ktls-trace: {} events were dropped in the kernel: the totals are low{why}",
-            c.drops
+            c.drops()
         );
     }
     if args.cost {

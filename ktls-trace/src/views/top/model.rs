@@ -491,15 +491,18 @@ impl Model {
             events: self.events_window,
             events_ps: rate(self.events_window),
             ring_records_total: self.counts.ring_records,
-            drops_total: self.counts.drops,
-            drops_window: self.counts.drops.saturating_sub(self.drops_at_window_start),
+            drops_total: self.counts.drops(),
+            drops_window: self
+                .counts
+                .drops()
+                .saturating_sub(self.drops_at_window_start),
             drop_causes: self.counts.drop_causes(),
             undecodable_total: self.counts.undecodable,
             procs: rows,
         };
         self.window_start_ns = now_ns;
         self.events_window = 0;
-        self.drops_at_window_start = self.counts.drops;
+        self.drops_at_window_start = self.counts.drops();
         snap
     }
 }
@@ -856,7 +859,6 @@ pub(crate) mod tests {
     fn drops_per_window_and_total() {
         let mut m = model();
         let c = |drops, undecodable| Counts {
-            drops,
             ring_full: drops,
             undecodable,
             ..Counts::default()

@@ -337,10 +337,10 @@ pub async fn run(args: VerifyArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     let Some(client) = client_result else {
         anyhow::bail!("the load client did not finish");
     };
-    if counts.drops > 0 || counts.undecodable > 0 {
+    if counts.drops() > 0 || counts.undecodable > 0 {
         anyhow::bail!(
             "{} events were dropped and {} undecodable: the proof would be incomplete (retry on a quieter machine)",
-            counts.drops,
+            counts.drops(),
             counts.undecodable
         );
     }
