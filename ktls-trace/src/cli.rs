@@ -36,6 +36,9 @@ pub enum Command {
     /// file went page cache -> sendfile -> kernel TLS -> TCP with no user-space copy.
     /// Exit 0: proven; 1: a stage failed (the path taken is named); 2: not possible here.
     Verify(crate::views::verify::VerifyArgs),
+    /// Serve Prometheus metrics (`/metrics`) about the kernel TLS transmit path, for
+    /// fleets of servers: payload bytes per path and process, latency, drops, probe states.
+    Export(crate::views::export::ExportArgs),
 }
 
 /// Which processes to trace; filtering happens in the kernel.

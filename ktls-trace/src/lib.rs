@@ -104,5 +104,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => views::verify::run(args, cli.verbose).await,
         Command::Top(args) => views::top::run(args, cli.verbose).await,
         Command::Doctor(args) => views::doctor::run(&args),
+        Command::Export(args) => views::export::run(args, cli.verbose).await,
     }
 }
