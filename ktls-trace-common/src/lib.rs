@@ -479,8 +479,28 @@ pub struct LatKey {
 /// up. 64, so that the eBPF programs bound the index with a mask the verifier follows.
 pub const LAT_BUCKETS: usize = 64;
 
-/// A log2 latency histogram (per CPU; userspace sums the CPUs).
-pub type LatHist = [u64; LAT_BUCKETS];
+/// A latency histogram (per CPU; userspace sums the CPUs): log2 buckets (see
+/// [`LAT_BUCKETS`]) and the exact sum, which the buckets cannot give (Prometheus' `_sum`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatHist {
+    pub buckets: [u64; LAT_BUCKETS],
+    /// The latencies added up, in ns.
+    pub sum_ns: u64,
+}
+
+impl LatHist {
+    pub const ZERO: LatHist = LatHist {
+        buckets: [0; LAT_BUCKETS],
+        sum_ns: 0,
+    };
+
+    /// Counts one latency (what the eBPF programs do in place).
+    pub fn add(&mut self, ns: u64) {
+        self.buckets[lat_bucket(ns)] += 1;
+        self.sum_ns = self.sum_ns.wrapping_add(ns);
+    }
+}
 
 /// The bucket of a latency (see [`LAT_BUCKETS`]): always below 64, by a mask (2^63 ns
 /// and more, 292 years, share the last bucket with 2^62).
@@ -498,6 +518,7 @@ pub const fn lat_bucket(ns: u64) -> usize {
 // Layout checks: no padding, so every byte pattern is a valid value.
 const _: () = assert!(EVENT_SIZE == 96);
 const _: () = assert!(core::mem::size_of::<Active>() == 72);
+const _: () = assert!(core::mem::size_of::<LatHist>() == 8 * LAT_BUCKETS + 8);
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 44);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 88);
 const _: () = assert!(core::mem::size_of::<Config>() == 128);

@@ -122,7 +122,7 @@ static AGG: PerCpuHashMap<AggKey, AggVal> = PerCpuHashMap::with_max_entries(8192
 #[map]
 static LAT: PerCpuHashMap<LatKey, LatHist> = PerCpuHashMap::with_max_entries(256, 0);
 
-/// An all-zero histogram, the value a new `LAT` key starts from: 512 bytes would not fit
+/// An all-zero histogram, the value a new `LAT` key starts from: 520 bytes would not fit
 /// the program's stack next to the rest.
 #[map]
 static ZERO_HIST: PerCpuArray<LatHist> = PerCpuArray::with_max_entries(1, 0);
@@ -679,7 +679,7 @@ fn aggregate(probe: Probe, mut key: AggKey, d: &Done) {
         let Some(zero) = ZERO_HIST.get_ptr(0) else {
             return;
         };
-        // A reference into the map, not a value: a 512-byte copy would not fit the stack.
+        // A reference into the map, not a value: a 520-byte copy would not fit the stack.
         // SAFETY: a valid per-CPU array value (all zeros, never written).
         #[allow(clippy::needless_borrows_for_generic_args)]
         let inserted = LAT.insert(lk, unsafe { &*zero }, BPF_NOEXIST);
@@ -691,9 +691,11 @@ fn aggregate(probe: Probe, mut key: AggKey, d: &Done) {
     if let Some(h) = LAT.get_ptr_mut(lk) {
         // SAFETY: this CPU's value; the index is below LAT_BUCKETS by a mask, which is
         // also what lets the verifier accept the access.
-        if let Some(c) = unsafe { (*h).get_mut(bucket & (LAT_BUCKETS - 1)) } {
+        if let Some(c) = unsafe { (*h).buckets.get_mut(bucket & (LAT_BUCKETS - 1)) } {
             *c += 1;
         }
+        // SAFETY: as above, this CPU's value, which only this program run writes now.
+        unsafe { (*h).sum_ns = (*h).sum_ns.wrapping_add(d.latency_ns) };
     }
 }
 

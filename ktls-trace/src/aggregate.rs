@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use ktls_trace_common::{AggKey, AggVal, LAT_BUCKETS, LatHist, LatKey, Probe, facts};
+use ktls_trace_common::{AggKey, AggVal, LatHist, LatKey, Probe, facts};
 
 use crate::{
     attach::RawAggregates,
@@ -94,15 +94,16 @@ impl Total for AggVal {
 
 impl Total for LatHist {
     fn since(&self, b: &Self) -> Option<Self> {
-        let mut d = [0u64; LAT_BUCKETS];
-        for ((d, now), before) in d.iter_mut().zip(self).zip(b) {
+        let mut d = LatHist::ZERO;
+        for ((d, now), before) in d.buckets.iter_mut().zip(&self.buckets).zip(&b.buckets) {
             *d = now.checked_sub(*before)?;
         }
+        d.sum_ns = self.sum_ns.checked_sub(b.sum_ns)?;
         Some(d)
     }
 
     fn is_zero(&self) -> bool {
-        self.iter().all(|n| *n == 0)
+        self.buckets.iter().all(|n| *n == 0)
     }
 }
 
@@ -226,7 +227,7 @@ pub fn bucket_value(i: usize) -> u64 {
 mod tests {
     use super::*;
     use crate::classify::{Classifier, Path, tests::ev};
-    use ktls_trace_common::{COMM_LEN, lat_bucket, msg};
+    use ktls_trace_common::{COMM_LEN, LAT_BUCKETS, lat_bucket, msg};
 
     fn key(probe: Probe, tid: u32, facts: u8) -> AggKey {
         let mut comm = [0u8; COMM_LEN];
@@ -283,8 +284,9 @@ mod tests {
             probe: Probe::DoSendfile as u8,
             _pad: [0; 3],
         };
-        let mut h = [0u64; LAT_BUCKETS];
-        h[lat_bucket(5_000)] = 2;
+        let mut h = LatHist::ZERO;
+        h.add(5_000);
+        h.add(5_000);
         let raw = RawAggregates {
             calls: vec![(k, val(1, 1))],
             latency: vec![(lk, h)],

@@ -158,3 +158,57 @@ pub fn value(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A histogram of a scrape: its `le` bounds with cumulative counts, `_sum` and `_count`,
+/// for the series whose labels are `labels` (as written, e.g. `comm="x",pid="1"`).
+pub fn histogram(text: &str, name: &str, labels: &str) -> (Vec<(f64, f64)>, f64, f64) {
+    let prefix = format!("{name}_bucket{{{labels},le=\"");
+    let buckets = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .filter_map(|rest| {
+            let (le, v) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v.trim().parse().ok()?))
+        })
+        .collect();
+    let sum = value(text, &format!("{name}_sum{{{labels}}}")).unwrap_or(f64::NAN);
+    let count = value(text, &format!("{name}_count{{{labels}}}")).unwrap_or(f64::NAN);
+    (buckets, sum, count)
+}
+
+/// Checks that a histogram's `_sum` lies where its buckets say the latencies are: each
+/// latency counted under `le` is above the previous bound (bounds are powers of two of ns,
+/// so a bucket holds `[le/2, le)`, the first everything below it).
+pub fn assert_sum_within_buckets(buckets: &[(f64, f64)], sum: f64, count: f64) {
+    assert!(!buckets.is_empty(), "no buckets");
+    assert_eq!(
+        buckets.last().map(|b| b.1),
+        Some(count),
+        "+Inf is the count"
+    );
+    let (mut lower, mut upper, mut prev_le, mut prev_n) = (0.0, 0.0, 0.0, 0.0);
+    for (i, (le, n)) in buckets.iter().enumerate() {
+        let here = n - prev_n;
+        assert!(here >= 0.0, "cumulative counts go down: {buckets:?}");
+        if here > 0.0 {
+            if i > 0 {
+                lower += here * prev_le;
+            }
+            upper += here * le;
+        }
+        (prev_le, prev_n) = (*le, *n);
+    }
+    assert!(
+        sum >= lower * 0.999_999 && sum <= upper * 1.000_001,
+        "_sum {sum} outside [{lower}, {upper}] that the buckets allow: {buckets:?}"
+    );
+    assert!(
+        count == 0.0 || sum > 0.0,
+        "latencies of {count} calls sum to 0"
+    );
+}

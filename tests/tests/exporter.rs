@@ -12,7 +12,7 @@ use std::{
 
 use ktls_trace_tests::{
     Workload,
-    exporter::{Exporter, value},
+    exporter::{Exporter, assert_sum_within_buckets, histogram, value},
     needs_ktls, require_root, run_ktls_trace,
 };
 
@@ -181,6 +181,16 @@ fn ktls_probes_attach_when_the_tls_module_loads_while_exporting() {
     assert!(value(&body, opened).is_some_and(|v| v >= 1.0), "{body}");
     let records = format!("ktls_trace_ktls_records_total{{comm=\"ktls-workload\",pid=\"{pid}\"}}");
     assert_eq!(value(&body, &records), report["records"].as_f64(), "{body}");
+    // The kernel's latency sum lies where its buckets say, for both histograms.
+    let labels = format!("comm=\"ktls-workload\",pid=\"{pid}\"");
+    for name in [
+        "ktls_trace_ktls_send_duration_seconds",
+        "ktls_trace_sendfile_duration_seconds",
+    ] {
+        let (buckets, sum, count) = histogram(&body, name, &labels);
+        assert!(count >= 1.0, "{name}: {body}");
+        assert_sum_within_buckets(&buckets, sum, count);
+    }
     let (code, err) = e.stop();
     assert_eq!(code, 0, "{err}");
 }

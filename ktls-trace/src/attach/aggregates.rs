@@ -6,7 +6,7 @@ use aya::{
     Pod,
     maps::{MapError, PerCpuHashMap},
 };
-use ktls_trace_common::{AggKey, AggVal, LAT_BUCKETS, LatHist, LatKey, maps};
+use ktls_trace_common::{AggKey, AggVal, LatHist, LatKey, maps};
 
 use super::{Tracer, unpreempted::Stretches};
 
@@ -97,11 +97,12 @@ impl Tracer {
             stretches.step();
             let Some(item) = items.next() else { break };
             let Ok((k, per_cpu)) = item else { continue };
-            let mut sum = [0u64; LAT_BUCKETS];
+            let mut sum = LatHist::ZERO;
             for h in per_cpu.iter() {
-                for (s, v) in sum.iter_mut().zip(h.0.iter()) {
+                for (s, v) in sum.buckets.iter_mut().zip(h.0.buckets.iter()) {
                     *s = s.wrapping_add(*v);
                 }
+                sum.sum_ns = sum.sum_ns.wrapping_add(h.0.sum_ns);
             }
             out.latency.push((k.0, sum));
         }

@@ -7,7 +7,7 @@
 
 use std::{borrow::Cow, collections::BTreeMap, collections::HashMap, sync::Arc};
 
-use ktls_trace_common::{LAT_BUCKETS, LatHist, probes::Role};
+use ktls_trace_common::{LatHist, probes::Role};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, LabelSetEncoder, MetricEncoder},
@@ -17,7 +17,7 @@ use prometheus_client::{
 
 use super::By;
 use crate::{
-    aggregate::{Batch, bucket_value},
+    aggregate::Batch,
     classify::{Classifier, Contribution, Path, PathBytes, Rules},
     event::Comm,
     inthash::IntMap,
@@ -251,53 +251,50 @@ fn def(base: &str) -> &'static MetricDef {
         .unwrap_or(&METRICS[0])
 }
 
-/// A log2 latency histogram summed over time.
+/// A latency histogram summed over time: the kernel's log2 buckets and exact sum.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Log2Hist(LatHist);
 
 impl Default for Log2Hist {
     fn default() -> Self {
-        Log2Hist([0; LAT_BUCKETS])
+        Log2Hist(LatHist::ZERO)
     }
 }
 
 impl Log2Hist {
     fn add(&mut self, h: &LatHist) {
-        for (a, b) in self.0.iter_mut().zip(h) {
+        for (a, b) in self.0.buckets.iter_mut().zip(&h.buckets) {
             *a = a.saturating_add(*b);
         }
+        self.0.sum_ns = self.0.sum_ns.saturating_add(h.sum_ns);
     }
 
     fn count(&self) -> u64 {
-        self.0.iter().sum()
+        self.0.buckets.iter().sum()
     }
 
     /// (upper bound in seconds, count in this bucket only) per exposed bucket, the last
     /// one +Inf; bucket `i` of the kernel counts `[2^(i-1), 2^i)` ns, so everything up
     /// to bucket `k` is `<= 2^k` ns.
     fn buckets(&self) -> Vec<(f64, u64)> {
+        let b = &self.0.buckets;
         let first = *LE_LOG2_NS.start();
         let last = *LE_LOG2_NS.end();
         let mut out = Vec::with_capacity(LE_LOG2_NS.count() + 1);
         out.push((
             (1u64 << first) as f64 / 1e9,
-            self.0[..=first].iter().sum::<u64>(),
+            b[..=first].iter().sum::<u64>(),
         ));
-        for k in first + 1..=last {
-            out.push(((1u64 << k) as f64 / 1e9, self.0[k]));
+        for (k, n) in b.iter().enumerate().take(last + 1).skip(first + 1) {
+            out.push(((1u64 << k) as f64 / 1e9, *n));
         }
-        out.push((f64::INFINITY, self.0[last + 1..].iter().sum()));
+        out.push((f64::INFINITY, b[last + 1..].iter().sum()));
         out
     }
 
-    /// The sum in seconds, from each bucket's middle: the kernel keeps no exact sum.
+    /// The exact sum in seconds (the kernel adds the nanoseconds up beside the buckets).
     fn sum_seconds(&self) -> f64 {
-        self.0
-            .iter()
-            .enumerate()
-            .map(|(i, n)| *n as f64 * bucket_value(i) as f64)
-            .sum::<f64>()
-            / 1e9
+        self.0.sum_ns as f64 / 1e9
     }
 }
 
@@ -780,7 +777,7 @@ impl Collector for SnapshotCollector {
 mod tests {
     use super::*;
     use crate::{aggregate::Aggregate, classify::tests::ev, event::TraceEvent};
-    use ktls_trace_common::{Probe, lat_bucket, msg};
+    use ktls_trace_common::{Probe, msg};
 
     const S: u64 = 1_000_000_000;
 
@@ -911,12 +908,18 @@ mod tests {
     #[test]
     fn latencies_go_to_their_process_and_role_with_exact_bounds() {
         let mut t = Totals::new(Rules::default(), By::Comm, 5);
-        let mut sendfile = [0u64; LAT_BUCKETS];
-        sendfile[lat_bucket(500)] = 2; // under 1.024 µs: the first bucket
-        sendfile[lat_bucket(1_500_000)] = 3; // [2^20, 2^21) ns
-        sendfile[lat_bucket(40 * S)] = 1; // over 2^34 ns: only +Inf
-        let mut tls = [0u64; LAT_BUCKETS];
-        tls[lat_bucket(3_000)] = 7;
+        let mut sendfile = LatHist::ZERO;
+        for ns in [500, 500] {
+            sendfile.add(ns); // under 1.024 µs: the first bucket
+        }
+        for _ in 0..3 {
+            sendfile.add(1_500_000); // [2^20, 2^21) ns
+        }
+        sendfile.add(40 * S); // over 2^34 ns: only +Inf
+        let mut tls = LatHist::ZERO;
+        for _ in 0..7 {
+            tls.add(3_000);
+        }
         let mut b = batch(vec![agg(plain(1, 10), 1)]);
         b.latency = vec![
             crate::aggregate::Latency {
@@ -941,10 +944,12 @@ mod tests {
         assert_eq!(buckets.last(), Some(&(f64::INFINITY, 1)));
         assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), 6);
         assert_eq!(p.ktls_latency.count(), 7);
-        // The sum is estimated from bucket middles: within -25%/+50% of the truth.
-        let truth = (2.0 * 500.0 + 3.0 * 1.5e6 + 40e9) / 1e9;
-        let est = p.sendfile_latency.sum_seconds();
-        assert!(est > truth * 0.75 && est < truth * 1.5, "{est} vs {truth}");
+        // The sum is the kernel's, exact.
+        assert_eq!(
+            p.sendfile_latency.sum_seconds(),
+            (1_000 + 4_500_000 + 40 * S) as f64 / 1e9
+        );
+        assert_eq!(p.ktls_latency.sum_seconds(), 21_000.0 / 1e9);
         let text = encode(&Arc::new(snap), Format::Prometheus).unwrap();
         assert!(
             text.contains("ktls_trace_sendfile_duration_seconds_count{comm=\"proc1\"} 6\n"),
@@ -1061,9 +1066,8 @@ mod tests {
 
     #[test]
     fn docs_export_md_lists_every_metric_with_its_type_and_labels() {
-        let doc =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/export.md"))
-                .expect("docs/export.md");
+        // Compiled in: the guests run the tests without the source tree.
+        let doc = include_str!("../../../../docs/export.md");
         let rows: Vec<&str> = doc
             .lines()
             .filter(|l| l.starts_with("| `ktls_trace_"))

@@ -39,7 +39,7 @@ fn record(h: &mut Option<Histogram<u64>>, v: u64) {
 
 /// Adds a log2 histogram of the kernel's (aggregate mode): each bucket as its middle.
 fn record_log2(h: &mut Option<Histogram<u64>>, hist: &LatHist) {
-    for (i, n) in hist.iter().enumerate().filter(|(_, n)| **n > 0) {
+    for (i, n) in hist.buckets.iter().enumerate().filter(|(_, n)| **n > 0) {
         if h.is_none() {
             *h = new_histogram();
         }

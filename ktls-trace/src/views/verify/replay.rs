@@ -143,10 +143,10 @@ fn top_and_verify_agree_on_recorded_streams() {
 /// What the eBPF programs add up in aggregate mode, done here for recorded events: the
 /// key of a call (its facts from the same function the programs use) and its latency.
 fn kernel_totals(events: &[crate::event::TraceEvent]) -> crate::attach::RawAggregates {
-    use ktls_trace_common::{AggKey, AggVal, COMM_LEN, LAT_BUCKETS, LatKey, lat_bucket};
+    use ktls_trace_common::{AggKey, AggVal, COMM_LEN, LatHist, LatKey};
     use std::collections::HashMap;
     let mut calls: HashMap<AggKey, AggVal> = HashMap::new();
-    let mut lat: HashMap<LatKey, [u64; LAT_BUCKETS]> = HashMap::new();
+    let mut lat: HashMap<LatKey, LatHist> = HashMap::new();
     for e in events {
         let mut comm = [0u8; COMM_LEN];
         let name = e.comm.as_str().as_bytes();
@@ -178,7 +178,7 @@ fn kernel_totals(events: &[crate::event::TraceEvent]) -> crate::attach::RawAggre
                 probe: e.probe as u8,
                 _pad: [0; 3],
             };
-            lat.entry(lk).or_insert([0; LAT_BUCKETS])[lat_bucket(l)] += 1;
+            lat.entry(lk).or_insert(LatHist::ZERO).add(l);
         }
     }
     crate::attach::RawAggregates {
