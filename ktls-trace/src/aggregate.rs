@@ -51,6 +51,16 @@ impl Batch {
     pub fn total_calls(&self) -> u64 {
         self.calls.iter().map(|a| a.calls).sum()
     }
+
+    /// The calls in the order to classify them: kernel TLS sends first, so that the
+    /// sockets they name are known as kernel TLS sockets when the TCP pushes of the same
+    /// batch are attributed (as in an event stream, where a send precedes the pushes of
+    /// its records by the tx worker). Every view that classifies batches goes this way.
+    pub fn ktls_first(&self) -> Vec<&Aggregate> {
+        let mut order: Vec<&Aggregate> = self.calls.iter().collect();
+        order.sort_by_key(|a| !crate::classify::is_ktls_call(a.event.probe));
+        order
+    }
 }
 
 /// Keys to delete from the kernel's maps.

@@ -85,6 +85,18 @@ impl Path {
         }
     }
 
+    /// For Prometheus label values (snake_case, as `promtool` and PromQL users expect).
+    pub const fn metric_label(self) -> &'static str {
+        match self {
+            Path::KtlsSendfile => "ktls_sendfile",
+            Path::KtlsWrite => "ktls_write",
+            Path::KtlsDevice => "ktls_device",
+            Path::UserspaceTls => "userspace_tls",
+            Path::PlainSendfile => "plain_sendfile",
+            Path::Plain => "plain",
+        }
+    }
+
     /// Does the payload enter kernel TLS?
     pub const fn is_ktls(self) -> bool {
         matches!(

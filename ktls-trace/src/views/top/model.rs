@@ -317,14 +317,10 @@ impl Model {
     }
 
     /// Adds what the kernel added up since the last read (aggregate mode): each key is
-    /// classified as its calls would be one by one. Kernel TLS sends go first, so that
-    /// the sockets they name are known as kernel TLS sockets when the TCP pushes of the
-    /// same batch are attributed (as in an event stream, where a send precedes the
-    /// pushes of its records by the tx worker).
+    /// classified as its calls would be one by one, kernel TLS sends first
+    /// ([`Batch::ktls_first`]).
     pub fn ingest_aggregates(&mut self, batch: &Batch) {
-        let mut order: Vec<&crate::aggregate::Aggregate> = batch.calls.iter().collect();
-        order.sort_by_key(|a| !crate::classify::is_ktls_call(a.event.probe));
-        for a in order {
+        for a in batch.ktls_first() {
             self.events_window += a.calls;
             let c = self.classifier.classify_facts(&a.event, a.facts, a.calls);
             self.add(&a.event, c);
