@@ -15,6 +15,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod exporter;
+
 /// Reason string for tests that only the kTLS guests can run.
 pub const GUEST_ONLY: &str = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)";
 

@@ -1,9 +1,10 @@
-//! The soak: `trace --json` and `top` (interactive, in a tmux terminal, redrawing every
-//! second) run side by side while the built-in load churns
+//! The soak: `trace --json`, `top` (interactive, in a tmux terminal, redrawing every
+//! second) and `export` (scraped five times a second) run side by side while the built-in
+//! load churns
 //! short connections (one request each, so a handshake and a new socket every time).
 //! Their resident memory and open file descriptors must stay flat once warmed up, the
-//! ring buffer and the table of calls in flight must never overflow, and trace's byte
-//! count must equal what the server sent. The one loss allowed is the kernel's own: now
+//! ring buffer and the table of calls in flight must never overflow, and trace's and
+//! export's byte counts must equal what the server sent. The one loss allowed is the kernel's own: now
 //! and then it does not run a program (a preempted trampoline program is needed again on
 //! its CPU, or a bpf() call holds it); each such skip is counted, and must stay rare.
 //!
@@ -18,7 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ktls_trace_tests::{Tmux, bin, exit_within, guest, has_ktls, require_root};
+use ktls_trace_tests::{
+    Tmux, bin, exit_within,
+    exporter::{Exporter, value},
+    guest, has_ktls, require_root,
+};
 use serde_json::Value;
 
 fn soak_secs() -> u64 {
@@ -174,6 +179,29 @@ fn soak_trace_and_top_stay_flat_while_connections_churn() {
         ("plain-sendfile", "plain-sendfile")
     };
     let mut trace = Tracer::start("trace", &["trace", "--json"]);
+    let export = Exporter::start(&["--by", "pid"]);
+    // A scraper far more eager than Prometheus (every 200 ms), all through the load.
+    let scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let scraper = {
+        let (port, on) = (export.port, scraping.clone());
+        std::thread::spawn(move || {
+            let mut scrapes = 0u64;
+            while on.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+                    let mut body = Vec::new();
+                    let _ = std::io::Read::read_to_end(&mut s, &mut body);
+                    // hyper answers in the request's version: HTTP/1.0 here.
+                    if body.starts_with(b"HTTP/1.0 200") {
+                        scrapes += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            scrapes
+        })
+    };
+    let mut export_samples = Vec::new();
     let term = Tmux::start("soak", 200, 50);
     let pidfile = term.file("pid");
     term.line(&format!(
@@ -223,6 +251,7 @@ fn soak_trace_and_top_stay_flat_while_connections_churn() {
     while load.try_wait().expect("try_wait load").is_none() {
         trace.sample();
         top_samples.push(footprint(top_pid));
+        export_samples.push(footprint(export.pid()));
         label_seen |= term.screen().contains(label);
         std::thread::sleep(Duration::from_secs(5));
         assert!(
@@ -288,6 +317,40 @@ fn soak_trace_and_top_stay_flat_while_connections_churn() {
         top_drops <= (events / 1000).max(10),
         "top lost {top_drops} events:\n{screen}"
     );
+    // export: the server's payload on the load's path, exact as trace's, once the last
+    // read has happened; scrapes all along; and a clean SIGTERM.
+    let server_pid = server["pid"].as_u64().unwrap_or(0);
+    let series = format!(
+        "ktls_trace_payload_bytes_total{{comm=\"ktls-trace\",pid=\"{server_pid}\",path=\"{}\"}}",
+        path.replace('-', "_")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = export.scrape();
+    let exported = value(&metrics, &series).unwrap_or(0.0) as u64;
+    let export_drops: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("ktls_trace_events_dropped_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    if export_drops == 0.0 {
+        assert_eq!(
+            exported, body,
+            "export's {series} against the server's body bytes"
+        );
+    } else {
+        assert!(
+            exported <= body && body - exported <= export_drops as u64 * (256 << 10),
+            "export's {series} = {exported} against {body}, {export_drops} lost"
+        );
+    }
+    scraping.store(false, std::sync::atomic::Ordering::Relaxed);
+    let scrapes = scraper.join().expect("scraper thread");
+    assert!(
+        scrapes >= secs.min(600) * 2,
+        "only {scrapes} scrapes answered in {secs} s"
+    );
+    let (code, export_err) = export.stop();
+    assert_eq!(code, 0, "export: {export_err}");
     term.keys(&["q"]);
     term.wait_for("top to end", 60, |_| {
         !std::path::Path::new(&format!("/proc/{top_pid}")).exists()
@@ -298,11 +361,12 @@ fn soak_trace_and_top_stay_flat_while_connections_churn() {
         "only {connections} connections in {secs} s (want {min_connections}): {report}"
     );
     let figures = format!(
-        "KT-SOAK kernel={} secs={secs} mode={mode} connections={connections} body_bytes={body} events={} {} {}",
+        "KT-SOAK kernel={} secs={secs} mode={mode} connections={connections} body_bytes={body} events={} scrapes={scrapes} {} {} {}",
         ktls_trace_tests::release(),
         lines.saturating_sub(1),
         assert_flat("trace", &trace_samples),
         assert_flat("top", &top_samples),
+        assert_flat("export", &export_samples),
     );
     let _ = writeln!(std::io::stderr(), "\n{figures}");
 }
