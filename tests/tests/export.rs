@@ -29,18 +29,17 @@ use std::{
 };
 
 use ktls_trace_tests::{
-    Workload, bin, exit_within, needs_ktls, output_within, require_root, which,
+    Workload, bin, exit_within, exporter::Exporter, needs_ktls, output_within, require_root, which,
 };
 use serde_json::Value;
 
-const EXPORT_ADDR: &str = "127.0.0.1:9464";
 const PROMETHEUS_ADDR: &str = "127.0.0.1:9090";
 /// The rules a fleet operator drops in (docs/prometheus/): loaded into the guest's
 /// Prometheus so that they are evaluated against a real exporter's series.
 const RULES: &str = include_str!("../../docs/prometheus/ktls-trace.rules.yml");
 
-/// The Prometheus configuration: one job scraping the exporter every second.
-fn prometheus_config(rules: &Path) -> String {
+/// The Prometheus configuration: one job scraping the exporter at `target` every second.
+fn prometheus_config(rules: &Path, target: &str) -> String {
     format!(
         r#"global:
   scrape_interval: 1s
@@ -51,7 +50,7 @@ rule_files:
 scrape_configs:
   - job_name: ktls-trace
     static_configs:
-      - targets: ["{EXPORT_ADDR}"]
+      - targets: ["{target}"]
 "#,
         rules = rules.display()
     )
@@ -144,8 +143,8 @@ fn encode(q: &str) -> String {
 
 // ---- the processes ----
 
-/// A background process, stopped (SIGTERM, then SIGKILL) when dropped, with its stderr
-/// in a file to show when something fails.
+/// A background process (Prometheus), stopped (SIGTERM, then SIGKILL) when dropped, with
+/// its output in a file to show when something fails.
 struct Daemon {
     name: &'static str,
     child: Child,
@@ -341,17 +340,15 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
 
-    let mut export = Daemon::spawn(
-        "ktls-trace export",
-        Command::new(bin("ktls-trace")).args(["export", "--listen", EXPORT_ADDR, "--by", "pid"]),
-        dir.join("export.log"),
-    );
+    // On a free port (the helper's), with series per process: each query below selects
+    // the pid whose own count it is compared with.
+    let export = Exporter::start(&["--by", "pid"]);
+    let export_addr = format!("127.0.0.1:{}", export.port);
     // /metrics may answer before the probes are attached (the port is bound first):
     // wait until the ones this test's transfers go through are.
     let started = Instant::now();
     let body = wait_for("export's probes to attach", 180, || {
-        export.assert_running();
-        let r = get(EXPORT_ADDR, "/metrics", None)?;
+        let r = get(&export_addr, "/metrics", None)?;
         let attached = probes_in(&r.body, "attached");
         let has = |names: &[&str]| names.iter().any(|n| attached.iter().any(|a| a == n));
         if r.status == 200
@@ -371,11 +368,11 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
     assert!(
         probes_in(&body, "lost").is_empty(),
         "{body}\n{}",
-        export.log()
+        export.stderr()
     );
 
     // The plain text format, by default: what promtool lints (and curl gets).
-    let plain = get(EXPORT_ADDR, "/metrics", None).expect("GET /metrics");
+    let plain = get(&export_addr, "/metrics", None).expect("GET /metrics");
     assert_eq!(plain.status, 200);
     assert!(
         plain.header("content-type").starts_with("text/plain")
@@ -415,7 +412,7 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
 
     // OpenMetrics when asked for (Prometheus asks for it first).
     let om = get(
-        EXPORT_ADDR,
+        &export_addr,
         "/metrics",
         Some("application/openmetrics-text; version=1.0.0"),
     )
@@ -433,7 +430,7 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
     let rules = dir.join("ktls-trace.rules.yml");
     std::fs::write(&rules, RULES).expect("rules file");
     let config = dir.join("prometheus.yml");
-    std::fs::write(&config, prometheus_config(&rules)).expect("config");
+    std::fs::write(&config, prometheus_config(&rules, &export_addr)).expect("config");
     let mut prom = Daemon::spawn(
         "prometheus",
         Command::new(&prometheus)
@@ -467,10 +464,14 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
     // What a failed count is shown with: the drops (an exact count holds only without
     // any), and both logs.
     let context = || {
-        let drops = get(EXPORT_ADDR, "/metrics", None)
+        let drops = get(&export_addr, "/metrics", None)
             .map(|r| samples(&r.body, "ktls_trace_events_dropped_total"))
             .map_err(|e| e.to_string());
-        format!("drops: {drops:?}\n{}\n{}", export.log(), prom.log())
+        format!(
+            "drops: {drops:?}\n---- export's stderr ----\n{}\n{}",
+            export.stderr(),
+            prom.log()
+        )
     };
 
     // 1. kernel TLS sendfile: the load's server body bytes.
@@ -588,19 +589,15 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
     );
 
     // Nothing was lost: the exact counts above hold only with no drop.
-    let last = get(EXPORT_ADDR, "/metrics", None).expect("GET /metrics");
+    let last = get(&export_addr, "/metrics", None).expect("GET /metrics");
     let drops = samples(&last.body, "ktls_trace_events_dropped_total");
     assert_eq!(drops.len(), 5, "every cause, always: {drops:?}");
     assert!(drops.iter().all(|(_, v)| *v == 0.0), "{drops:?}");
 
     // SIGTERM ends the exporter cleanly.
     drop(prom);
-    let status = export.terminate(Duration::from_secs(60));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "export on SIGTERM: {status:?}\n{}",
-        export.log()
-    );
+    let (code, err) = export.stop();
+    assert_eq!(code, 0, "export on SIGTERM: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
