@@ -3,7 +3,11 @@
 //! Steps keep going after a failure where they are independent (a formatting slip must
 //! not hide a failing kernel test); steps that need the build are skipped if it failed.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail};
 use clap::Args;
@@ -175,6 +179,7 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
             )
             .map(|()| String::new())
         });
+        steps.run("prom rules", || prometheus_rules(&root));
     }
     // One build for both, in the `ci` profile (optimized, assertions on; Cargo.toml says
     // why): the host tests find the binaries next to their executables
@@ -262,6 +267,39 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
     Ok(())
 }
 
+/// The rules file a fleet operator drops into Prometheus, and its promtool unit tests,
+/// in docs/prometheus/ (relative paths: the test file names the rules file beside it).
+const RULES: &str = "ktls-trace.rules.yml";
+const RULES_TEST: &str = "ktls-trace.rules.test.yml";
+
+/// docs/prometheus/'s rules through the promtool of Debian's prometheus package (unpacked
+/// under target/vm/tools/, the one the kTLS guests carry): `check rules` lints them and
+/// `test rules` runs their unit tests, so a rule that stops parsing, firing or staying
+/// quiet fails CI here instead of on an operator's Prometheus.
+fn prometheus_rules(root: &Path) -> Result<String> {
+    let prometheus = vm::prepare_prometheus()?;
+    let promtool = prometheus.root.join(vm::PROMTOOL);
+    let dir = root.join("docs/prometheus");
+    cmd::run(
+        Command::new(&promtool)
+            .args(["check", "rules", RULES])
+            .current_dir(&dir),
+    )?;
+    let (ok, text) = cmd::run_teed(
+        Command::new(&promtool)
+            .args(["test", "rules", RULES_TEST])
+            .current_dir(&dir),
+    )?;
+    if !ok {
+        bail!("promtool test rules {RULES_TEST} failed");
+    }
+    // promtool 2.42 prints one SUCCESS per test file, whatever its number of tests.
+    if !text.contains("SUCCESS") {
+        bail!("promtool test rules {RULES_TEST} did not say SUCCESS");
+    }
+    Ok(format!("promtool {}", prometheus.version))
+}
+
 #[cfg(test)]
 mod tests {
     use std::{fs, path::Path};
@@ -327,6 +365,40 @@ test result: FAILED. 2 passed; 1 failed; 1 ignored\n";
             named += 1;
         }
         assert!(named >= 30, "only {named} tests named");
+    }
+
+    /// Every rule of docs/prometheus/ktls-trace.rules.yml is explained in the README beside
+    /// it, and every alert has unit tests (promtool passes a rules file whose alerts are
+    /// never tested).
+    #[test]
+    fn prometheus_rules_are_documented_and_tested() {
+        let dir = crate::cmd::workspace_root().join("docs/prometheus");
+        let read = |name: &str| fs::read_to_string(dir.join(name)).expect(name);
+        let rules = read(super::RULES);
+        let readme = read("README.md");
+        let tests = read(super::RULES_TEST);
+        let mut alerts = 0;
+        for line in rules.lines().map(str::trim) {
+            let (kind, name) = match line.strip_prefix("- record: ") {
+                Some(n) => ("record", n),
+                None => match line.strip_prefix("- alert: ") {
+                    Some(n) => ("alert", n),
+                    None => continue,
+                },
+            };
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "docs/prometheus/README.md does not explain {name}"
+            );
+            if kind == "alert" {
+                alerts += 1;
+                assert!(
+                    tests.contains(&format!("alertname: {name}\n")),
+                    "no alert_rule_test for {name}"
+                );
+            }
+        }
+        assert!(alerts >= 5, "only {alerts} alerts found");
     }
 
     fn collect_rs(dir: &Path, out: &mut String) {

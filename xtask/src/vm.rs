@@ -7,7 +7,7 @@
 //! - apt.rs        the project's own apt state (target/vm/apt/) on the host's mirrors
 //! - kernel.rs     resolve / download / unpack / depmod, cached under target/vm/cache/
 //! - initramfs.rs  busybox + modules + binaries + tests + generated /init
-//! - tools.rs      Debian tools only the bench's guest carries (bpftrace), under target/vm/tools/
+//! - tools.rs      Debian tools some guests carry (bpftrace, prometheus), under target/vm/tools/
 //! - qemu.rs       boot, console capture, deadline
 //! - report.rs     console -> per-test results
 
@@ -204,6 +204,8 @@ pub fn vm_test_cmd(args: &VmTestArgs) -> Result<()> {
 pub fn vm_shell_cmd(args: &VmShellArgs) -> Result<()> {
     setup::setup(false)?;
     let artifacts = build::build(args.profile)?;
+    // The same tools as the test image: the shell is where a failing test is debugged.
+    let tools = test_tools(args.kernel)?;
     let (kernel, initrd, _) = image(
         args.kernel,
         &artifacts,
@@ -211,7 +213,7 @@ pub fn vm_shell_cmd(args: &VmShellArgs) -> Result<()> {
         Plan::Shell,
         EXE_TIMEOUT_SECS,
         "shell",
-        None,
+        &tools.iter().collect::<Vec<_>>(),
     )?;
     qemu::run_interactive(qemu::command(&kernel.vmlinuz, &initrd, true, Vcpus::Serial))
 }
@@ -325,6 +327,7 @@ fn prepare_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Res
     if tests.is_empty() {
         bail!("no test executables to run in the guest");
     }
+    let tools = test_tools(series)?;
     let (kernel, initrd, work) = image(
         series,
         artifacts,
@@ -335,7 +338,7 @@ fn prepare_tests(series: Series, artifacts: &Artifacts, opts: &VmOptions) -> Res
         }),
         opts.exe_timeout,
         "test",
-        None,
+        &tools.iter().collect::<Vec<_>>(),
     )?;
     Ok(Prepared {
         series,
@@ -456,7 +459,7 @@ fn image(
     plan: Plan,
     exe_timeout_secs: u64,
     name: &str,
-    unpacked: Option<&Unpacked>,
+    unpacked: &[&Unpacked],
 ) -> Result<(kernel::Kernel, std::path::PathBuf, std::path::PathBuf)> {
     let kernel = kernel::prepare(series, &target_dir()?.join("vm"))?;
     let work = work_dir(series)?;
@@ -492,7 +495,7 @@ fn script_image(
         plan,
         EXE_TIMEOUT_SECS,
         name,
-        unpacked,
+        unpacked.as_slice(),
     )?;
     eprintln!(
         "vm {}: booting {} (TCG emulation: give it a few seconds)",
@@ -589,6 +592,37 @@ pub fn run_script_interactive(series: Series, artifacts: &Artifacts, script: &st
 /// under target/vm/tools/ for a guest image (vm/tools.rs); nothing is installed on the host.
 pub fn prepare_tool(package: &str, executables: &[&str]) -> Result<Unpacked> {
     tools::prepare(&target_dir()?.join("vm"), package, executables)
+}
+
+/// Debian's Prometheus server and promtool from the host's release, unpacked under
+/// target/vm/tools/prometheus/: the kTLS test guests scrape `export` with it
+/// (tests/tests/export.rs), and `cargo xtask test` runs its promtool on the host to test
+/// docs/prometheus/'s rules. Both are Go programs that need only glibc, so none of the
+/// package's dependencies (its web UI's JavaScript) is fetched. Bookworm's `prometheus`
+/// carries promtool; later releases ship it as a package of its own, fetched along.
+pub fn prepare_prometheus() -> Result<Unpacked> {
+    tools::prepare_with(
+        &target_dir()?.join("vm"),
+        "prometheus",
+        &[PROMETHEUS, PROMTOOL],
+        tools::Deps::Only(&["promtool"]),
+    )
+    .context("preparing Debian's prometheus package (for the kTLS guests and the rules)")
+}
+
+/// Paths inside the prometheus tree, and in the guests.
+pub const PROMETHEUS: &str = "usr/bin/prometheus";
+pub const PROMTOOL: &str = "usr/bin/promtool";
+
+/// The tools a test image carries besides the host's: Prometheus on the kernels with
+/// kernel TLS, where the export test runs; 5.10's guest skips that test and would only
+/// carry its ~100 MB around.
+fn test_tools(series: Series) -> Result<Vec<Unpacked>> {
+    if series.has_ktls() {
+        Ok(vec![prepare_prometheus()?])
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 /// qemu itself failing (bad option, unreadable kernel) is a harness failure; after a

@@ -19,6 +19,8 @@
 //! /lib*/...                the glibc libraries `ldd` names, at their host paths
 //! /usr/bin/bpftrace        the bench only (`Contents::unpacked`, vm/tools.rs): with the
 //!                          libraries unpacked next to it at their package paths
+//! /usr/bin/prometheus      the kTLS test guests only (`Contents::unpacked`): a real
+//! /usr/bin/promtool        Prometheus scraping `export` (tests/tests/export.rs)
 //! ```
 //!
 //! The archive is an uncompressed newc cpio: it is built in a second and the emulated
@@ -86,9 +88,10 @@ pub struct Contents<'a> {
     /// Seconds one test executable may run in the guest before it is killed, so one hang
     /// does not eat the whole guest's time budget.
     pub exe_timeout_secs: u64,
-    /// Tools unpacked from Debian packages (bpftrace for the bench): about 200 MB with
-    /// their libraries, so only the image that needs them gets them.
-    pub unpacked: Option<&'a Unpacked>,
+    /// Tools unpacked from Debian packages (bpftrace for the bench, about 200 MB with its
+    /// libraries; prometheus and promtool for the kTLS test guests, about 100 MB), so only
+    /// the images that need them get them.
+    pub unpacked: &'a [&'a Unpacked],
 }
 
 /// Builds `<work>/initramfs-<name>.cpio` from a fresh `<work>/root-<name>/`.
@@ -152,7 +155,7 @@ pub fn build(contents: &Contents<'_>, work: &Path, name: &str) -> Result<PathBuf
     )?;
     elves.extend(install_terminal(&root)?);
     copy_shared_libraries(&elves, &root, None)?;
-    if let Some(u) = contents.unpacked {
+    for &u in contents.unpacked {
         let mut exes = Vec::new();
         for exe in &u.executables {
             let dest = root.join(exe);

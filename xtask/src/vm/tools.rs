@@ -1,15 +1,18 @@
-//! Debian tools that only the bench's guest carries (bpftrace), fetched with the project's
-//! apt state (vm/apt.rs) and unpacked under `target/vm/tools/`, never installed on the host:
+//! Debian tools that some guests carry (the bench's bpftrace; Prometheus and promtool in
+//! the kTLS test guests), fetched with the project's apt state (vm/apt.rs) and unpacked
+//! under `target/vm/tools/`, never installed on the host:
 //!
 //! ```text
-//! tools/<package>/<version>/debs/   apt-get install --download-only: the package and every
-//!                                   dependency the host lacks (the rest comes from the host)
+//! tools/<package>/<version>/debs/   the package, and either every dependency the host lacks
+//!                                   (`Deps::HostLacks`: the rest comes from the host) or
+//!                                   only the named companions (`Deps::Only`)
 //! tools/<package>/<version>/root/   dpkg-deb -x of every .deb (stamp .unpacked)
 //! ```
 //!
 //! The package comes from the host's own release (its codename), so the libraries taken
 //! from the host are the ones it was built against. The initramfs copies the executables
-//! and their libraries from here (vm/initramfs.rs); `cargo xtask test` never asks for them.
+//! and their libraries from here (vm/initramfs.rs). `cargo xtask test` also runs the
+//! unpacked promtool on the host, to test docs/prometheus/'s rules.
 
 use std::{
     ffi::OsString,
@@ -107,10 +110,32 @@ pub fn host_suite<'a>(codename: Option<&str>, suites: &[&'a str]) -> Result<&'a 
     })
 }
 
+/// Which .debs come along with a tool's package.
+#[derive(Debug, Clone, Copy)]
+pub enum Deps<'a> {
+    /// Every dependency the host lacks (bpftrace: its LLVM and BCC libraries).
+    HostLacks,
+    /// None but these packages, when the host's release offers them. For Go programs that
+    /// need only glibc (prometheus), whose declared dependencies are its web UI's
+    /// JavaScript, which the guests never serve. The companions carry executables the
+    /// package lost in a later release (promtool, a package of its own after bookworm).
+    Only(&'a [&'a str]),
+}
+
 /// `package` from the host's release with the libraries the host lacks, unpacked under
 /// `<vm_dir>/tools/`; `executables` are paths inside the package (`usr/bin/bpftrace`).
 /// Reuses a complete earlier unpack; offline, the newest cached one is used.
 pub fn prepare(vm_dir: &Path, package: &str, executables: &[&str]) -> Result<Unpacked> {
+    prepare_with(vm_dir, package, executables, Deps::HostLacks)
+}
+
+/// [`prepare`], with `deps` saying which other packages come along.
+pub fn prepare_with(
+    vm_dir: &Path,
+    package: &str,
+    executables: &[&str],
+    deps: Deps<'_>,
+) -> Result<Unpacked> {
     let dir = vm_dir.join("tools").join(package);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let suites = super::kernel::all_suites();
@@ -119,22 +144,37 @@ pub fn prepare(vm_dir: &Path, package: &str, executables: &[&str]) -> Result<Unp
         .and_then(|t| apt::os_codename(&t));
     let suite = host_suite(codename.as_deref(), &suites)?;
     let apt = Apt::open(&vm_dir.join("apt"), &suites)?;
+    let companions: &[&str] = match deps {
+        Deps::HostLacks => &[],
+        Deps::Only(c) => c,
+    };
+    let mut names = vec![package.to_string()];
+    names.extend(companions.iter().map(|c| c.to_string()));
+    // The package's version names the directory; the companions' versions (same source
+    // package, so normally the same) are what to download.
     let resolved = apt
         .refresh(apt::MAX_LIST_AGE)
-        .and_then(|()| apt.offers(&[package.to_string()]))
+        .and_then(|()| apt.offers(&names))
         .and_then(|offers| {
-            offers
-                .into_iter()
-                .find(|o| o.package == package && o.suite == suite)
-                .map(|o| o.version)
-                .with_context(|| format!("apt offers no {package} in {suite}"))
+            let in_suite: Vec<_> = offers.into_iter().filter(|o| o.suite == suite).collect();
+            let version = in_suite
+                .iter()
+                .find(|o| o.package == package)
+                .map(|o| o.version.clone())
+                .with_context(|| format!("apt offers no {package} in {suite}"))?;
+            let specs: Vec<String> = names
+                .iter()
+                .filter_map(|n| in_suite.iter().find(|o| &o.package == n))
+                .map(|o| format!("{}={}", o.package, o.version))
+                .collect();
+            Ok((version, specs))
         });
-    let version = match resolved {
+    let (version, specs) = match resolved {
         Ok(v) => v,
         Err(e) => {
             let cached = newest_cached(&dir).with_context(|| format!("{e:#}; none cached"))?;
             eprintln!("vm: warning: {e:#}; using the cached {package} {cached}");
-            cached
+            (cached, Vec::new())
         }
     };
     let vdir = dir.join(&version);
@@ -150,8 +190,26 @@ pub fn prepare(vm_dir: &Path, package: &str, executables: &[&str]) -> Result<Unp
     }
     // First time, or the host lost a library since: apt fetches what is missing now
     // (files already downloaded are kept).
-    eprintln!("vm: fetching {package} {version} ({suite}) and the libraries the host lacks");
-    apt.download_missing(&format!("{package}={version}"), suite, &vdir.join("debs"))?;
+    let debs_dir = vdir.join("debs");
+    match deps {
+        Deps::HostLacks => {
+            eprintln!(
+                "vm: fetching {package} {version} ({suite}) and the libraries the host lacks"
+            );
+            apt.download_missing(&format!("{package}={version}"), suite, &debs_dir)?;
+        }
+        Deps::Only(_) => {
+            if specs.is_empty() {
+                // Offline with an incomplete unpack: nothing to fetch it from.
+                bail!("cannot fetch {package} {version}: apt is unavailable");
+            }
+            eprintln!("vm: fetching {} ({suite})", specs.join(", "));
+            fs::create_dir_all(&debs_dir)
+                .with_context(|| format!("creating {}", debs_dir.display()))?;
+            apt.download(&specs, &debs_dir)
+                .with_context(|| format!("downloading {}", specs.join(" ")))?;
+        }
+    }
     let _ = fs::remove_dir_all(&unpacked.root);
     fs::create_dir_all(&unpacked.root)
         .with_context(|| format!("creating {}", unpacked.root.display()))?;
