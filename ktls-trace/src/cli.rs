@@ -48,7 +48,7 @@ pub enum Command {
 #[derive(Debug)]
 pub enum Parsed {
     /// One of [`Command`]'s.
-    Cli(Cli),
+    Cli(Box<Cli>),
     /// `generate-assets` (hidden: packaging).
     Assets(crate::assets::AssetsArgs),
     /// A command this build lacks (the static build: `load`, `verify`).
@@ -100,7 +100,7 @@ pub fn parse() -> Parsed {
         Some((ASSETS, m)) => crate::assets::AssetsArgs::from_arg_matches(m).map(Parsed::Assets),
         #[cfg(not(feature = "load"))]
         Some((name, _)) if NOT_BUILT.contains(&name) => Ok(Parsed::NotBuilt(name.to_string())),
-        _ => Cli::from_arg_matches(&matches).map(Parsed::Cli),
+        _ => Cli::from_arg_matches(&matches).map(|c| Parsed::Cli(Box::new(c))),
     };
     parsed.unwrap_or_else(|e| e.exit())
 }

@@ -50,7 +50,7 @@ use procs::UsageError;
 /// (0 ok, 1 failure, 2 usage).
 pub fn main() -> ExitCode {
     let cli = match cli::parse() {
-        Parsed::Cli(cli) => cli,
+        Parsed::Cli(cli) => *cli,
         Parsed::Assets(args) => return exit(assets::run(&args)),
         #[cfg(not(feature = "load"))]
         Parsed::NotBuilt(what) => return exit(Err(cli::not_built(&what))),
