@@ -64,7 +64,12 @@ pub const DEBIAN_PACKAGES: &[(&str, &str, &str)] = &[
     (
         "binutils",
         "strip",
-        "strips the binaries copied into the guests",
+        "strips the binaries copied into the guests; readelf checks the static one",
+    ),
+    (
+        "util-linux",
+        "setpriv",
+        "runs the static binary as a non-root user with chosen capabilities in the guests",
     ),
 ];
 
