@@ -9,6 +9,7 @@ use crate::plan::BackendChoice;
 /// sendfile -> kernel TLS encryption -> TCP. Needs root (or CAP_BPF + CAP_PERFMON).
 #[derive(Debug, Parser)]
 #[command(name = "ktls-trace", version, propagate_version = true)]
+#[cfg_attr(not(feature = "load"), command(after_help = NOT_BUILT_HELP))]
 pub struct Cli {
     /// More diagnostics on stderr (-v: info, -vv: debug, including the eBPF programs' logs).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -31,14 +32,93 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Serve and fetch a file over HTTPS through kernel TLS + sendfile (or another path, see
     /// --mode) and report throughput, errors and CPU per GiB. Exit 1 on any error.
+    #[cfg(feature = "load")]
     Load(crate::load::LoadArgs),
     /// Run the built-in load while tracing its server and prove, stage by stage, that the
     /// file went page cache -> sendfile -> kernel TLS -> TCP with no user-space copy.
     /// Exit 0: proven; 1: a stage failed (the path taken is named); 2: not possible here.
+    #[cfg(feature = "load")]
     Verify(crate::views::verify::VerifyArgs),
     /// Serve Prometheus metrics (`/metrics`) about the kernel TLS transmit path, for
     /// fleets of servers: payload bytes per path and process, latency, drops, probe states.
     Export(crate::views::export::ExportArgs),
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Parsed {
+    /// One of [`Command`]'s.
+    Cli(Box<Cli>),
+    /// `generate-assets` (hidden: packaging).
+    Assets(crate::assets::AssetsArgs),
+    /// A command this build lacks (the static build: `load`, `verify`).
+    #[cfg(not(feature = "load"))]
+    NotBuilt(String),
+}
+
+/// The hidden command that writes completions and man pages (`cargo xtask dist`).
+const ASSETS: &str = "generate-assets";
+
+/// The commands of a build without the workload generator that only say so.
+#[cfg(not(feature = "load"))]
+const NOT_BUILT: [&str; 2] = ["load", "verify"];
+
+/// The command line as parsed: [`Cli`] plus hidden commands. Those are kept out of `Cli`
+/// itself because completions and man pages are generated from `Cli::command()`, and
+/// clap_complete's zsh script lists hidden commands too.
+pub fn command() -> clap::Command {
+    use clap::{Args as _, CommandFactory as _};
+    let assets = crate::assets::AssetsArgs::augment_args(clap::Command::new(ASSETS));
+    #[allow(unused_mut)] // Only the build without the workload generator adds more.
+    let mut cmd = Cli::command().subcommand(assets.hide(true));
+    #[cfg(not(feature = "load"))]
+    for name in NOT_BUILT {
+        // Anything after the name (`--help` included) gets the same one-line refusal
+        // instead of a parser error about some flag.
+        cmd = cmd.subcommand(
+            clap::Command::new(name)
+                .about("Not in this build (no workload generator); exits 2")
+                .hide(true)
+                .disable_help_flag(true)
+                .disable_version_flag(true)
+                .arg(
+                    clap::Arg::new("args")
+                        .num_args(0..)
+                        .trailing_var_arg(true)
+                        .allow_hyphen_values(true),
+                ),
+        );
+    }
+    cmd
+}
+
+/// Parses the process's arguments; a parse error or `--help` exits as clap does (2 or 0).
+pub fn parse() -> Parsed {
+    use clap::FromArgMatches as _;
+    let matches = command().get_matches();
+    let parsed = match matches.subcommand() {
+        Some((ASSETS, m)) => crate::assets::AssetsArgs::from_arg_matches(m).map(Parsed::Assets),
+        #[cfg(not(feature = "load"))]
+        Some((name, _)) if NOT_BUILT.contains(&name) => Ok(Parsed::NotBuilt(name.to_string())),
+        _ => Cli::from_arg_matches(&matches).map(|c| Parsed::Cli(Box::new(c))),
+    };
+    parsed.unwrap_or_else(|e| e.exit())
+}
+
+/// What `ktls-trace --help` adds in a build without the workload generator.
+#[cfg(not(feature = "load"))]
+const NOT_BUILT_HELP: &str = "This is the static build: it has no workload generator (`load`, \
+`verify` and `top --load`), because the ktls crate does not build with musl yet. Use the \
+glibc build (cargo build) for those.";
+
+/// The refusal of `load`, `verify` and `top --load` in a build without the workload
+/// generator: a usage error (exit 2), one line.
+#[cfg(not(feature = "load"))]
+pub fn not_built(what: &str) -> anyhow::Error {
+    anyhow::Error::new(crate::procs::UsageError::Other(format!(
+        "this ktls-trace was built without the workload generator (the static build: the \
+         ktls crate does not build with musl yet); use the glibc build for `{what}`"
+    )))
 }
 
 /// Which processes to trace; filtering happens in the kernel.
@@ -151,6 +231,32 @@ fn comm_name(name: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hidden_commands_parse_but_stay_out_of_cli() {
+        use clap::CommandFactory as _;
+        let m = command()
+            .try_get_matches_from(["ktls-trace", "generate-assets", "--out", "/x"])
+            .expect("generate-assets parses");
+        assert_eq!(m.subcommand_name(), Some("generate-assets"));
+        // Completions and man pages come from `Cli::command()`: nothing hidden in it.
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        assert!(!names.iter().any(|n| n == "generate-assets"), "{names:?}");
+        assert_eq!(names.iter().any(|n| n == "load"), cfg!(feature = "load"));
+        assert_eq!(names.iter().any(|n| n == "verify"), cfg!(feature = "load"));
+        // Without the workload generator its commands still parse, whatever follows.
+        if !cfg!(feature = "load") {
+            for args in [&["load", "--help"][..], &["verify", "--mode", "x", "-v"]] {
+                let m = command()
+                    .try_get_matches_from(std::iter::once("ktls-trace").chain(args.iter().copied()))
+                    .expect("parses");
+                assert_eq!(m.subcommand_name(), Some(args[0]));
+            }
+        }
+    }
 
     #[test]
     fn comm_names_the_kernel_can_hold() {

@@ -11,9 +11,11 @@
 //! ```
 //!
 //! `load` (the workload generator) is a module tree of its own; the tracer side does not
-//! depend on it. Only what the benchmarks and the binary need is public.
+//! depend on it, and it is compiled only with the `load` feature (on by default; off in the
+//! static build, see Cargo.toml). Only what the benchmarks and the binary need is public.
 
 mod aggregate;
+mod assets;
 mod attach;
 mod btf;
 pub mod classify;
@@ -23,6 +25,7 @@ pub mod event;
 mod inthash;
 pub mod jsonl;
 mod kernel;
+#[cfg(feature = "load")]
 mod load;
 mod plan;
 mod procs;
@@ -40,14 +43,18 @@ mod test_util;
 
 use std::process::ExitCode;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, Parsed};
 use procs::UsageError;
 
 /// Parses and runs the command line: errors become one line on stderr and an exit code
 /// (0 ok, 1 failure, 2 usage).
 pub fn main() -> ExitCode {
-    use clap::Parser as _;
-    let cli = Cli::parse();
+    let cli = match cli::parse() {
+        Parsed::Cli(cli) => *cli,
+        Parsed::Assets(args) => return exit(assets::run(&args)),
+        #[cfg(not(feature = "load"))]
+        Parsed::NotBuilt(what) => return exit(Err(cli::not_built(&what))),
+    };
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Info,
@@ -70,7 +77,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    exit(runtime.block_on(run(cli)))
+}
+
+/// The exit code of a command's result; an error is said in one line on stderr first.
+fn exit(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(err) => {
             // Not eprintln!: a closed stderr (`2>&-`, a reader that went away) must not
@@ -100,7 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             views::trace::run(args, cli.verbose).await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "load")]
         Command::Load(args) => load::run(args).await,
+        #[cfg(feature = "load")]
         Command::Verify(args) => views::verify::run(args, cli.verbose).await,
         Command::Top(args) => views::top::run(args, cli.verbose).await,
         Command::Doctor(args) => views::doctor::run(&args),

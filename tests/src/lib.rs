@@ -43,6 +43,49 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The static binary of `cargo xtask dist`, if there is one: in a guest
+/// `/opt/kt/dist/ktls-trace` (xtask/src/vm/initramfs.rs); on the host
+/// `KTLS_TRACE_DIST_BIN` (which `cargo xtask test` sets), else
+/// `target/dist/ktls-trace-<version>-x86_64-linux-musl/ktls-trace` next to the profile
+/// directory of this test executable (the tests crate has the workspace's version).
+pub fn dist_bin() -> Option<PathBuf> {
+    let path = if let Some(p) = std::env::var_os("KTLS_TRACE_DIST_BIN") {
+        PathBuf::from(p)
+    } else if guest().is_some() {
+        bin_dir().join("dist/ktls-trace")
+    } else {
+        // target/<profile> -> target
+        bin_dir().parent()?.join(format!(
+            "dist/ktls-trace-{}-x86_64-linux-musl/ktls-trace",
+            env!("CARGO_PKG_VERSION")
+        ))
+    };
+    path.is_file().then_some(path)
+}
+
+/// For a test of the static binary: the binary, or None after saying the skip on a host
+/// where nobody built it (a plain `cargo test`). Where it must exist (a guest, or
+/// `KTLS_TRACE_DIST_BIN` named it) its absence fails the test.
+pub fn needs_dist_bin(test: &str) -> Option<PathBuf> {
+    if let Some(p) = dist_bin() {
+        return Some(p);
+    }
+    let named = std::env::var_os("KTLS_TRACE_DIST_BIN");
+    assert!(
+        guest().is_none() && named.is_none(),
+        "no static binary at {}: the guest image and `cargo xtask test` must carry it",
+        named.map_or_else(
+            || bin_dir().join("dist/ktls-trace").display().to_string(),
+            |n| PathBuf::from(n).display().to_string()
+        )
+    );
+    skip(
+        test,
+        "no static binary on this host: `cargo xtask dist` builds it (cargo xtask test does)",
+    );
+    None
+}
+
 /// The integration tests load eBPF programs: they must run as root.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -214,10 +257,20 @@ pub struct TraceOutput {
 impl Trace {
     /// Starts `ktls-trace trace --json ARGS` and waits until it is attached.
     pub fn start(args: &[&str]) -> Trace {
-        let mut child = Command::new(bin("ktls-trace"))
-            .arg("trace")
-            .arg("--json")
-            .args(args)
+        Trace::start_with(&bin("ktls-trace"), args)
+    }
+
+    /// [`Trace::start`] with another build of ktls-trace (the static one: [`dist_bin`]).
+    pub fn start_with(ktls_trace: &std::path::Path, args: &[&str]) -> Trace {
+        let mut cmd = Command::new(ktls_trace);
+        cmd.arg("trace").arg("--json").args(args);
+        Trace::start_command(cmd)
+    }
+
+    /// [`Trace::start`] of a command line that ends in `ktls-trace trace --json ...`
+    /// (behind a wrapper such as `setpriv`).
+    pub fn start_command(mut cmd: Command) -> Trace {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -340,9 +340,14 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
 
-    // On a free port (the helper's), with series per process: each query below selects
-    // the pid whose own count it is compared with.
-    let export = Exporter::start(&["--by", "pid"]);
+    // The static binary, as a fleet deploys it (`cargo xtask dist`; every guest image
+    // carries it), on a free port (the helper's), with series per process: each query
+    // below selects the pid whose own count it is compared with.
+    let exe = ktls_trace_tests::needs_dist_bin(
+        "prometheus_scrapes_export_and_gets_the_loads_own_byte_counts",
+    )
+    .unwrap_or_else(|| ktls_trace_tests::bin("ktls-trace"));
+    let export = Exporter::start_with(&exe, &["--by", "pid"]);
     let export_addr = format!("127.0.0.1:{}", export.port);
     // /metrics may answer before the probes are attached (the port is bound first):
     // wait until the ones this test's transfers go through are.

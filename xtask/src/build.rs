@@ -59,6 +59,9 @@ pub struct Artifacts {
     pub ktls_trace: PathBuf,
     pub ktls_workload: PathBuf,
     pub tests: Vec<TestExe>,
+    /// The static binary of `cargo xtask dist`, for the test guests (/opt/kt/dist/); the
+    /// tasks that run tests build it and set this.
+    pub dist: Option<PathBuf>,
 }
 
 /// One libtest executable (unit tests of a lib/bin, or an integration test).
@@ -128,22 +131,23 @@ pub fn build(profile: Profile) -> Result<Artifacts> {
         ktls_trace,
         ktls_workload,
         tests,
+        dist: None,
     })
 }
 
 /// An executable cargo reported.
 #[derive(Debug, PartialEq, Eq)]
-struct Artifact {
-    package: String,
-    target: String,
-    kinds: Vec<String>,
-    test: bool,
-    executable: PathBuf,
+pub struct Artifact {
+    pub package: String,
+    pub target: String,
+    pub kinds: Vec<String>,
+    pub test: bool,
+    pub executable: PathBuf,
 }
 
 /// Runs cargo with JSON messages on stdout (diagnostics still rendered on stderr for the
 /// developer) and collects the executables it produced.
-fn artifacts_of(cargo: &mut std::process::Command) -> Result<Vec<Artifact>> {
+pub fn artifacts_of(cargo: &mut std::process::Command) -> Result<Vec<Artifact>> {
     cargo
         .arg("--message-format=json-render-diagnostics")
         .stdin(Stdio::null())

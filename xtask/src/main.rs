@@ -2,6 +2,7 @@
 //!
 //! - `setup`   installs the build's toolchain pieces and Debian packages when missing;
 //! - `build`   builds the workspace (with the eBPF object) and the test executables;
+//! - `dist`    the static binary (musl) with completions, man pages and the systemd unit;
 //! - `test`    fmt, clippy, host tests, then every test again inside QEMU guests;
 //! - `vm-test` / `vm-shell` run the real kTLS kernels (see docs/testing.md);
 //! - `demo`    `ktls-trace top --load` on a kTLS kernel (this host, or a QEMU guest);
@@ -13,6 +14,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod dist;
 mod matrix;
 mod record;
 mod setup;
@@ -27,7 +29,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Developer tasks for ktls-trace (setup, build, test, vm-test, vm-shell, demo, bench, record, matrix)"
+    about = "Developer tasks for ktls-trace (setup, build, dist, test, vm-test, vm-shell, demo, bench, record, matrix)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,6 +42,9 @@ enum Command {
     Setup(setup::SetupArgs),
     /// Run setup, build the workspace and the test executables, list the test executables.
     Build(build::BuildArgs),
+    /// The static x86_64 binary (musl, eBPF object inside, stripped) with shell completions,
+    /// man pages and an example systemd unit, in target/dist/ (and a .tar.gz of it).
+    Dist,
     /// Everything CI runs: fmt, clippy, host tests (as root), then vm-test on 5.10, 6.1, 6.12
     /// and the newest Debian kernel.
     Test(test::TestArgs),
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup(args) => setup::setup_cmd(&args),
         Command::Build(args) => build::build_cmd(&args),
+        Command::Dist => dist::dist_cmd(),
         Command::Test(args) => test::test_cmd(&args),
         Command::VmTest(args) => vm::vm_test_cmd(&args),
         Command::VmShell(args) => vm::vm_shell_cmd(&args),

@@ -6,6 +6,10 @@
 //!   `-Z build-std=core` for bpfel-unknown-none, which needs the core sources.
 //! - bpf-linker, linked against the nightly toolchain's own libLLVM so that the LLVM
 //!   that links the eBPF object is the one rustc emitted bitcode for (no system LLVM).
+//! - the x86_64-unknown-linux-musl target of the stable toolchain: `cargo xtask dist`
+//!   builds the static binary with it (rustup's target ships musl's libc.a and crt
+//!   objects, so the host's gcc links it; no musl-gcc is needed, because the static build
+//!   leaves out the workload generator and with it ring, the only crate with C code).
 //! - Debian packages for the QEMU guests (docs/testing.md).
 
 use std::{
@@ -60,7 +64,12 @@ pub const DEBIAN_PACKAGES: &[(&str, &str, &str)] = &[
     (
         "binutils",
         "strip",
-        "strips the binaries copied into the guests",
+        "strips the binaries copied into the guests; readelf checks the static one",
+    ),
+    (
+        "util-linux",
+        "setpriv",
+        "runs the static binary as a non-root user with chosen capabilities in the guests",
     ),
 ];
 
@@ -73,6 +82,7 @@ pub fn setup(reinstall_bpf_linker: bool) -> Result<()> {
     let started = Instant::now();
     let sysroot = ensure_nightly()?;
     ensure_rust_src()?;
+    ensure_musl_target()?;
     ensure_bpf_linker(&sysroot, reinstall_bpf_linker)?;
     ensure_debian_packages()?;
     eprintln!("setup: ready ({})", cmd::fmt_duration(started.elapsed()));
@@ -123,7 +133,33 @@ fn ensure_rust_src() -> Result<()> {
     .context("adding rust-src to the nightly toolchain")
 }
 
-/// True when `rustup component list --installed` output names the component. Rustup
+/// The target of the static binary (`cargo xtask dist`).
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Adds the musl target to the toolchain that builds the workspace (run in the workspace,
+/// so that a rust-toolchain file or override there would count).
+fn ensure_musl_target() -> Result<()> {
+    let root = cmd::workspace_root();
+    let listing = cmd::stdout(
+        Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .current_dir(&root),
+    )
+    .context("asking rustup for the installed targets")?;
+    if has_component(&listing, MUSL_TARGET) {
+        eprintln!("setup: {MUSL_TARGET} target: present");
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("rustup")
+            .args(["target", "add", MUSL_TARGET])
+            .current_dir(&root),
+    )
+    .with_context(|| format!("adding the {MUSL_TARGET} target (for `cargo xtask dist`)"))
+}
+
+/// True when `rustup component list --installed` (or `rustup target list --installed`)
+/// output names the component. Rustup
 /// prints target-independent components such as `rust-src` bare (others carry a target
 /// suffix, `rust-std-x86_64-unknown-linux-gnu`), so an exact match is the right test.
 fn has_component(listing: &str, component: &str) -> bool {
@@ -349,6 +385,10 @@ mod tests {
         assert!(!has_component(without, "rust-src"));
         // `rust-std-...` must not count as `rust` or `rust-src`.
         assert!(!has_component(without, "rust"));
+        // `rustup target list --installed` prints bare target names.
+        let targets = "x86_64-unknown-linux-gnu\nx86_64-unknown-linux-musl\n";
+        assert!(has_component(targets, MUSL_TARGET));
+        assert!(!has_component("x86_64-unknown-linux-gnu\n", MUSL_TARGET));
     }
 
     #[test]

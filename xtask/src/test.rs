@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::{
-    build, cmd, setup,
+    build, cmd, dist, setup,
     vm::{self, GuestRun, KernelChoice, VmOptions},
 };
 
@@ -176,6 +176,16 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
                 cmd::cargo()
                     .args(["clippy", "--all-targets", "--", "-D", "warnings"])
                     .current_dir(&root),
+            )?;
+            // The code of the static build (no workload generator: `cargo xtask dist`)
+            // must be clean too. On the host target: the musl one differs only in libc's
+            // types, which the dist build compiles, and its tests would need a musl C
+            // compiler (criterion's alloca).
+            cmd::run(
+                cmd::cargo()
+                    .args(["clippy", "-p", "ktls-trace", "--no-default-features"])
+                    .args(["--all-targets", "--", "-D", "warnings"])
+                    .current_dir(&root),
             )
             .map(|()| String::new())
         });
@@ -195,6 +205,19 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
     } else {
         steps.skip("build", "setup failed");
     }
+    // The static binary, for tests/tests/dist.rs on the host and in every guest. Without
+    // it those tests fail in the guests (and the run fails here already).
+    if let Some(a) = artifacts.as_mut() {
+        steps.run("dist", || {
+            let d = dist::build()?;
+            let size = std::fs::metadata(&d.binary).map(|m| m.len()).unwrap_or(0);
+            let note = format!("{} ({:.1} MB)", d.binary.display(), size as f64 / 1e6);
+            a.dist = Some(d.binary);
+            Ok(note)
+        });
+    } else {
+        steps.skip("dist", "no build");
+    }
     if host {
         match &artifacts {
             Some(_) => {
@@ -202,12 +225,17 @@ pub fn test_cmd(args: &TestArgs) -> Result<()> {
                     if !cmd::is_root() {
                         bail!("the integration tests load eBPF programs: run as root");
                     }
-                    let (ok, text) = cmd::run_teed(
-                        cmd::cargo()
-                            .args(["test", "--workspace", "--exclude", "ktls-trace-ebpf"])
-                            .args(build::Profile::Ci.cargo_args())
-                            .current_dir(&root),
-                    )?;
+                    let mut cargo = cmd::cargo();
+                    cargo
+                        .args(["test", "--workspace", "--exclude", "ktls-trace-ebpf"])
+                        .args(build::Profile::Ci.cargo_args())
+                        .current_dir(&root);
+                    if let Some(d) = artifacts.as_ref().and_then(|a| a.dist.as_ref()) {
+                        // Named, so that tests/tests/dist.rs fails instead of skipping
+                        // if it is not there.
+                        cargo.env("KTLS_TRACE_DIST_BIN", d);
+                    }
+                    let (ok, text) = cmd::run_teed(&mut cargo)?;
                     let counts = HostCounts::parse(&text);
                     if !ok {
                         bail!("{counts}");

@@ -36,7 +36,7 @@ pub use tools::Unpacked;
 
 use crate::{
     build::{self, Artifacts},
-    cmd, setup,
+    cmd, dist, setup,
 };
 
 /// Options shared by `vm-test` and `test`.
@@ -180,7 +180,8 @@ impl GuestRun {
 
 pub fn vm_test_cmd(args: &VmTestArgs) -> Result<()> {
     setup::setup(false)?;
-    let artifacts = build::build(args.profile)?;
+    let mut artifacts = build::build(args.profile)?;
+    artifacts.dist = Some(dist::build()?.binary);
     let mut runs = Vec::new();
     for o in run_guests(&args.kernel.series(), &artifacts, &args.vm, args.vm.jobs()) {
         runs.push(
@@ -203,7 +204,9 @@ pub fn vm_test_cmd(args: &VmTestArgs) -> Result<()> {
 
 pub fn vm_shell_cmd(args: &VmShellArgs) -> Result<()> {
     setup::setup(false)?;
-    let artifacts = build::build(args.profile)?;
+    let mut artifacts = build::build(args.profile)?;
+    // The same image as the tests', the shipped binary included.
+    artifacts.dist = Some(dist::build()?.binary);
     // The same tools as the test image: the shell is where a failing test is debugged.
     let tools = test_tools(args.kernel)?;
     let (kernel, initrd, _) = image(
@@ -468,6 +471,7 @@ fn image(
             kernel: &kernel,
             ktls_trace: &artifacts.ktls_trace,
             ktls_workload: &artifacts.ktls_workload,
+            dist: artifacts.dist.as_deref(),
             tests,
             plan,
             exe_timeout_secs,
@@ -754,7 +758,7 @@ fn print_failures(run: &GuestRun) {
 }
 
 /// target/ as cargo sees it (honours CARGO_TARGET_DIR and config).
-fn target_dir() -> Result<PathBuf> {
+pub fn target_dir() -> Result<PathBuf> {
     let out = cmd::stdout(
         cmd::cargo()
             .args(["metadata", "--no-deps", "--format-version", "1"])

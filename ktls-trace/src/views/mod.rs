@@ -8,4 +8,5 @@ pub mod export;
 pub mod summary;
 pub mod top;
 pub mod trace;
+#[cfg(feature = "load")]
 pub mod verify;

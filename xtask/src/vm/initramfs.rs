@@ -10,11 +10,13 @@
 //! /lib/modules/<release>/  module subset with its depmod index
 //! /opt/kt/ktls-trace       stripped copies of the binaries
 //! /opt/kt/ktls-workload
+//! /opt/kt/dist/ktls-trace  the static binary of `cargo xtask dist`, as shipped (test images)
 //! /opt/kt/deps/<exe>       every test executable (cargo's `name-hash` file names)
 //! /opt/kt/plan             the test executables to run, one per line
 //! /opt/kt/run-tests        runs the plan with KT-BEGIN / KT-END markers
 //! /usr/bin/tmux, bash      a terminal for the test of `top`'s interactive view
 //! /usr/bin/curl, openssl   real TLS clients for the load server's tests
+//! /usr/bin/setpriv         util-linux's: a non-root user with chosen capabilities
 //! /lib/terminfo, /usr/lib/locale/C.utf8   what tmux needs to draw UTF-8 in its panes
 //! /lib*/...                the glibc libraries `ldd` names, at their host paths
 //! /usr/bin/bpftrace        the bench only (`Contents::unpacked`, vm/tools.rs): with the
@@ -83,6 +85,8 @@ pub struct Contents<'a> {
     pub kernel: &'a Kernel,
     pub ktls_trace: &'a Path,
     pub ktls_workload: &'a Path,
+    /// The static binary of `cargo xtask dist` (already stripped, needs no libraries).
+    pub dist: Option<&'a Path>,
     pub tests: &'a [TestExe],
     pub plan: Plan,
     /// Seconds one test executable may run in the guest before it is killed, so one hang
@@ -114,6 +118,7 @@ pub fn build(contents: &Contents<'_>, work: &Path, name: &str) -> Result<PathBuf
         "run",
         "lib/modules",
         "opt/kt/deps",
+        "opt/kt/dist",
     ] {
         mkdir(&root.join(dir))?;
     }
@@ -140,6 +145,12 @@ pub fn build(contents: &Contents<'_>, work: &Path, name: &str) -> Result<PathBuf
     strip_copy(contents.ktls_workload, &kt.join("ktls-workload"))?;
     elves.push(contents.ktls_trace.to_path_buf());
     elves.push(contents.ktls_workload.to_path_buf());
+    if let Some(dist) = contents.dist {
+        // Copied as shipped: no strip, and no libraries (it has none; tests/tests/dist.rs
+        // checks that it runs with nothing else in its root).
+        let dest = kt.join("dist/ktls-trace");
+        fs::copy(dist, &dest).with_context(|| format!("copying {}", dist.display()))?;
+    }
     let mut plan = String::new();
     for t in contents.tests {
         strip_copy(&t.path, &kt.join("deps").join(t.file_name()))?;
@@ -317,7 +328,8 @@ fn install_busybox(root: &Path) -> Result<PathBuf> {
     Ok(host)
 }
 
-/// tmux, bash, curl and openssl from the host (`cargo xtask setup` installs them); tmux so that the test of
+/// tmux, bash, curl, openssl and setpriv from the host (`cargo xtask setup` installs
+/// them; setpriv comes with util-linux, which every Debian has); tmux so that the test of
 /// `top`'s interactive view drives a real terminal on the kTLS kernels too, not only on the
 /// build machine, where there is no kTLS to show. tmux needs the terminfo entry of its
 /// panes and a UTF-8 locale (without one it draws `_` for the sort arrows and borders);
@@ -330,6 +342,9 @@ fn install_terminal(root: &Path) -> Result<Vec<PathBuf>> {
         ("bash", "bash"),
         ("curl", "curl"),
         ("openssl", "openssl"),
+        // Runs the static binary as a non-root user with only the capabilities of the
+        // example systemd unit (tests/tests/dist.rs); busybox's setpriv cannot change ids.
+        ("setpriv", "util-linux"),
     ] {
         let host = cmd::which(name).with_context(|| {
             format!("{name} not found; run `cargo xtask setup` (package {package})")

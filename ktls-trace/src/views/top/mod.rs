@@ -9,6 +9,10 @@
 
 mod app;
 mod conns;
+#[cfg(feature = "load")]
+mod load_child;
+#[cfg(not(feature = "load"))]
+#[path = "no_load_child.rs"]
 mod load_child;
 pub mod model;
 mod once;
@@ -21,8 +25,6 @@ use clap::Args;
 
 use crate::{
     cli::{FilterArgs, RingArgs},
-    kernel::KernelFacts,
-    load::Mode,
     plan::{Backend, Source},
     procs::UsageError,
     session::{Session, SessionOptions},
@@ -59,13 +61,21 @@ pub struct TopArgs {
 
     /// Start the built-in workload generator (`ktls-trace load`) in the background, so an
     /// idle machine shows something; it is stopped when top exits.
-    #[arg(long)]
+    // Hidden in a build without the generator, but still parsed: `top --load` then gets
+    // the one-line refusal, not a parser error.
+    #[arg(long, hide = !cfg!(feature = "load"))]
     pub load: bool,
 
     /// Workload mode for --load [default: ktls-sendfile when the kernel has kernel TLS,
     /// plain-sendfile otherwise].
+    #[cfg(feature = "load")]
     #[arg(long, value_enum, value_name = "MODE", requires = "load")]
-    pub mode: Option<Mode>,
+    pub mode: Option<crate::load::Mode>,
+
+    /// Workload mode for --load (not in this build): any value, refused with --load.
+    #[cfg(not(feature = "load"))]
+    #[arg(long = "mode", value_name = "MODE", requires = "load", hide = true)]
+    pub _mode: Option<String>,
 
     /// Print one snapshot after one interval and exit (like `top -b -n 1`): for scripts
     /// and when stdout is not a terminal. With --load, the interval starts once the load
@@ -135,6 +145,10 @@ fn header(session: &Session, interval_s: f64) -> Header {
 
 /// Runs `ktls-trace top`.
 pub async fn run(args: TopArgs, verbose: u8) -> anyhow::Result<ExitCode> {
+    #[cfg(not(feature = "load"))]
+    if args.load {
+        return Err(crate::cli::not_built("top --load"));
+    }
     if !args.interval.is_finite() || !(MIN_INTERVAL..=MAX_INTERVAL).contains(&args.interval) {
         return Err(UsageError::Other(format!(
             "--interval must be between {MIN_INTERVAL} and {MAX_INTERVAL} seconds"
@@ -158,7 +172,9 @@ pub async fn run(args: TopArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     } else {
         AGGREGATE_RING_BYTES
     });
+    #[cfg(feature = "load")]
     let load_mode = args.mode.unwrap_or_else(|| {
+        use crate::{kernel::KernelFacts, load::Mode};
         if KernelFacts::probe().tls.is_available() {
             Mode::KtlsSendfile
         } else {
@@ -167,11 +183,14 @@ pub async fn run(args: TopArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     });
     let session = trace::start(&opts, SessionOptions::default())?;
     // Started after the probes are attached, so all of its traffic is seen.
+    #[cfg(feature = "load")]
     let load = if args.load {
         Some(LoadChild::spawn(load_mode)?)
     } else {
         None
     };
+    #[cfg(not(feature = "load"))]
+    let load: Option<LoadChild> = None;
     let header = header(&session, args.interval);
     if args.once {
         once::run(session, header, load, args.json).await?;
