@@ -79,6 +79,10 @@ pub struct Privileges {
     pub cap_bpf: bool,
     /// Needed for sock_diag's kernel TLS details of each socket.
     pub cap_net_admin: bool,
+    /// `kernel.perf_event_paranoid` (None: unreadable). Above 2 (Debian's default 3,
+    /// Ubuntu's 4) the distributions' kernels carry a patch that leaves perf_event_open,
+    /// which attaches kprobes and tracepoints, to CAP_SYS_ADMIN: CAP_PERFMON is refused.
+    pub perf_event_paranoid: Option<i32>,
 }
 
 const CAP_NET_ADMIN: u32 = 12;
@@ -88,7 +92,7 @@ const CAP_BPF: u32 = 39;
 
 impl Privileges {
     /// Parses the `CapEff:` line of /proc/self/status.
-    pub fn from_status(status: &str, euid: u32) -> Privileges {
+    pub fn from_status(status: &str, euid: u32, perf_event_paranoid: Option<i32>) -> Privileges {
         let capeff = status
             .lines()
             .find_map(|l| l.strip_prefix("CapEff:"))
@@ -101,6 +105,7 @@ impl Privileges {
             cap_perfmon: bit(CAP_PERFMON),
             cap_bpf: bit(CAP_BPF),
             cap_net_admin: bit(CAP_NET_ADMIN),
+            perf_event_paranoid,
         }
     }
 
@@ -108,12 +113,30 @@ impl Privileges {
         let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
-        Self::from_status(&status, euid)
+        let paranoid = fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        Self::from_status(&status, euid, paranoid)
     }
 
     /// Can this process load and attach tracing programs?
     pub fn can_trace(&self) -> bool {
-        self.cap_sys_admin || (self.cap_bpf && self.cap_perfmon)
+        self.cap_sys_admin || (self.cap_bpf && self.cap_perfmon && !self.paranoid_blocks())
+    }
+
+    /// CAP_PERFMON is not enough here: perf_event_paranoid above 2 (see the field).
+    fn paranoid_blocks(&self) -> bool {
+        !self.cap_sys_admin && self.perf_event_paranoid.is_some_and(|p| p > 2)
+    }
+
+    /// Why CAP_BPF + CAP_PERFMON do not suffice on this machine, with what to do.
+    pub fn paranoid_hint(&self) -> Option<String> {
+        self.paranoid_blocks().then(|| {
+            format!(
+                "kernel.perf_event_paranoid is {}: at that level Debian's and Ubuntu's kernels let only CAP_SYS_ADMIN attach probes (perf_event_open); set it to 2 (sysctl kernel.perf_event_paranoid=2) or run as root",
+                self.perf_event_paranoid.unwrap_or(3)
+            )
+        })
     }
 
     pub fn describe(&self) -> String {
@@ -128,10 +151,14 @@ impl Privileges {
             caps.push("CAP_PERFMON");
         }
         let who = if self.euid == 0 { "root" } else { "not root" };
-        if caps.is_empty() {
+        let base = if caps.is_empty() {
             format!("{who}, no tracing capabilities")
         } else {
             format!("{who} ({})", caps.join(", "))
+        };
+        match self.paranoid_hint() {
+            Some(h) if self.cap_bpf && self.cap_perfmon => format!("{base}; but {h}"),
+            _ => base,
         }
     }
 }
@@ -418,19 +445,28 @@ mod tests {
 
     #[test]
     fn privileges_from_capeff() {
-        let full = Privileges::from_status("Name:\tx\nCapEff:\t000001ffffffffff\n", 0);
+        let full = Privileges::from_status("Name:\tx\nCapEff:\t000001ffffffffff\n", 0, Some(3));
         assert!(full.can_trace() && full.cap_bpf && full.cap_perfmon);
-        let none = Privileges::from_status("CapEff:\t0000000000000000\n", 1000);
+        let none = Privileges::from_status("CapEff:\t0000000000000000\n", 1000, Some(2));
         assert!(!none.can_trace());
         assert_eq!(none.describe(), "not root, no tracing capabilities");
         // CAP_BPF + CAP_PERFMON without CAP_SYS_ADMIN is enough.
-        let bpf = Privileges::from_status(
-            &format!("CapEff:\t{:016x}\n", (1u64 << 38) | (1 << 39)),
-            1000,
-        );
+        let caps = format!("CapEff:\t{:016x}\n", (1u64 << 38) | (1 << 39));
+        let bpf = Privileges::from_status(&caps, 1000, Some(2));
         assert!(bpf.can_trace() && !bpf.cap_sys_admin);
+        assert_eq!(bpf.paranoid_hint(), None);
+        // ...unless perf_event_paranoid is above 2 (Debian's default 3): then only
+        // CAP_SYS_ADMIN may attach, and the description says what to do.
+        let debian = Privileges::from_status(&caps, 1000, Some(3));
+        assert!(!debian.can_trace());
+        assert!(
+            debian.describe().contains("perf_event_paranoid is 3"),
+            "{}",
+            debian.describe()
+        );
+        assert!(Privileges::from_status(&caps, 1000, None).can_trace());
         // Only CAP_BPF is not.
-        let half = Privileges::from_status(&format!("CapEff:\t{:016x}\n", 1u64 << 39), 1000);
+        let half = Privileges::from_status(&format!("CapEff:\t{:016x}\n", 1u64 << 39), 1000, None);
         assert!(!half.can_trace());
     }
 

@@ -484,6 +484,7 @@ mod tests {
                 cap_perfmon: true,
                 cap_bpf: true,
                 cap_net_admin: true,
+                perf_event_paranoid: Some(2),
             },
         }
     }

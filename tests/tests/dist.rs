@@ -404,8 +404,21 @@ fn dist_unit_capabilities_are_enough_to_trace_without_root() {
             libc::RLIM_INFINITY,
             &[dist, "trace", "--duration", "1"],
         ));
+        // ...and it says so before loading anything, with what to do.
         assert_eq!(code, 1, "{stderr}");
-        assert!(stderr.contains("permission denied"), "{stderr}");
+        assert!(
+            stderr.contains("kernel.perf_event_paranoid is 3")
+                && stderr.contains("sysctl kernel.perf_event_paranoid=2"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        let (code, stdout, stderr) = run(&mut unprivileged(
+            &caps,
+            libc::RLIM_INFINITY,
+            &[dist, "doctor", "--json"],
+        ));
+        assert_eq!(code, 1, "doctor: not able to trace here: {stdout}{stderr}");
+        assert!(stdout.contains("perf_event_paranoid is 3"), "{stdout}");
     }
     // ...and work at 2, the upstream default, which the deployment sets (docs/deploy.md).
     let _paranoid = Paranoid::set("2");

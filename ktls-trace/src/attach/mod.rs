@@ -42,8 +42,9 @@ static EBPF_OBJECT: &[u8] =
 /// Why tracing could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TracerError {
-    #[error("{}", kernel::NEED_PRIVILEGES)]
-    Privileges,
+    /// NEED_PRIVILEGES, or why the capabilities held are not enough here.
+    #[error("{0}")]
+    Privileges(String),
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("cannot load the eBPF programs: {0}")]
@@ -539,7 +540,15 @@ impl Tracer {
     /// through the reactor).
     pub fn start(mut facts: KernelFacts, opts: &TraceOptions) -> Result<Tracer, TracerError> {
         if !facts.privileges.can_trace() {
-            return Err(TracerError::Privileges);
+            let why = facts
+                .privileges
+                .paranoid_hint()
+                .filter(|_| facts.privileges.cap_bpf && facts.privileges.cap_perfmon)
+                .map_or_else(
+                    || kernel::NEED_PRIVILEGES.to_string(),
+                    |h| format!("CAP_BPF and CAP_PERFMON are not enough here: {h}"),
+                );
+            return Err(TracerError::Privileges(why));
         }
         let plan = Plan::choose(&facts, opts.backend)?;
         if plan.backend == Backend::Tracepoint && facts.tracefs.is_none() {
