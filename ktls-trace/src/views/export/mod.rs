@@ -17,16 +17,12 @@ use crate::{
     kernel,
     procs::{self, UsageError},
     session::{Session, SessionOptions, Update},
-    views::trace,
+    views::{
+        top::{AGGREGATE_RING_BYTES, check_interval},
+        trace,
+    },
 };
 use metrics::{ProbeState, State, Totals};
-
-/// The ring buffer in aggregate mode, where nothing is sent through it (as in top).
-const AGGREGATE_RING_BYTES: u32 = 64 << 10;
-
-/// Bounds of `--interval`.
-const MIN_INTERVAL: f64 = 0.1;
-const MAX_INTERVAL: f64 = 60.0;
 
 /// Serve Prometheus metrics (`/metrics`) about the kernel TLS transmit path: payload bytes
 /// per path and process, ciphertext, records, latency histograms, drops, probe states and
@@ -136,12 +132,7 @@ fn state(session: &Session) -> State {
 /// Runs `ktls-trace export`: binds, attaches, then reads the kernel's totals every
 /// interval and publishes a snapshot the HTTP side serves, until SIGINT or SIGTERM.
 pub async fn run(args: ExportArgs, verbose: u8) -> anyhow::Result<ExitCode> {
-    if !args.interval.is_finite() || !(MIN_INTERVAL..=MAX_INTERVAL).contains(&args.interval) {
-        return Err(UsageError::Other(format!(
-            "--interval must be between {MIN_INTERVAL} and {MAX_INTERVAL} seconds"
-        ))
-        .into());
-    }
+    check_interval(args.interval)?;
     let listener = bind(args.listen)?;
     let mut opts = trace::options(&args.filter, verbose)?;
     // As top: the kernel adds calls up in maps, nothing crosses the ring buffer, and

@@ -37,12 +37,25 @@ use view::Header;
 const NOT_A_TERMINAL: &str = "stdout is not a terminal: `ktls-trace top` is interactive; use `ktls-trace top --once` for one text snapshot, or `ktls-trace trace --json` for an event stream";
 
 /// The ring buffer in aggregate mode, where nothing is sent through it: one 64 KiB
-/// block (a power of two and a multiple of the page size on every architecture).
-const AGGREGATE_RING_BYTES: u32 = 64 << 10;
+/// block (a power of two and a multiple of the page size on every architecture). `export`
+/// runs the same way.
+pub(crate) const AGGREGATE_RING_BYTES: u32 = 64 << 10;
 
-/// Bounds of the refresh interval (`--interval`, and `d` while running).
+/// Bounds of the refresh interval (`--interval`, and `d` while running; export's
+/// `--interval` too).
 const MIN_INTERVAL: f64 = 0.1;
 const MAX_INTERVAL: f64 = 60.0;
+
+/// `--interval` within [`MIN_INTERVAL`, `MAX_INTERVAL`] seconds, or a usage error.
+pub(crate) fn check_interval(secs: f64) -> Result<(), UsageError> {
+    if secs.is_finite() && (MIN_INTERVAL..=MAX_INTERVAL).contains(&secs) {
+        Ok(())
+    } else {
+        Err(UsageError::Other(format!(
+            "--interval must be between {MIN_INTERVAL} and {MAX_INTERVAL} seconds"
+        )))
+    }
+}
 
 /// Live per-process view of the kernel TLS transmit path: which path each process's
 /// payload takes (kTLS sendfile, kTLS write, device offload, user-space TLS, plain),
@@ -149,12 +162,7 @@ pub async fn run(args: TopArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     if args.load {
         return Err(crate::cli::not_built("top --load"));
     }
-    if !args.interval.is_finite() || !(MIN_INTERVAL..=MAX_INTERVAL).contains(&args.interval) {
-        return Err(UsageError::Other(format!(
-            "--interval must be between {MIN_INTERVAL} and {MAX_INTERVAL} seconds"
-        ))
-        .into());
-    }
+    check_interval(args.interval)?;
     if !args.once && !std::io::stdout().is_terminal() {
         return Err(UsageError::Other(NOT_A_TERMINAL.to_string()).into());
     }
