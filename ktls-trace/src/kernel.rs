@@ -272,6 +272,15 @@ pub fn ensure_tracefs() -> Result<PathBuf, String> {
     if let Some(p) = find_tracefs() {
         return Ok(p);
     }
+    // Mounted but closed to this process (Debian mounts it 0700, root's): mounting again
+    // would not help, the missing capability would.
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if fs::read_dir(dir).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied) {
+            return Err(format!(
+                "tracefs at {dir} is not readable by this process (root's only): run as root or give it CAP_DAC_READ_SEARCH"
+            ));
+        }
+    }
     let target = c"/sys/kernel/tracing";
     // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
     let rc = unsafe {
