@@ -44,20 +44,7 @@ impl Exporter {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn ktls-trace export");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = crate::collect_text(child.stderr.take().expect("stderr"));
         let e = Exporter {
             child,
             port,

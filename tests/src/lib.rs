@@ -17,6 +17,25 @@ use serde_json::Value;
 
 pub mod exporter;
 
+/// Collects what a child writes to a pipe, as it comes, on a thread: the text so far can
+/// be read at any time (to wait for a line) while the child runs.
+pub fn collect_text(mut pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .expect("lock")
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
 /// Reason string for tests that only the kTLS guests can run.
 pub const GUEST_ONLY: &str = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)";
 

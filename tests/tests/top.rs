@@ -809,26 +809,14 @@ impl BackgroundTop {
             .spawn()
             .expect("spawn ktls-trace top");
         let mut out = child.stdout.take().expect("stdout");
-        let mut err = child.stderr.take().expect("stderr");
+        let err = child.stderr.take().expect("stderr");
         let (tx, stdout) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut s = String::new();
             let _ = out.read_to_string(&mut s);
             let _ = tx.send(s);
         });
-        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("lock")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = ktls_trace_tests::collect_text(err);
         BackgroundTop {
             child,
             stdout,
