@@ -333,6 +333,7 @@ pub mod maps {
     pub const TLS_LAYOUT: &str = "TLS_LAYOUT";
     pub const AGG: &str = "AGG";
     pub const LAT: &str = "LAT";
+    pub const AGG_GEN: &str = "AGG_GEN";
 }
 
 /// A TLS record sequence number moves by at most this much in one call; a bigger change
@@ -448,6 +449,11 @@ pub struct AggKey {
     pub facts: u8,
     /// The thread's command name, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// The generation the key was written in (0 or 1, `AGG_GEN`): userspace switches
+    /// the programs to the other one, and clears this one once nothing writes it.
+    pub generation: u8,
+    /// Zero (hash keys are compared byte for byte: no undefined padding).
+    pub _pad: [u8; 7],
 }
 
 /// Totals of the calls of one [`AggKey`] (per CPU; userspace sums the CPUs).
@@ -471,7 +477,9 @@ pub struct AggVal {
 pub struct LatKey {
     pub pid: u32,
     pub probe: u8,
-    pub _pad: [u8; 3],
+    /// As [`AggKey::generation`].
+    pub generation: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Number of buckets of a latency histogram: bucket `i > 0` counts latencies in
@@ -523,6 +531,6 @@ const _: () = assert!(core::mem::size_of::<SockInfo>() == 44);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 88);
 const _: () = assert!(core::mem::size_of::<Config>() == 128);
 const _: () = assert!(core::mem::size_of::<TlsLayout>() == 24);
-const _: () = assert!(core::mem::size_of::<AggKey>() == 40);
+const _: () = assert!(core::mem::size_of::<AggKey>() == 48);
 const _: () = assert!(core::mem::size_of::<AggVal>() == 32);
 const _: () = assert!(core::mem::size_of::<LatKey>() == 8);

@@ -112,11 +112,20 @@ static STATS: PerCpuArray<[u64; stat::COUNT as usize]> = PerCpuArray::with_max_e
 
 /// Aggregate mode (`top`, the exporter): totals per [`AggKey`], summed per CPU so that no
 /// two programs ever write one value. Preallocated: before 6.1 tracing programs may only
-/// use preallocated hash maps. Userspace deletes keys that stay idle, so the live
-/// sockets and threads of a busy server fit; a call that finds it full is counted
+/// use preallocated hash maps. Userspace clears the keys of a generation once some stay
+/// idle (`AGG_GEN`), so the live sockets and threads of a busy server fit; a call that finds it full is counted
 /// (`stat::AGG_FULL`), never silently lost.
 #[map]
 static AGG: PerCpuHashMap<AggKey, AggVal> = PerCpuHashMap::with_max_entries(8192, 0);
+
+/// Aggregate mode: the generation new totals go to (slot 0: 0 or 1). Userspace switches
+/// it, waits until no program can still be writing the old generation (an RCU grace
+/// period: these programs run inside RCU read-side sections), then reads the old keys a
+/// last time and deletes them. Deleting a key a program may be writing at that moment
+/// would lose the calls it adds (a closed socket's address, and so its key, is reused by
+/// the next connection).
+#[map]
+static AGG_GEN: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Aggregate mode: log2 latency histograms per process and probe.
 #[map]
@@ -548,6 +557,8 @@ fn leave<C: EbpfContext>(ctx: &C, probe: Probe, ret: Ret) {
                 root: a.root,
                 facts: facts::of(hasf, a.flags, &a.head, a.bytes, ret.value),
                 comm: [0; COMM_LEN],
+                generation: 0,
+                _pad: [0; 7],
             },
             &Done {
                 bytes: a.bytes,
@@ -638,6 +649,7 @@ struct Done {
 #[inline(always)]
 fn aggregate(probe: Probe, mut key: AggKey, d: &Done) {
     current_comm(&mut key.comm);
+    key.generation = AGG_GEN.get(0).map_or(0, |g| (*g & 1) as u8);
     remember_process(key.tid, key.pid);
     match AGG.get_ptr_mut(key) {
         Some(v) => {
@@ -672,7 +684,8 @@ fn aggregate(probe: Probe, mut key: AggKey, d: &Done) {
     let lk = LatKey {
         pid: key.pid,
         probe: key.probe,
-        _pad: [0; 3],
+        generation: key.generation,
+        _pad: [0; 2],
     };
     let bucket = lat_bucket(d.latency_ns);
     if LAT.get_ptr_mut(lk).is_none() {
@@ -1165,6 +1178,8 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
                 root,
                 facts: facts::of(has::RET | has::SOCK, 0, &[0; HEAD_LEN], done, ret as i64),
                 comm: [0; COMM_LEN],
+                generation: 0,
+                _pad: [0; 7],
             },
             &Done {
                 bytes: done,

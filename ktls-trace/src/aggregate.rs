@@ -15,9 +15,9 @@ use crate::{
     event::{Comm, TlsWire, TraceEvent},
 };
 
-/// A key that has not changed for this many reads is deleted from the kernel's maps (at
-/// top's default 1 s interval: half a minute), which bounds them to the live sockets and
-/// threads.
+/// Once a key has not changed for this many reads (at top's default 1 s interval: half a
+/// minute), the kernel's maps are cleared of what is no longer live ([`Deltas`]), which
+/// bounds them to the live sockets and threads.
 pub const FORGET_AFTER_IDLE_READS: u32 = 30;
 
 /// Calls of one key since the last read, ready for the classifier.
@@ -63,21 +63,62 @@ impl Batch {
     }
 }
 
-/// Keys to delete from the kernel's maps.
+/// Keys to delete from the kernel's maps: every key of a generation nothing writes any
+/// more, read for the last time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Forget {
     pub calls: Vec<AggKey>,
     pub latency: Vec<LatKey>,
 }
 
-/// A running total the kernel keeps.
-trait Total: Copy + PartialEq {
+impl Forget {
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty() && self.latency.is_empty()
+    }
+}
+
+/// A key of a map written in generations ([`AggKey::generation`]).
+pub trait Generational {
+    fn generation(&self) -> u8;
+}
+
+impl Generational for AggKey {
+    fn generation(&self) -> u8 {
+        self.generation
+    }
+}
+
+impl Generational for LatKey {
+    fn generation(&self) -> u8 {
+        self.generation
+    }
+}
+
+/// A running total the kernel keeps (per CPU: the key's total is their sum).
+pub trait Total: Copy + PartialEq {
+    const ZERO: Self;
     /// `self - before`, or None when some counter went down (the key was re-created).
     fn since(&self, before: &Self) -> Option<Self>;
     fn is_zero(&self) -> bool;
+    /// Adds another CPU's part (wrapping, as the kernel's counters do).
+    fn add(&mut self, other: &Self);
 }
 
 impl Total for AggVal {
+    const ZERO: Self = AggVal {
+        calls: 0,
+        bytes: 0,
+        done: 0,
+        records: 0,
+    };
+
+    fn add(&mut self, v: &Self) {
+        self.calls = self.calls.wrapping_add(v.calls);
+        self.bytes = self.bytes.wrapping_add(v.bytes);
+        self.done = self.done.wrapping_add(v.done);
+        self.records = self.records.wrapping_add(v.records);
+    }
+
     fn since(&self, b: &Self) -> Option<Self> {
         Some(AggVal {
             calls: self.calls.checked_sub(b.calls)?,
@@ -93,6 +134,15 @@ impl Total for AggVal {
 }
 
 impl Total for LatHist {
+    const ZERO: Self = LatHist::ZERO;
+
+    fn add(&mut self, h: &Self) {
+        for (s, v) in self.buckets.iter_mut().zip(h.buckets.iter()) {
+            *s = s.wrapping_add(*v);
+        }
+        self.sum_ns = self.sum_ns.wrapping_add(h.sum_ns);
+    }
+
     fn since(&self, b: &Self) -> Option<Self> {
         let mut d = LatHist::ZERO;
         for ((d, now), before) in d.buckets.iter_mut().zip(&self.buckets).zip(&b.buckets) {
@@ -123,10 +173,21 @@ impl<K, V> Default for Tracked<K, V> {
     }
 }
 
-impl<K: std::hash::Hash + Eq + Copy, V: Total> Tracked<K, V> {
-    /// The non-zero changes of `now` (every key the map holds), and the keys idle long
-    /// enough to delete (forgotten here too: if the kernel re-creates one, it starts at 0).
-    fn update(&mut self, now: Vec<(K, V)>, changed: &mut Vec<(K, V)>, forget: &mut Vec<K>) {
+impl<K: std::hash::Hash + Eq + Copy + Generational, V: Total> Tracked<K, V> {
+    /// The non-zero changes of `now` (every key the map holds). Keys of generation
+    /// `drain` go to `forget` (this was their last read; they stay tracked until a read
+    /// finds them gone, so one the kernel would not delete is not counted twice). Says
+    /// whether a key of generation `live` stayed unchanged for `idle_limit` reads.
+    fn update(
+        &mut self,
+        now: Vec<(K, V)>,
+        live: u8,
+        drain: Option<u8>,
+        idle_limit: u32,
+        changed: &mut Vec<(K, V)>,
+        forget: &mut Vec<K>,
+    ) -> bool {
+        let mut idle = false;
         let mut next = HashMap::with_capacity(now.len());
         for (k, total) in now {
             let (delta, idle_reads) = match self.0.get(&k) {
@@ -140,42 +201,110 @@ impl<K: std::hash::Hash + Eq + Copy, V: Total> Tracked<K, V> {
             if !delta.is_zero() {
                 changed.push((k, delta));
             }
-            if idle_reads >= FORGET_AFTER_IDLE_READS {
+            if drain == Some(k.generation()) {
                 forget.push(k);
-            } else {
-                next.insert(k, Seen { total, idle_reads });
             }
+            idle |= k.generation() == live && idle_reads >= idle_limit;
+            next.insert(k, Seen { total, idle_reads });
         }
         // Keys the map no longer holds are gone (deleted, or the program never re-made them).
         self.0 = next;
+        idle
     }
 }
 
-/// What changed since the last read, as the kernel's keys and values, and the keys to
-/// delete from the kernel's maps.
+/// What changed since the last read, as the kernel's keys and values, and what to do to
+/// the kernel's maps.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changes {
     pub calls: Vec<(AggKey, AggVal)>,
     pub latency: Vec<(LatKey, LatHist)>,
+    /// Delete these (a generation nothing writes any more, read for the last time).
     pub forget: Forget,
+    /// Switch the programs to this generation (then report it: [`Deltas::switched`]).
+    pub switch_to: Option<u8>,
 }
 
-/// Turns successive reads of the kernel's totals into changes.
-#[derive(Debug, Default)]
+/// Turns successive reads of the kernel's totals into changes, and clears the maps of
+/// idle keys without losing a call.
+///
+/// The programs write each key in a generation (`AGG_GEN`). Once a key of the live
+/// generation stayed unchanged for the idle limit, the programs are switched to the
+/// other generation; the old one is then written by nothing once the calls already in
+/// flight are over, and at the next read (after an RCU grace period,
+/// [`crate::attach::Tracer`]) its keys are read a last time and deleted. The live keys
+/// start again from zero in the new generation, which the tracking sees as new keys.
+/// Deleting single idle keys instead would race the kernel: a closed socket's address is
+/// reused by the next connection, whose calls land on the key just found idle.
+#[derive(Debug)]
 pub struct Deltas {
     calls: Tracked<AggKey, AggVal>,
     latency: Tracked<LatKey, LatHist>,
+    idle_limit: u32,
+    /// The generation the programs write.
+    live: u8,
+    /// The generation they wrote before the last switch, until it is cleared.
+    retiring: Option<u8>,
+}
+
+impl Default for Deltas {
+    fn default() -> Self {
+        Deltas::forgetting_after(FORGET_AFTER_IDLE_READS)
+    }
 }
 
 impl Deltas {
-    /// The changes since the last read (everything, at the first).
+    /// The maps are cleared once a key stayed unchanged for `idle_reads` reads (the
+    /// default: [`FORGET_AFTER_IDLE_READS`]; tests clear sooner, to race the kernel more).
+    pub fn forgetting_after(idle_reads: u32) -> Self {
+        Deltas {
+            calls: Tracked::default(),
+            latency: Tracked::default(),
+            idle_limit: idle_reads.max(1),
+            live: 0,
+            retiring: None,
+        }
+    }
+
+    /// A generation the programs no longer write, whose keys the next read is the last
+    /// of: the read must wait until no program started before the switch still runs.
+    pub fn retiring(&self) -> Option<u8> {
+        self.retiring
+    }
+
+    /// The changes since the last read (everything, at the first), the keys to delete,
+    /// and whether to switch generations. No switch in the read that clears the old
+    /// generation: the tracking must first see its keys gone.
     pub fn update(&mut self, raw: RawAggregates) -> Changes {
         let mut c = Changes::default();
-        self.calls
-            .update(raw.calls, &mut c.calls, &mut c.forget.calls);
-        self.latency
-            .update(raw.latency, &mut c.latency, &mut c.forget.latency);
+        let (live, drain, limit) = (self.live, self.retiring.take(), self.idle_limit);
+        let idle = self.calls.update(
+            raw.calls,
+            live,
+            drain,
+            limit,
+            &mut c.calls,
+            &mut c.forget.calls,
+        ) | self.latency.update(
+            raw.latency,
+            live,
+            drain,
+            limit,
+            &mut c.latency,
+            &mut c.forget.latency,
+        );
+        if idle && drain.is_none() {
+            c.switch_to = Some(live ^ 1);
+        }
         c
+    }
+
+    /// The programs now write generation `to` (after [`Changes::switch_to`]).
+    pub fn switched(&mut self, to: u8) {
+        if to != self.live {
+            self.retiring = Some(self.live);
+            self.live = to;
+        }
     }
 }
 
@@ -243,6 +372,8 @@ mod tests {
             root: Probe::NONE,
             facts,
             comm,
+            generation: 0,
+            _pad: [0; 7],
         }
     }
 
@@ -275,14 +406,20 @@ mod tests {
         assert_eq!(c.calls, vec![(k, val(1, 10))]);
     }
 
+    fn in_generation(mut k: AggKey, g: u8) -> AggKey {
+        k.generation = g;
+        k
+    }
+
     #[test]
-    fn idle_keys_are_forgotten_and_counted_afresh() {
+    fn an_idle_key_switches_generations_and_the_old_one_is_cleared_after_its_last_read() {
         let mut d = Deltas::default();
         let k = key(Probe::TcpSendmsg, 101, facts::RET);
         let lk = LatKey {
             pid: 100,
             probe: Probe::DoSendfile as u8,
-            _pad: [0; 3],
+            generation: 0,
+            _pad: [0; 2],
         };
         let mut h = LatHist::ZERO;
         h.add(5_000);
@@ -297,12 +434,63 @@ mod tests {
             let c = d.update(raw.clone());
             assert_eq!(c, Changes::default(), "read {i}");
         }
-        let f = d.update(raw.clone()).forget;
-        assert_eq!((f.calls, f.latency), (vec![k], vec![lk]));
-        // Had the kernel not deleted it yet, the next read counts it whole again: only
-        // keys idle that long are deleted, so that costs nothing real.
-        let c = d.update(raw);
-        assert_eq!(c.calls, vec![(k, val(1, 1))]);
+        let c = d.update(raw.clone());
+        assert_eq!(
+            c.switch_to,
+            Some(1),
+            "idle for {FORGET_AFTER_IDLE_READS} reads"
+        );
+        assert!(c.forget.is_empty(), "still written by the programs");
+        assert_eq!(d.retiring(), None, "not switched until the tracer says so");
+        d.switched(1);
+        assert_eq!(d.retiring(), Some(0));
+        // The programs wrote more to the old key before they saw the switch, and began
+        // the new generation: both counted, then the old generation goes.
+        let k1 = in_generation(k, 1);
+        let c = d.update(RawAggregates {
+            calls: vec![(k, val(3, 3)), (k1, val(1, 7))],
+            latency: vec![(lk, h)],
+        });
+        assert_eq!(c.calls, vec![(k, val(2, 2)), (k1, val(1, 7))]);
+        assert_eq!((c.forget.calls, c.forget.latency), (vec![k], vec![lk]));
+        assert_eq!(c.switch_to, None, "no switch while clearing");
+        assert_eq!(d.retiring(), None);
+        // A key the kernel would not delete is not counted twice.
+        let c = d.update(RawAggregates {
+            calls: vec![(k, val(3, 3)), (k1, val(1, 7))],
+            latency: vec![],
+        });
+        assert!(c.calls.is_empty(), "{c:?}");
+        assert!(
+            c.forget.is_empty(),
+            "deleted with its generation the next time"
+        );
+    }
+
+    #[test]
+    fn a_generation_used_again_counts_its_keys_from_zero() {
+        let mut d = Deltas::forgetting_after(1);
+        let k = key(Probe::TcpSendmsg, 101, facts::RET);
+        let k1 = in_generation(k, 1);
+        let read = |calls: Vec<(AggKey, AggVal)>| RawAggregates {
+            calls,
+            latency: vec![],
+        };
+        d.update(read(vec![(k, val(5, 50))]));
+        let c = d.update(read(vec![(k, val(5, 50))]));
+        assert_eq!(c.switch_to, Some(1));
+        d.switched(1);
+        let c = d.update(read(vec![(k, val(5, 50)), (k1, val(2, 20))]));
+        assert_eq!(c.forget.calls, vec![k]);
+        // k deleted; k1 idle for one read: back to generation 0 (k's tracking is gone).
+        let c = d.update(read(vec![(k1, val(2, 20))]));
+        assert_eq!(c.switch_to, Some(0));
+        d.switched(0);
+        // The same key in generation 0 again, from zero: all of it is new, even though
+        // it is larger than what the key held before it was deleted.
+        let c = d.update(read(vec![(k1, val(2, 20)), (k, val(6, 60))]));
+        assert_eq!(c.calls, vec![(k, val(6, 60))]);
+        assert_eq!(c.forget.calls, vec![k1]);
     }
 
     #[test]

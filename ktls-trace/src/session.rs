@@ -213,7 +213,7 @@ impl Session {
         let deltas = match opts.aggregate {
             true => {
                 let mut d = Deltas::default();
-                d.update(tracer.read_aggregates()?);
+                tracer.aggregate_changes(&mut d)?;
                 Some(d)
             }
             false => None,
@@ -328,22 +328,14 @@ impl Session {
     }
 
     /// Aggregate mode: the calls that completed since the last read (since the start, at
-    /// the first), named and ready to classify. Keys idle for long are deleted from the
-    /// kernel's maps. Without aggregate mode: an empty batch.
+    /// the first), named and ready to classify. The kernel's maps are cleared of keys
+    /// idle for long ([`Deltas`]). Without aggregate mode: an empty batch.
     pub fn read_aggregates(&mut self) -> Result<Batch, SessionError> {
         let Some(deltas) = &mut self.deltas else {
             return Ok(Batch::default());
         };
-        let raw = self.tracer.read_aggregates()?;
-        let crate::aggregate::Changes {
-            calls,
-            latency,
-            forget,
-        } = deltas.update(raw);
-        if !forget.calls.is_empty() || !forget.latency.is_empty() {
-            self.tracer
-                .forget_aggregates(&forget.calls, &forget.latency);
-        }
+        let crate::aggregate::Changes { calls, latency, .. } =
+            self.tracer.aggregate_changes(deltas)?;
         let now = crate::clock::now_ns();
         let mut batch = Batch::default();
         for (k, d) in &calls {

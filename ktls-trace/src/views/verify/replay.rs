@@ -166,6 +166,8 @@ fn kernel_totals(events: &[crate::event::TraceEvent]) -> crate::attach::RawAggre
             root: e.root.map_or(ktls_trace_common::Probe::NONE, |p| p as u8),
             facts: e.facts(),
             comm,
+            generation: 0,
+            _pad: [0; 7],
         };
         let v = calls.entry(key).or_default();
         v.calls += 1;
@@ -176,7 +178,8 @@ fn kernel_totals(events: &[crate::event::TraceEvent]) -> crate::attach::RawAggre
             let lk = LatKey {
                 pid: e.pid,
                 probe: e.probe as u8,
-                _pad: [0; 3],
+                generation: 0,
+                _pad: [0; 2],
             };
             lat.entry(lk).or_insert(LatHist::ZERO).add(l);
         }
