@@ -273,11 +273,22 @@ impl Deltas {
     }
 
     /// The changes since the last read (everything, at the first), the keys to delete,
-    /// and whether to switch generations. No switch in the read that clears the old
-    /// generation: the tracking must first see its keys gone.
+    /// and whether to switch generations, with the retiring generation (if any) known to
+    /// be written by nothing any more (the tests' shorthand).
+    #[cfg(test)]
     pub fn update(&mut self, raw: RawAggregates) -> Changes {
+        self.update_with(raw, true)
+    }
+
+    /// As [`Deltas::update`]; `retired` says whether the retiring generation is written by
+    /// nothing any more (its grace period is over). If not, it is cleared at a later read.
+    /// No switch in a read that clears or still waits for the old generation: the
+    /// tracking must first see its keys gone.
+    pub fn update_with(&mut self, raw: RawAggregates, retired: bool) -> Changes {
         let mut c = Changes::default();
-        let (live, drain, limit) = (self.live, self.retiring.take(), self.idle_limit);
+        let waiting = self.retiring.is_some() && !retired;
+        let drain = if waiting { None } else { self.retiring.take() };
+        let (live, limit) = (self.live, self.idle_limit);
         let idle = self.calls.update(
             raw.calls,
             live,
@@ -293,7 +304,7 @@ impl Deltas {
             &mut c.latency,
             &mut c.forget.latency,
         );
-        if idle && drain.is_none() {
+        if idle && drain.is_none() && !waiting {
             c.switch_to = Some(live ^ 1);
         }
         c
@@ -465,6 +476,30 @@ mod tests {
             c.forget.is_empty(),
             "deleted with its generation the next time"
         );
+    }
+
+    #[test]
+    fn the_old_generation_waits_for_its_grace_period() {
+        let mut d = Deltas::forgetting_after(1);
+        let k = key(Probe::TcpSendmsg, 101, facts::RET);
+        let read = |calls: Vec<(AggKey, AggVal)>| RawAggregates {
+            calls,
+            latency: vec![],
+        };
+        d.update(read(vec![(k, val(5, 50))]));
+        assert_eq!(d.update(read(vec![(k, val(5, 50))])).switch_to, Some(1));
+        d.switched(1);
+        // A program that started before the switch may still add to k: not cleared yet,
+        // and no switch while waiting, however idle.
+        let c = d.update_with(read(vec![(k, val(6, 60))]), false);
+        assert_eq!(c.calls, vec![(k, val(1, 10))]);
+        assert!(c.forget.is_empty());
+        assert_eq!(c.switch_to, None);
+        assert_eq!(d.retiring(), Some(0));
+        let c = d.update_with(read(vec![(k, val(6, 60))]), true);
+        assert!(c.calls.is_empty());
+        assert_eq!(c.forget.calls, vec![k]);
+        assert_eq!(d.retiring(), None);
     }
 
     #[test]

@@ -533,6 +533,8 @@ pub struct Tracer {
     log_task: Option<tokio::task::JoinHandle<()>>,
     /// The drop counters could not be read once (said then; see [`Tracer::drops`]).
     drops_unreadable: std::sync::atomic::AtomicBool,
+    /// Aggregate mode: the grace period after the last generation switch, until over.
+    grace: Option<aggregates::Grace>,
 }
 
 impl Tracer {
@@ -608,6 +610,7 @@ impl Tracer {
             aya_btf: None,
             log_task,
             drops_unreadable: std::sync::atomic::AtomicBool::new(false),
+            grace: None,
         };
         t.tls_layout = t.read_tls_layout();
         // Records are counted only with the tls module's layout known: derive from them
