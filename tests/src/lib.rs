@@ -16,6 +16,7 @@ use std::{
 use serde_json::Value;
 
 pub mod exporter;
+pub mod load_server;
 
 /// Collects what a child writes to a pipe, as it comes, on a thread: the text so far can
 /// be read at any time (to wait for a line) while the child runs.

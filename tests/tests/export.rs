@@ -29,7 +29,10 @@ use std::{
 };
 
 use ktls_trace_tests::{
-    Workload, bin, exit_within, exporter::Exporter, needs_ktls, output_within, require_root, which,
+    Workload, bin, exit_within,
+    exporter::Exporter,
+    load_server::{LoadServer, listen_addr},
+    needs_ktls, output_within, require_root, which,
 };
 use serde_json::Value;
 
@@ -479,32 +482,58 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
         )
     };
 
-    // 1. kernel TLS sendfile: the load's server body bytes.
-    let out = output_within(
-        Command::new(bin("ktls-trace")).args([
-            "load",
-            "--mode",
-            "ktls-sendfile",
-            "--requests",
-            "8",
-            "--file-size",
-            "1M",
-            "--json",
-        ]),
-        Duration::from_secs(300),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "load report: {e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+    // 1. kernel TLS sendfile: the body bytes of a load server, fetched by two clients in
+    // turn. Prometheus must see the server's counter move between two scrapes: a series
+    // whose first sample already holds all its bytes has no rate (and the recording rules
+    // below are rates); one load of 8 MiB could fit between two scrapes (it did on 6.12).
+    let mut server = LoadServer::start(&[
+        "--mode",
+        "ktls-sendfile",
+        "--listen",
+        "127.0.0.1:0",
+        "--requests",
+        "8",
+        "--file-size",
+        "1M",
+        "--json",
+    ]);
+    let ready = server.ready();
+    let load_pid = ready["pid"].as_u64().expect("server pid") as u32;
+    let addr = listen_addr(&ready);
+    let fetch = |requests: &str| {
+        let out = output_within(
+            Command::new(bin("ktls-trace")).args([
+                "load",
+                "--client-only",
+                "--mode",
+                "ktls-sendfile",
+                "--connect",
+                &addr,
+                "--requests",
+                requests,
+                "--file-size",
+                "1M",
+                "--json",
+            ]),
+            Duration::from_secs(300),
         )
-    });
-    assert!(out.status.success(), "load failed: {report}");
-    assert_eq!(report["verified"], true, "{report}");
-    let load_pid = report["server"]["pid"].as_u64().expect("server pid") as u32;
-    let body = report["server"]["body_bytes"].as_u64().expect("body_bytes");
+        .unwrap_or_else(|e| panic!("{e}"));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "client report: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(out.status.success(), "client failed: {report}");
+        assert_eq!(report["verified"], true, "{report}");
+    };
+    fetch("4");
+    assert_payload_settles(load_pid, "ktls_sendfile", 4 << 20, &context);
+    fetch("4");
+    let (code, report, err) = server.finish(60);
+    assert_eq!(code, Some(0), "{report}\n{err}");
+    let body = report["body_bytes"].as_u64().expect("body_bytes");
     assert_eq!(body, 8 << 20, "{report}");
     assert_payload_settles(load_pid, "ktls_sendfile", body, &context);
     // Its response heads went through kernel TLS too (kTLS write), never user space.

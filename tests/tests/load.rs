@@ -7,15 +7,14 @@
 //! without the kernel really doing the encryption.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, Output, Stdio},
-    sync::mpsc,
-    thread,
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
+use ktls_trace_tests::load_server::{LoadServer, listen_addr};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -133,112 +132,6 @@ fn assert_combined_ok(rep: &Value, mode: &str, requests: u64, size: u64) {
     assert_eq!(u(s, "connections"), u(c, "connections"));
     assert!(s["cpu"]["user_s"].is_number() && s["cpu"]["sys_s"].is_number());
     assert_eq!(s["cpu"]["scope"], "server-thread");
-}
-
-/// A child process killed on drop, with its stdout lines on a channel.
-struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    reader: Option<thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(ktls_trace())
-            .arg("load")
-            .arg("--server-only")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting ktls-trace load --server-only");
-        let stdout: ChildStdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Server {
-            child,
-            lines: rx,
-            reader: Some(reader),
-        }
-    }
-
-    /// Waits for the ready line; returns it parsed.
-    fn ready(&mut self) -> Value {
-        match self.lines.recv_timeout(Duration::from_secs(120)) {
-            Ok(line) => {
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
-                assert_eq!(v["event"], "ready", "{v}");
-                v
-            }
-            Err(_) => {
-                let _ = self.child.kill();
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                panic!("the server printed no ready line; stderr: {err}");
-            }
-        }
-    }
-
-    /// Waits for the exit (at most `secs`); returns the exit code and the last JSON line.
-    fn finish(mut self, secs: u64) -> (Option<i32>, Value, String) {
-        let mut waited = 0;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if waited >= secs * 10 {
-                let _ = self.child.kill();
-                panic!("the server did not exit within {secs} s");
-            }
-            thread::sleep(Duration::from_millis(100));
-            waited += 1;
-        };
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let lines: Vec<String> = self.lines.try_iter().collect();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        eprintln!("server stdout: {lines:?}\nserver stderr: {err}");
-        let last = lines
-            .iter()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .expect("no report line");
-        (
-            status.code(),
-            serde_json::from_str(last).expect("report JSON"),
-            err,
-        )
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn listen_addr(ready: &Value) -> String {
-    ready["listen"].as_str().expect("listen").to_string()
 }
 
 fn write_test_file(name: &str, size: usize) -> PathBuf {
@@ -517,7 +410,7 @@ fn corruption_is_caught() {
 /// counts on both sides, the client checks against the generated pattern.
 /// A `--server-only` server of one request of a generated file of `size`, plus `extra`
 /// options; and its address.
-fn serve_one(mode: &str, size: &str, extra: &[&str]) -> (Server, String) {
+fn serve_one(mode: &str, size: &str, extra: &[&str]) -> (LoadServer, String) {
     let mut args = vec![
         "--mode",
         mode,
@@ -530,7 +423,7 @@ fn serve_one(mode: &str, size: &str, extra: &[&str]) -> (Server, String) {
         "--json",
     ];
     args.extend_from_slice(extra);
-    let mut server = Server::start(&args);
+    let mut server = LoadServer::start(&args);
     let addr = listen_addr(&server.ready());
     (server, addr)
 }
@@ -538,7 +431,7 @@ fn serve_one(mode: &str, size: &str, extra: &[&str]) -> (Server, String) {
 /// The built-in client fetches that one request; then the server must have served it
 /// without an error, with `strays` stray connections. Returns its report.
 fn served_one_despite_strays(
-    server: Server,
+    server: LoadServer,
     mode: &str,
     addr: &str,
     size: &str,
@@ -627,7 +520,7 @@ fn connections_beyond_the_cap_are_closed_at_once() {
 
 #[test]
 fn server_only_and_client_only_agree() {
-    let mut server = Server::start(&[
+    let mut server = LoadServer::start(&[
         "--mode",
         "userspace-tls",
         "--listen",
@@ -684,7 +577,7 @@ fn server_only_and_client_only_agree() {
 /// A client without the file still checks the content against the server's header.
 #[test]
 fn client_only_uses_the_server_hash_when_it_has_no_file() {
-    let mut server = Server::start(&[
+    let mut server = LoadServer::start(&[
         "--mode",
         "plain-sendfile",
         "--listen",
@@ -718,7 +611,7 @@ fn client_only_uses_the_server_hash_when_it_has_no_file() {
 /// SIGTERM stops the server cleanly: exit 0, a report, the generated file removed.
 #[test]
 fn sigterm_stops_the_server_with_a_report() {
-    let mut server = Server::start(&[
+    let mut server = LoadServer::start(&[
         "--mode",
         "userspace-tls",
         "--listen",
@@ -765,7 +658,7 @@ fn real_tls_clients_fetch_over_tls12_and_tls13() {
         };
         for version in ["1.2", "1.3"] {
             // One request of the user's file, then the server exits with its report.
-            let mut server = Server::start(&[
+            let mut server = LoadServer::start(&[
                 "--mode",
                 mode,
                 "--listen",
@@ -1004,7 +897,7 @@ fn ktls_sendfile_server_only_serves_a_separate_client() {
         return;
     }
     for tls in ["1.2", "1.3"] {
-        let mut server = Server::start(&[
+        let mut server = LoadServer::start(&[
             "--mode",
             "ktls-sendfile",
             "--tls",

@@ -203,10 +203,21 @@ pub fn parse(lines: &[&str], plan: &[String], timed_out: bool) -> GuestReport {
         }
 
         // A failure section runs until the next section header or the "failures:" list.
-        if let Some(name) = line.strip_prefix("---- ").and_then(|r| {
-            r.strip_suffix(" stdout ----")
-                .or_else(|| r.strip_suffix(" stderr ----"))
-        }) {
+        // Inside a section, a header is only one of a test that ran here: a test's own
+        // output may have lines of that shape ("---- server's stderr ----").
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|r| {
+                r.strip_suffix(" stdout ----")
+                    .or_else(|| r.strip_suffix(" stderr ----"))
+            })
+            .filter(|name| {
+                section.is_none()
+                    || exes
+                        .get(&exe)
+                        .is_some_and(|e| e.tests.iter().any(|t| t.name == *name))
+            })
+        {
             if let Some((prev, details)) = section.take() {
                 attach_details(&mut exes, &exe, &prev, details);
             }
@@ -554,6 +565,50 @@ KT-DONE uptime=9.0s
         assert_eq!(
             failed[0].details.last().map(String::as_str),
             Some(" right: 3999999")
+        );
+    }
+
+    /// A failed test's own output with a line shaped like libtest's section header (the
+    /// export test prints its server's stderr under "---- export's stderr ----") stays
+    /// that test's detail: it is not a second failed test.
+    #[test]
+    fn a_header_shaped_line_inside_a_section_is_detail() {
+        let log = "\
+KT-BOOTED guest=6.12 kernel=x uptime=1s
+KT-TLS loaded
+KT-BEGIN export-1
+running 2 tests
+test scrapes ... FAILED
+test rules ... ok
+
+failures:
+
+---- scrapes stdout ----
+thread 'scrapes' panicked at tests/tests/export.rs:578:5:
+rate 0
+---- export's stderr ----
+serving metrics
+---- rules stdout ----
+never printed by libtest for a passing test, but a known name
+
+failures:
+    scrapes
+
+test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out
+
+KT-END export-1 rc=101
+KT-DONE uptime=9.0s
+";
+        let lines: Vec<&str> = log.lines().collect();
+        let r = parse(&lines, &plan(&["export-1"]), false);
+        let e = &r.exes[0];
+        assert_eq!(e.tests.len(), 2, "{:#?}", e.tests);
+        assert_eq!(r.count(Outcome::Failed), 1);
+        let failed = &e.tests[0];
+        assert_eq!(failed.name, "scrapes");
+        assert_eq!(
+            failed.details.last().map(String::as_str),
+            Some("serving metrics")
         );
     }
 
