@@ -329,6 +329,27 @@ fn assert_payload_settles(pid: u32, path: &str, want: u64, context: &dyn Fn() ->
     );
 }
 
+/// `ktls-trace load ARGS --json`, which must succeed within 5 minutes: its report.
+fn load_report(args: &[&str]) -> Value {
+    let out = output_within(
+        Command::new(bin("ktls-trace"))
+            .arg("load")
+            .args(args)
+            .arg("--json"),
+        Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "load report: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "load failed: {report}");
+    report
+}
+
 #[test]
 #[ignore = "needs kprobes + kTLS: runs in the QEMU guests (cargo xtask vm-test)"]
 fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
@@ -501,31 +522,17 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
     let load_pid = ready["pid"].as_u64().expect("server pid") as u32;
     let addr = listen_addr(&ready);
     let fetch = |requests: &str| {
-        let out = output_within(
-            Command::new(bin("ktls-trace")).args([
-                "load",
-                "--client-only",
-                "--mode",
-                "ktls-sendfile",
-                "--connect",
-                &addr,
-                "--requests",
-                requests,
-                "--file-size",
-                "1M",
-                "--json",
-            ]),
-            Duration::from_secs(300),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "client report: {e}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        assert!(out.status.success(), "client failed: {report}");
+        let report = load_report(&[
+            "--client-only",
+            "--mode",
+            "ktls-sendfile",
+            "--connect",
+            &addr,
+            "--requests",
+            requests,
+            "--file-size",
+            "1M",
+        ]);
         assert_eq!(report["verified"], true, "{report}");
     };
     fetch("4");
@@ -541,22 +548,14 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
     assert!(paths.get("ktls_write").is_some_and(|b| *b > 0), "{paths:?}");
 
     // 2. user-space TLS: the load's rustls server (no exact count of its own) ...
-    let out = output_within(
-        Command::new(bin("ktls-trace")).args([
-            "load",
-            "--mode",
-            "userspace-tls",
-            "--requests",
-            "4",
-            "--file-size",
-            "256K",
-            "--json",
-        ]),
-        Duration::from_secs(300),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("load report");
-    assert!(out.status.success(), "load failed: {report}");
+    let report = load_report(&[
+        "--mode",
+        "userspace-tls",
+        "--requests",
+        "4",
+        "--file-size",
+        "256K",
+    ]);
     let us_pid = report["server"]["pid"].as_u64().expect("server pid") as u32;
     let server = &report["server"];
     let plaintext =
