@@ -391,6 +391,15 @@ mod tests {
         }
     }
 
+    fn lat_key(probe: Probe) -> LatKey {
+        LatKey {
+            pid: 100,
+            probe: probe as u8,
+            generation: 0,
+            _pad: [0; 2],
+        }
+    }
+
     fn val(calls: u64, done: u64) -> AggVal {
         AggVal {
             calls,
@@ -449,12 +458,7 @@ mod tests {
         assert_eq!(c.calls, vec![(k, rest)]);
         assert_eq!(c.switch_to, None, "a key that moved is not idle");
         // The histogram's sum is added after its bucket: the same.
-        let lk = LatKey {
-            pid: 100,
-            probe: Probe::TcpSendmsg as u8,
-            generation: 0,
-            _pad: [0; 2],
-        };
+        let lk = lat_key(Probe::TcpSendmsg);
         let mut h = LatHist::ZERO;
         h.buckets[3] = 1;
         let lat = |h: LatHist| RawAggregates {
@@ -479,12 +483,7 @@ mod tests {
     fn an_idle_key_switches_generations_and_the_old_one_is_cleared_after_its_last_read() {
         let mut d = Deltas::default();
         let k = key(Probe::TcpSendmsg, 101, facts::RET);
-        let lk = LatKey {
-            pid: 100,
-            probe: Probe::DoSendfile as u8,
-            generation: 0,
-            _pad: [0; 2],
-        };
+        let lk = lat_key(Probe::DoSendfile);
         let mut h = LatHist::ZERO;
         h.add(5_000);
         h.add(5_000);

@@ -218,6 +218,17 @@ impl KernelFacts {
     pub fn has_symbol(&self, name: &str) -> bool {
         self.symbols.contains(name)
     }
+
+    /// Mounts tracefs when no mount is found (a fresh boot of many distributions mounts
+    /// it only on first use), so that the tracepoints the kernel has can be seen. The
+    /// tracer does this before it attaches tracepoints, and `doctor` before it reports
+    /// them: both must see the same kernel.
+    pub fn mount_tracefs(&mut self) -> Result<(), String> {
+        if self.tracefs.is_none() {
+            self.tracefs = Some(ensure_tracefs()?);
+        }
+        Ok(())
+    }
 }
 
 fn uname() -> (String, String) {
@@ -268,7 +279,7 @@ pub fn find_tracefs() -> Option<PathBuf> {
 
 /// Mounts tracefs at /sys/kernel/tracing when it is not mounted anywhere (as `perf` and
 /// `bpftrace` need it too, this is the standard place).
-pub fn ensure_tracefs() -> Result<PathBuf, String> {
+fn ensure_tracefs() -> Result<PathBuf, String> {
     if let Some(p) = find_tracefs() {
         return Ok(p);
     }

@@ -177,6 +177,13 @@ impl Plan {
         self.ciphertext_derived
     }
 
+    /// Does the plan attach a tracepoint (which needs tracefs for its id)?
+    pub fn attaches_tracepoints(&self) -> bool {
+        PROBES.iter().any(|s| {
+            !matches!(s.hook, Hook::Kfunc(_)) && self.decision(s.probe) == Some(&Decision::Attach)
+        })
+    }
+
     pub fn decision(&self, probe: Probe) -> Option<&Decision> {
         self.decisions
             .iter()
@@ -457,13 +464,18 @@ pub fn numbers(plan: &Plan, off: &Offsets, tls: &TlsLayoutState) -> Vec<Number> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
     use crate::kernel::Privileges;
 
-    fn facts(version: (u32, u32), kprobes: bool, tls: TlsState, syms: &[&str]) -> KernelFacts {
+    pub(crate) fn facts(
+        version: (u32, u32),
+        kprobes: bool,
+        tls: TlsState,
+        syms: &[&str],
+    ) -> KernelFacts {
         KernelFacts {
             release: format!("{}.{}.0", version.0, version.1),
             version: Some(version),
@@ -552,6 +564,10 @@ mod tests {
         assert!(
             matches!(p.decision(Probe::Sendfile64), Some(Decision::Skip(w)) if w.contains("do_sendfile is probed"))
         );
+        assert!(
+            !p.attaches_tracepoints(),
+            "kprobes alone: no tracefs needed"
+        );
         let n = numbers(&p, &OFF, &TlsLayoutState::Known("test".into()));
         assert_eq!(
             source(&n, "kernel TLS ciphertext"),
@@ -603,6 +619,8 @@ mod tests {
         let p = Plan::choose(&f, BackendChoice::Auto).unwrap();
         assert_eq!(p.sendfile, Probe::Sendfile64);
         assert!(attached(&p).contains(&"sendfile64"));
+        // The kprobe mode then needs tracefs too (Tracer::start mounts it).
+        assert!(p.attaches_tracepoints());
         assert!(
             matches!(p.decision(Probe::DoSendfile), Some(Decision::Skip(w)) if w.contains("inlined")),
             "{:?}",
@@ -739,6 +757,7 @@ mod tests {
         assert_eq!(p.sendfile, Probe::Sendfile64);
         assert_eq!(p.reduced_because.as_deref(), Some("no kprobes"));
         assert_eq!(attached(&p), vec!["sendfile64", "sock_send_length"]);
+        assert!(p.attaches_tracepoints());
         assert!(p.mode_sentence(&f).starts_with("reduced mode"));
         for forced in [BackendChoice::Kprobe, BackendChoice::Fentry] {
             assert!(matches!(

@@ -197,6 +197,46 @@ pub fn process_running(pid: u32) -> bool {
     }
 }
 
+/// Runs `cmd` in a mount namespace of its own where tracefs is not mounted (as on a
+/// fresh boot of many distributions, which mount it on first use): tracefs and debugfs
+/// are unmounted there only, and the child fails to start if a tracefs is still seen.
+pub fn without_tracefs(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: unshare, mount, umount2 and access are async-signal-safe system calls on
+    // static strings; they change only the child's own mount namespace, before it execs.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for dir in [
+                c"/sys/kernel/debug/tracing",
+                c"/sys/kernel/tracing",
+                c"/sys/kernel/debug",
+            ] {
+                libc::umount2(dir.as_ptr(), libc::MNT_DETACH);
+            }
+            for events in [
+                c"/sys/kernel/tracing/events",
+                c"/sys/kernel/debug/tracing/events",
+            ] {
+                if libc::access(events.as_ptr(), libc::F_OK) == 0 {
+                    return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
 /// `uname -r`.
 pub fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")

@@ -2,7 +2,12 @@
 //! kprobes, no kTLS: the tracepoint fallback) and the QEMU guests (where the same tests
 //! force `--backend tracepoint` to keep the fallback proven on real kTLS kernels too).
 
-use ktls_trace_tests::{GUEST_ONLY, Trace, Workload, has_kprobes, require_root, run_ktls_trace};
+use std::{process::Command, time::Duration};
+
+use ktls_trace_tests::{
+    GUEST_ONLY, Trace, Workload, bin, has_kprobes, output_within, require_root, run_ktls_trace,
+    without_tracefs,
+};
 
 /// Does this kernel have the tracepoints the fallback needs? (6.1 has no
 /// sock:sock_send_length; it appeared in 6.3.)
@@ -431,6 +436,55 @@ fn sigterm_ends_with_a_json_summary() {
     assert!(out.status.success());
     let s = out.summary.expect("summary after SIGTERM");
     assert!(s["events"].as_u64().is_some() && s["drops"].as_u64().is_some());
+}
+
+/// Where tracefs is not mounted, `doctor` and `trace` mount it (in their own mount
+/// namespace here) and see what they see where it is: the same tracepoints, and a
+/// transfer's sendfile bytes, exactly. On kernels that inline `do_sendfile` (7.x) this
+/// is the kprobe mode's sendfile64 tracepoint; without kprobes, the tracepoint mode.
+#[test]
+fn without_tracefs_mounted_doctor_and_trace_mount_it() {
+    require_root();
+    let doctor = |cmd: &mut Command| {
+        let out = output_within(cmd.args(["doctor", "--json"]), Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let r: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+        r
+    };
+    let usual = doctor(&mut Command::new(bin("ktls-trace")));
+    let fresh = doctor(without_tracefs(&mut Command::new(bin("ktls-trace"))));
+    assert_eq!(fresh["tracefs"]["ok"], true, "{fresh}");
+    assert_eq!(
+        fresh["tracefs"]["detail"], "mounted at /sys/kernel/tracing",
+        "{fresh}"
+    );
+    assert!(
+        fresh["tracepoints"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == "syscalls:sys_enter_sendfile64")),
+        "{fresh}"
+    );
+    assert_eq!(fresh["tracepoints"], usual["tracepoints"]);
+    assert_eq!(fresh["probe_points"], usual["probe_points"]);
+
+    const N: u64 = 700_000;
+    let mut w = Workload::start("plain-sendfile", N);
+    let pid = w.pid.to_string();
+    let mut cmd = Command::new(bin("ktls-trace"));
+    without_tracefs(&mut cmd).args(["trace", "--json", "--pid", &pid]);
+    let trace = Trace::start_command(cmd);
+    w.go();
+    assert_eq!(w.finish()["sent"], N);
+    let out = trace.wait();
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let sendfile = if out.of("do_sendfile").next().is_some() {
+        "do_sendfile"
+    } else {
+        "sendfile64"
+    };
+    assert_eq!(out.bytes_done(sendfile, None), N, "{}", out.census());
 }
 
 #[test]

@@ -552,11 +552,19 @@ impl Tracer {
                 );
             return Err(TracerError::Privileges(why));
         }
-        let plan = Plan::choose(&facts, opts.backend)?;
-        if plan.backend == Backend::Tracepoint && facts.tracefs.is_none() {
-            match kernel::ensure_tracefs() {
-                Ok(p) => facts.tracefs = Some(p),
-                Err(e) => return Err(TracerError::NothingAttached(e)),
+        let mut plan = Plan::choose(&facts, opts.backend)?;
+        // Tracepoints are attached by their tracefs ids: the tracepoint mode needs tracefs,
+        // and so does the kprobe mode where `do_sendfile` is inlined (the sendfile64
+        // tracepoints stand in). With the mount, the plan checks the tracepoints instead
+        // of assuming them.
+        if facts.tracefs.is_none() && plan.attaches_tracepoints() {
+            match facts.mount_tracefs() {
+                Ok(()) => plan = Plan::choose(&facts, opts.backend)?,
+                Err(e) if plan.backend == Backend::Tracepoint => {
+                    return Err(TracerError::NothingAttached(e));
+                }
+                // The kprobes still work; the tracepoints' attach fails and says so.
+                Err(e) => log::warn!("{e}"),
             }
         }
         let btf = match Btf::from_sys_fs() {

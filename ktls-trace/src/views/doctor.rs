@@ -20,6 +20,8 @@ pub struct Report {
     pub btf: bool,
     pub kprobes: Support,
     pub fentry: Support,
+    /// Where tracepoints are seen (tracefs), or why they cannot be.
+    pub tracefs: Support,
     pub tracepoints: Vec<String>,
     pub ktls: String,
     pub ktls_active: bool,
@@ -51,12 +53,20 @@ pub struct ProbePoint {
 
 /// `ktls-trace doctor`: exit 0 when full tracing is possible, 1 otherwise.
 pub fn run(args: &crate::cli::DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
-    let facts = KernelFacts::probe();
+    let mut facts = KernelFacts::probe();
+    // Seen as the tracer would see them: it mounts tracefs when it needs tracepoints, so a
+    // fresh boot without the mount must not read as "no tracepoints". Without the
+    // privileges to trace, nothing is mounted and the report says so.
+    let tracefs_error = if facts.privileges.can_trace() {
+        facts.mount_tracefs().err()
+    } else {
+        None
+    };
     let check = facts
         .privileges
         .can_trace()
         .then(|| crate::attach::load_check(&facts));
-    let report = report(&facts, check.as_ref());
+    let report = report(&facts, check.as_ref(), tracefs_error.as_deref());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -70,8 +80,12 @@ pub fn run(args: &crate::cli::DoctorArgs) -> anyhow::Result<std::process::ExitCo
 }
 
 /// Builds the report. `check` is the result of loading the programs (None when the
-/// process may not load eBPF at all).
-pub fn report(facts: &KernelFacts, check: Option<&LoadCheck>) -> Report {
+/// process may not load eBPF at all); `tracefs_error` why tracefs could not be mounted.
+pub fn report(
+    facts: &KernelFacts,
+    check: Option<&LoadCheck>,
+    tracefs_error: Option<&str>,
+) -> Report {
     let plan = Plan::choose(facts, BackendChoice::Auto);
     let kprobes = match &facts.kprobes {
         Ok(()) => Support {
@@ -95,6 +109,20 @@ pub fn report(facts: &KernelFacts, check: Option<&LoadCheck>) -> Report {
         None => Support {
             ok: false,
             detail: "not checked (needs privileges to load a test program)".into(),
+        },
+    };
+    let tracefs = match (&facts.tracefs, tracefs_error) {
+        (Some(p), _) => Support {
+            ok: true,
+            detail: format!("mounted at {}", p.display()),
+        },
+        (None, Some(e)) => Support {
+            ok: false,
+            detail: e.to_string(),
+        },
+        (None, None) => Support {
+            ok: false,
+            detail: "tracefs is not mounted (ktls-trace mounts it at /sys/kernel/tracing when it traces with the privileges to)".into(),
         },
     };
     let tracepoints = [
@@ -210,6 +238,7 @@ pub fn report(facts: &KernelFacts, check: Option<&LoadCheck>) -> Report {
         btf: facts.btf,
         kprobes,
         fentry,
+        tracefs,
         tracepoints,
         ktls: facts.tls.describe(),
         ktls_active: facts.tls.is_active(),
@@ -263,8 +292,10 @@ pub fn render(r: &Report, check: Option<&LoadCheck>) -> String {
     );
     line(
         "tracepoints",
-        if r.tracepoints.is_empty() {
-            "none of the fallback tracepoints found (is tracefs mounted?)".into()
+        if !r.tracefs.ok {
+            format!("not seen: {}", r.tracefs.detail)
+        } else if r.tracepoints.is_empty() {
+            "none of the fallback tracepoints in this kernel".into()
         } else {
             r.tracepoints.join(", ")
         },
@@ -337,4 +368,64 @@ pub fn render(r: &Report, check: Option<&LoadCheck>) -> String {
         }
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{kernel::TlsState, plan::tests::facts};
+
+    fn tracepoints_line(r: &Report) -> String {
+        render(r, None)
+            .lines()
+            .find_map(|l| l.strip_prefix("tracepoints").map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    }
+
+    /// Without tracefs the tracepoints are unknown, not absent: the report says why it
+    /// could not look rather than "none found" (a fresh boot mounts tracefs on first use).
+    #[test]
+    fn tracepoints_without_tracefs_are_unknown_and_say_why() {
+        let f = facts((6, 18), false, TlsState::Missing("no tls".into()), &[]);
+        let why = "tracefs is not mounted and mounting it at /sys/kernel/tracing failed";
+        let r = report(&f, None, Some(why));
+        assert!(!r.tracefs.ok);
+        assert!(r.tracepoints.is_empty());
+        assert_eq!(tracepoints_line(&r), format!("not seen: {why}"));
+        let r = report(&f, None, None);
+        assert!(
+            tracepoints_line(&r).starts_with("not seen: tracefs is not mounted"),
+            "{}",
+            tracepoints_line(&r)
+        );
+    }
+
+    #[test]
+    fn tracepoints_are_read_from_the_tracefs_found() {
+        let dir = std::env::temp_dir().join(format!("ktls-trace-doctor-{}", std::process::id()));
+        let events = dir.join("events");
+        std::fs::create_dir_all(events.join("syscalls/sys_enter_sendfile64")).unwrap();
+        std::fs::create_dir_all(events.join("sock/sock_send_length")).unwrap();
+        let mut f = facts((6, 18), false, TlsState::Missing("no tls".into()), &[]);
+        f.tracefs = Some(dir.clone());
+        let r = report(&f, None, None);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(r.tracefs.ok, "{:?}", r.tracefs);
+        assert_eq!(
+            r.tracepoints,
+            vec!["syscalls:sys_enter_sendfile64", "sock:sock_send_length"]
+        );
+        assert_eq!(
+            tracepoints_line(&r),
+            "syscalls:sys_enter_sendfile64, sock:sock_send_length"
+        );
+        let present = |name: &str| {
+            r.probe_points
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.present)
+        };
+        assert_eq!(present("sock_send_length"), Some(true));
+        assert_eq!(present("sendfile64"), Some(true));
+    }
 }
