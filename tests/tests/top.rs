@@ -685,7 +685,14 @@ fn once_classifies_ktls_sendfile_as_zero_copy() {
     );
     assert_eq!(r["ZC%"], "100", "{out}");
     assert_ne!(r["TLS-p50"], "-", "{out}");
-    assert_ne!(r["SF-p99"], "-", "{out}");
+    // One 8 MB sendfile takes over a second under TCG: the interval can hold the end of
+    // one run's sendfile and the start of the next run's (another process, with as much
+    // payload but no finished call yet). A finished sendfile's latency must be shown.
+    assert!(
+        rows.iter()
+            .any(|r| r["COMMAND"] == "ktls-workload" && r["SF-p99"] != "-"),
+        "{out}"
+    );
     assert!(out.contains("tls_stat: TlsCurrTxSw"), "{out}");
 }
 
