@@ -37,6 +37,11 @@ use ktls_trace_tests::{
 use serde_json::Value;
 
 const PROMETHEUS_ADDR: &str = "127.0.0.1:9090";
+/// The most one sendfile() of the load server can send: its whole 1 MiB file.
+const SENDFILE_MAX: u64 = 1 << 20;
+/// Calls the kernel may skip in the whole test (3 seen on 7.3.4 under QEMU): more means
+/// the reader blinds the probes again (attach/unpreempted.rs).
+const MOST_SKIPPED: f64 = 16.0;
 /// The rules a fleet operator drops in (docs/prometheus/): loaded into the guest's
 /// Prometheus so that they are evaluated against a real exporter's series.
 const RULES: &str = include_str!("../../docs/prometheus/ktls-trace.rules.yml");
@@ -301,29 +306,73 @@ fn payload_of(pid: u32) -> Result<BTreeMap<String, u64>, String> {
         .collect())
 }
 
+/// The calls the kernel did not run a program for, as export counts them (the one cause
+/// of loss that no design of the reader can close: kernel/trace/bpf_trace.c skips a kprobe
+/// program on a CPU where another BPF program or a map access is under way).
+fn skipped_by_kernel(export_addr: &str) -> u64 {
+    get(export_addr, "/metrics", None)
+        .map(|r| samples(&r.body, "ktls_trace_events_dropped_total"))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(l, _)| l.get("cause").map(String::as_str) == Some("skipped_by_kernel"))
+        .map(|(_, v)| v as u64)
+        .sum()
+}
+
 /// Waits until Prometheus has `path` of `pid` at `want` exactly, then lets three more
 /// scrapes pass and checks that it stayed there (a late or doubled count would move it).
-/// A count that never reaches `want` fails with the last figures.
-fn assert_payload_settles(pid: u32, path: &str, want: u64, context: &dyn Fn() -> String) {
+///
+/// Short of `want` is accepted only as the product promises it, counted: the count has
+/// stood still for 3 s, the kernel skipped calls (`skipped_by_kernel`, counted from 6.7),
+/// and those calls, `max_call` bytes at most each, cover the gap. 7.3.4 under QEMU once
+/// skipped 3 of a workload's 16,389-byte writes in this test, and export said so.
+/// Anything else that never reaches `want` fails with the last figures.
+fn assert_payload_settles(
+    pid: u32,
+    path: &str,
+    want: u64,
+    max_call: u64,
+    export_addr: &str,
+    context: &dyn Fn() -> String,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let mut last: Option<(u64, Instant)> = None;
+    let settled = loop {
         let now = payload_of(pid).unwrap_or_else(|e| panic!("query: {e}"));
-        if now.get(path) == Some(&want) {
-            break;
+        let got = now.get(path).copied();
+        if got == Some(want) {
+            break want;
+        }
+        if let Some(got) = got.filter(|g| *g < want) {
+            match last {
+                Some((was, since)) if was == got => {
+                    let skipped = skipped_by_kernel(export_addr);
+                    if since.elapsed() >= Duration::from_secs(3)
+                        && skipped > 0
+                        && want - got <= skipped * max_call
+                    {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "KT-NOTE {path} of pid {pid}: {got} of {want} bytes, {skipped} call(s) skipped by the kernel and counted"
+                        );
+                        break got;
+                    }
+                }
+                _ => last = Some((got, Instant::now())),
+            }
         }
         assert!(
             Instant::now() < deadline,
-            "Prometheus has {path} of pid {pid} at {:?}, want {want} (every path: {now:?})\n{}",
-            now.get(path),
+            "Prometheus has {path} of pid {pid} at {got:?}, want {want} (every path: {now:?})\n{}",
             context()
         );
         std::thread::sleep(Duration::from_millis(500));
-    }
+    };
     std::thread::sleep(Duration::from_secs(4));
     let after = payload_of(pid).unwrap_or_else(|e| panic!("query: {e}"));
     assert_eq!(
         after.get(path),
-        Some(&want),
+        Some(&settled),
         "{path} of pid {pid} moved after it settled: {after:?}\n{}",
         context()
     );
@@ -536,13 +585,27 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
         assert_eq!(report["verified"], true, "{report}");
     };
     fetch("4");
-    assert_payload_settles(load_pid, "ktls_sendfile", 4 << 20, &context);
+    assert_payload_settles(
+        load_pid,
+        "ktls_sendfile",
+        4 << 20,
+        SENDFILE_MAX,
+        &export_addr,
+        &context,
+    );
     fetch("4");
     let (code, report, err) = server.finish(60);
     assert_eq!(code, Some(0), "{report}\n{err}");
     let body = report["body_bytes"].as_u64().expect("body_bytes");
     assert_eq!(body, 8 << 20, "{report}");
-    assert_payload_settles(load_pid, "ktls_sendfile", body, &context);
+    assert_payload_settles(
+        load_pid,
+        "ktls_sendfile",
+        body,
+        SENDFILE_MAX,
+        &export_addr,
+        &context,
+    );
     // Its response heads went through kernel TLS too (kTLS write), never user space.
     let paths = payload_of(load_pid).unwrap_or_else(|e| panic!("{e}"));
     assert!(paths.get("ktls_write").is_some_and(|b| *b > 0), "{paths:?}");
@@ -590,7 +653,15 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
     w.go();
     let wreport = w.finish();
     let wire = wreport["wire_bytes"].as_u64().expect("wire_bytes");
-    assert_payload_settles(w_pid, "userspace_tls", wire, &context);
+    // One write() per record: 5 bytes of header and 16 KiB at most.
+    assert_payload_settles(
+        w_pid,
+        "userspace_tls",
+        wire,
+        5 + (16 << 10),
+        &export_addr,
+        &context,
+    );
     let paths = payload_of(w_pid).unwrap_or_else(|e| panic!("{e}"));
     let others: u64 = paths
         .iter()
@@ -621,11 +692,18 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
         rules_health.body
     );
 
-    // Nothing was lost: the exact counts above hold only with no drop.
+    // Nothing was lost but what the kernel skipped (checked against the counts above):
+    // no cause of the tracer's own, and a few skips at most.
     let last = get(&export_addr, "/metrics", None).expect("GET /metrics");
     let drops = samples(&last.body, "ktls_trace_events_dropped_total");
     assert_eq!(drops.len(), 5, "every cause, always: {drops:?}");
-    assert!(drops.iter().all(|(_, v)| *v == 0.0), "{drops:?}");
+    for (labels, v) in &drops {
+        let limit = match labels.get("cause").map(String::as_str) {
+            Some("skipped_by_kernel") => MOST_SKIPPED,
+            _ => 0.0,
+        };
+        assert!(*v <= limit, "{drops:?}");
+    }
 
     // SIGTERM ends the exporter cleanly.
     drop(prom);

@@ -93,36 +93,33 @@ pub fn build_cmd(args: &BuildArgs) -> Result<()> {
     Ok(())
 }
 
-/// `cargo build` (which also builds the eBPF object through ktls-trace's build script)
-/// and `cargo test --no-run`; returns the binaries and test executables.
+/// One `cargo build` of the libraries, binaries and test executables (the eBPF object
+/// comes with it, through ktls-trace's build script); returns the binaries and tests.
+///
+/// One invocation, not `cargo build` then `cargo test --no-run`: the tests' dev-dependencies
+/// unify features differently, so the two built ktls-trace and its dependents twice.
 pub fn build(profile: Profile) -> Result<Artifacts> {
-    let profile = profile.cargo_args();
-
     let mut build = cmd::cargo();
-    build.arg("build").args(CARGO_SELECTION).args(profile);
-    let bins = artifacts_of(&mut build)?
-        .into_iter()
-        .filter(|a| !a.test && a.kinds.iter().any(|k| k == "bin"))
-        .collect::<Vec<_>>();
+    build
+        .args(["build", "--lib", "--bins", "--tests"])
+        .args(CARGO_SELECTION)
+        .args(profile.cargo_args());
+    let built = artifacts_of(&mut build)?;
     let bin = |name: &str| -> Result<PathBuf> {
-        bins.iter()
-            .find(|a| a.target == name)
+        built
+            .iter()
+            .find(|a| !a.test && a.target == name && a.kinds.iter().any(|k| k == "bin"))
             .map(|a| a.executable.clone())
             .with_context(|| format!("cargo build produced no `{name}` binary"))
     };
     let ktls_trace = bin("ktls-trace")?;
     let ktls_workload = bin("ktls-workload")?;
-
-    let mut test = cmd::cargo();
-    test.args(["test", "--no-run"])
-        .args(CARGO_SELECTION)
-        .args(profile);
-    let mut tests: Vec<TestExe> = artifacts_of(&mut test)?
-        .into_iter()
+    let mut tests: Vec<TestExe> = built
+        .iter()
         .filter(|a| a.test)
         .map(|a| TestExe {
             label: format!("{}/{} ({})", a.package, a.target, a.kinds.join(",")),
-            path: a.executable,
+            path: a.executable.clone(),
         })
         .collect();
     tests.sort_by(|a, b| a.label.cmp(&b.label));

@@ -567,6 +567,11 @@ impl Tracer {
                 Err(e) => log::warn!("{e}"),
             }
         }
+        let mut phase = std::time::Instant::now();
+        let mut took = |what: &str| {
+            log::debug!("startup: {what} in {:?}", phase.elapsed());
+            phase = std::time::Instant::now();
+        };
         let btf = match Btf::from_sys_fs() {
             Ok(b) => Some(b),
             Err(e) => {
@@ -576,8 +581,11 @@ impl Tracer {
                 None
             }
         };
+        took("kernel BTF parsed");
         let offsets = offsets::read(btf.as_ref(), facts.tracefs.as_deref());
+        took("offsets read");
         let mut ebpf = load_object(&config(&offsets, opts, plan.sendfile), opts)?;
+        took("eBPF object loaded and verified");
 
         if !opts.pids.is_empty() {
             let mut pids: BpfHashMap<_, u32, u8> = ebpf
@@ -627,10 +635,12 @@ impl Tracer {
             t.plan.derive_ciphertext();
         }
         let plan = t.plan.clone();
+        took("maps set up");
         if plan.trampolines {
             t.aya_btf = aya::Btf::from_sys_fs()
                 .map_err(|e| log::info!("no BPF trampolines: cannot read the kernel's BTF ({e})"))
                 .ok();
+            took("kernel BTF parsed again (aya, for trampolines)");
         }
         for (probe, decision) in &plan.decisions {
             match decision {
@@ -652,6 +662,7 @@ impl Tracer {
                 Decision::Skip(why) => t.skipped.push((*probe, why.clone())),
             }
         }
+        took("probes attached");
         if t.attached.is_empty() && t.waiting.is_empty() {
             let why = t
                 .lost

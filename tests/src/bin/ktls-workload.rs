@@ -4,10 +4,14 @@
 //!
 //! usage: ktls-workload MODE BYTES [--no-wait]
 //!   MODE: plain-sendfile | ktls-sendfile | ktls-write | plain-write | userspace-tls |
-//!         parallel-write
+//!         parallel-write | small-writes
 //!   (userspace-tls: plain TCP, the bytes framed as TLS 1.3 application-data records
 //!   `17 03 03 len` by this program, one write() per record, as a user-space TLS library
 //!   sends them; the payload is not encrypted)
+//!
+//! small-writes: plain TCP, one write() per 64 bytes: the most calls per second a process
+//! can make, each one event (for the tests that must overflow a ring buffer however slow
+//! the machine is).
 //!
 //! parallel-write: 32 connections with tiny send buffers; 32 threads each write BYTES in
 //! one write() that blocks until its receiver starts reading (3 s after "go"), so 32 calls
@@ -34,6 +38,8 @@ const SOL_TLS: libc::c_int = 282;
 const TLS_TX: libc::c_int = 1;
 const TLS_1_3_VERSION: u16 = 0x0304;
 const TLS_CIPHER_AES_GCM_128: u16 = 51;
+/// The size of one write() in mode small-writes.
+const SMALL_WRITE: usize = 64;
 
 /// struct tls12_crypto_info_aes_gcm_128 (include/uapi/linux/tls.h).
 #[repr(C)]
@@ -184,7 +190,7 @@ fn main() -> anyhow::Result<()> {
     let (mode, bytes) = match (args.get(1), args.get(2).and_then(|b| b.parse::<u64>().ok())) {
         (Some(m), Some(b)) => (m.clone(), b),
         _ => bail!(
-            "usage: ktls-workload plain-sendfile|ktls-sendfile|ktls-write|plain-write|userspace-tls|parallel-write BYTES [--no-wait]"
+            "usage: ktls-workload plain-sendfile|ktls-sendfile|ktls-write|plain-write|userspace-tls|parallel-write|small-writes BYTES [--no-wait]"
         ),
     };
     let wait = !args.iter().any(|a| a == "--no-wait");
@@ -260,6 +266,12 @@ fn main() -> anyhow::Result<()> {
             record.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
             record.extend_from_slice(chunk);
             s.write_all(&record)?;
+        }
+        sent = bytes;
+    } else if mode == "small-writes" {
+        let mut s = &sock;
+        for chunk in data.chunks(SMALL_WRITE) {
+            s.write_all(chunk)?;
         }
         sent = bytes;
     } else {

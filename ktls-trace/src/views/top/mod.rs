@@ -182,8 +182,8 @@ pub async fn run(args: TopArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     });
     #[cfg(feature = "load")]
     let load_mode = args.mode.unwrap_or_else(|| {
-        use crate::{kernel::KernelFacts, load::Mode};
-        if KernelFacts::probe().tls.is_available() {
+        use crate::{kernel::TlsState, load::Mode};
+        if TlsState::current().is_available() {
             Mode::KtlsSendfile
         } else {
             Mode::PlainSendfile
