@@ -656,7 +656,10 @@ fn once_classifies_ktls_sendfile_as_zero_copy() {
     if !needs_ktls("once_classifies_ktls_sendfile_as_zero_copy") {
         return;
     }
-    let (out, rows, _) = once_with_load("ktls-sendfile", 8_000_000, &["--interval", "3"]);
+    // 1 MB runs: an 8 MB kTLS sendfile took 3.5 s under TCG, longer than the interval,
+    // and once none finished inside it (no SF-p99 anywhere). A run of 1 MB takes about a
+    // second there, so every interval holds the end of one.
+    let (out, rows, _) = once_with_load("ktls-sendfile", 1_000_000, &["--interval", "3"]);
     assert!(out.contains("mode: full mode"), "{out}");
     // From 6.5 top does not probe the TCP pushes: the ciphertext is derived from the
     // records (verify's stage 3 checks that rule against the pushes on every kernel).
@@ -686,9 +689,9 @@ fn once_classifies_ktls_sendfile_as_zero_copy() {
     );
     assert_eq!(r["ZC%"], "100", "{out}");
     assert_ne!(r["TLS-p50"], "-", "{out}");
-    // One 8 MB sendfile takes over a second under TCG: the interval can hold the end of
-    // one run's sendfile and the start of the next run's (another process, with as much
-    // payload but no finished call yet). A finished sendfile's latency must be shown.
+    // The interval can hold the end of one run's sendfile and the start of the next
+    // run's (another process, with payload but no finished call yet). A finished
+    // sendfile's latency must be shown.
     assert!(
         rows.iter()
             .any(|r| r["COMMAND"] == "ktls-workload" && r["SF-p99"] != "-"),
