@@ -54,10 +54,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` when set, else the workspace's `target/`.
+/// A relative `CARGO_TARGET_DIR` is relative to where cargo was started, which a build
+/// script cannot know: taken as the workspace root, where cargo usually runs.
 fn shared_dir() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     match env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        Some(d) if !d.is_empty() => workspace.join(d),
+        _ => workspace.join("target"),
     }
 }
 
