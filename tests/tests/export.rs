@@ -306,12 +306,16 @@ fn payload_of(pid: u32) -> Result<BTreeMap<String, u64>, String> {
         .collect())
 }
 
-/// The calls the kernel did not run a program for, as export counts them (the one cause
-/// of loss that no design of the reader can close: kernel/trace/bpf_trace.c skips a kprobe
-/// program on a CPU where another BPF program or a map access is under way).
+/// export's drop counters by cause, from a scrape of its own (not Prometheus', which lags).
+fn drops(export_addr: &str) -> Result<Samples, String> {
+    get(export_addr, "/metrics", None).map(|r| samples(&r.body, "ktls_trace_events_dropped_total"))
+}
+
+/// The calls the kernel did not run a program for, as export counts them: the one loss
+/// the tracer cannot prevent (a kprobe program skipped while another BPF program or a map
+/// access holds its CPU; a preempted trampoline program needed again on its CPU).
 fn skipped_by_kernel(export_addr: &str) -> u64 {
-    get(export_addr, "/metrics", None)
-        .map(|r| samples(&r.body, "ktls_trace_events_dropped_total"))
+    drops(export_addr)
         .unwrap_or_default()
         .into_iter()
         .filter(|(l, _)| l.get("cause").map(String::as_str) == Some("skipped_by_kernel"))
@@ -542,9 +546,7 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
     // What a failed count is shown with: the drops (an exact count holds only without
     // any), and both logs.
     let context = || {
-        let drops = get(&export_addr, "/metrics", None)
-            .map(|r| samples(&r.body, "ktls_trace_events_dropped_total"))
-            .map_err(|e| e.to_string());
+        let drops = drops(&export_addr);
         format!(
             "drops: {drops:?}\n---- export's stderr ----\n{}\n{}",
             export.stderr(),
@@ -694,8 +696,7 @@ fn prometheus_scrapes_export_and_gets_the_loads_own_byte_counts() {
 
     // Nothing was lost but what the kernel skipped (checked against the counts above):
     // no cause of the tracer's own, and a few skips at most.
-    let last = get(&export_addr, "/metrics", None).expect("GET /metrics");
-    let drops = samples(&last.body, "ktls_trace_events_dropped_total");
+    let drops = drops(&export_addr).unwrap_or_else(|e| panic!("GET /metrics: {e}"));
     assert_eq!(drops.len(), 5, "every cause, always: {drops:?}");
     for (labels, v) in &drops {
         let limit = match labels.get("cause").map(String::as_str) {
