@@ -470,6 +470,38 @@ impl TraceOutput {
         self.stderr.join("\n")
     }
 
+    /// For a test whose exact byte counts already proved that none of the traced
+    /// process's calls were lost, while other processes called the same probed functions:
+    /// the tracer itself lost nothing (ring, in-flight table, decoding), and the only
+    /// drops are calls the kernel did not run a program for and counted (`skipped_by_kernel`,
+    /// or a skipped return found as `returns_missed`), at most `most` of them. The programs
+    /// run for every process and filter by PID inside, so a skip can be another process's
+    /// call: the summary cannot say whose, and the byte counts say it was not ours.
+    pub fn assert_only_kernel_skips(&self, most: u64) {
+        let s = self.summary.as_ref().expect("summary");
+        let n = |k: &str| s[k].as_u64().unwrap_or(u64::MAX);
+        let kernel = n("returns_missed").saturating_add(n("skipped_by_kernel"));
+        assert_eq!(
+            n("drops"),
+            kernel,
+            "drops the tracer itself lost: {}",
+            self.census()
+        );
+        assert_eq!(n("undecodable"), 0, "{}", self.census());
+        assert!(
+            kernel <= most,
+            "more than {most} skipped by the kernel: {}",
+            self.census()
+        );
+        if kernel > 0 {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "KT-NOTE {kernel} calls skipped by the kernel, none of the traced process's"
+            );
+        }
+    }
+
     /// What was seen, for a failing assertion's message: events per probe, the summary
     /// and stderr.
     pub fn census(&self) -> String {

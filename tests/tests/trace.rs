@@ -71,7 +71,9 @@ fn tracepoint_mode_reports_exact_sendfile_bytes_for_the_traced_pid_only() {
     }
     let summary = out.summary.as_ref().expect("summary");
     assert_eq!(summary["probes"]["sendfile64"]["bytes_done"], N);
-    assert_eq!(summary["drops"], 0);
+    // The other workload's sendfile runs the same programs (filtered by PID inside them):
+    // 7.3.4 once counted one call the kernel skipped, with the traced bytes exact.
+    out.assert_only_kernel_skips(2);
     assert_eq!(summary["backend"], "tracepoint");
 
     if has_sock_send_length() {

@@ -111,8 +111,11 @@ pub fn run_captured(
             Line::Err(t) => format!("qemu: {t}"),
         };
         let at = started.elapsed();
-        // The log is a debugging aid; failing to write it must not fail the run.
-        let _ = writeln!(log_file, "{text}");
+        // The log is a debugging aid; failing to write it must not fail the run. Each line
+        // carries the host's seconds since qemu started: a test's time is the gap between
+        // its `test ... ok` line and the line before it (libtest prints both halves at once
+        // when the test ends), which is how slow tests are found.
+        let _ = writeln!(log_file, "[{:7.1}] {text}", at.as_secs_f64());
         on_line(at, &text);
         lines.push((at, text));
     };
