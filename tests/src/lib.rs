@@ -470,29 +470,14 @@ impl TraceOutput {
         self.stderr.join("\n")
     }
 
-    /// For a test whose exact byte counts already proved that none of the traced
-    /// process's calls were lost, while other processes called the same probed functions:
-    /// the tracer itself lost nothing (ring, in-flight table, decoding), and the only
-    /// drops are calls the kernel did not run a program for and counted (`skipped_by_kernel`,
-    /// or a skipped return found as `returns_missed`), at most `most` of them. The programs
-    /// run for every process and filter by PID inside, so a skip can be another process's
-    /// call: the summary cannot say whose, and the byte counts say it was not ours.
+    /// [`assert_only_kernel_skips`] on this trace's summary, for a test whose exact byte
+    /// counts already proved that none of the traced process's calls were lost, while
+    /// other processes called the same probed functions: the programs run for every
+    /// process and filter by PID inside, so a skip can be another process's call (the
+    /// summary cannot say whose; the byte counts say it was not ours).
     pub fn assert_only_kernel_skips(&self, most: u64) {
         let s = self.summary.as_ref().expect("summary");
-        let n = |k: &str| s[k].as_u64().unwrap_or(u64::MAX);
-        let kernel = n("returns_missed").saturating_add(n("skipped_by_kernel"));
-        assert_eq!(
-            n("drops"),
-            kernel,
-            "drops the tracer itself lost: {}",
-            self.census()
-        );
-        assert_eq!(n("undecodable"), 0, "{}", self.census());
-        assert!(
-            kernel <= most,
-            "more than {most} skipped by the kernel: {}",
-            self.census()
-        );
+        let kernel = assert_only_kernel_skips(s, most, &self.census());
         if kernel > 0 {
             use std::io::Write as _;
             let _ = writeln!(
@@ -517,6 +502,27 @@ impl TraceOutput {
             self.stderr_text()
         )
     }
+}
+
+/// Checks a `trace --json` summary object (`{"drops": .., "returns_missed": .., ...}`):
+/// the tracer itself lost nothing (ring buffer, in-flight table, totals map, decoding),
+/// and the only drops are calls the kernel did not run a program for and counted
+/// (`skipped_by_kernel`, or a skipped return found as `returns_missed`), at most `most`.
+/// Returns how many the kernel skipped. `context` goes into every failure message.
+pub fn assert_only_kernel_skips(summary: &Value, most: u64, context: &str) -> u64 {
+    let n = |k: &str| summary[k].as_u64().unwrap_or(u64::MAX);
+    let kernel = n("returns_missed").saturating_add(n("skipped_by_kernel"));
+    assert_eq!(
+        n("drops"),
+        kernel,
+        "the tracer lost events of its own: {summary}\n{context}"
+    );
+    assert_eq!(n("undecodable"), 0, "{summary}\n{context}");
+    assert!(
+        kernel <= most,
+        "more than {most} calls skipped by the kernel: {summary}\n{context}"
+    );
+    kernel
 }
 
 /// Runs `ktls-trace ARGS` to completion: (exit code, stdout, stderr).
