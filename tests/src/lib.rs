@@ -470,21 +470,21 @@ impl TraceOutput {
         self.stderr.join("\n")
     }
 
-    /// [`assert_only_kernel_skips`] on this trace's summary, for a test whose exact byte
-    /// counts already proved that none of the traced process's calls were lost, while
-    /// other processes called the same probed functions: the programs run for every
-    /// process and filter by PID inside, so a skip can be another process's call (the
-    /// summary cannot say whose; the byte counts say it was not ours).
-    pub fn assert_only_kernel_skips(&self, most: u64) {
+    /// [`assert_only_kernel_skips`] on this trace's summary, for a test where other
+    /// processes call the same probed functions: the programs run for every process and
+    /// filter by PID inside, so a skip can be another process's call (the summary cannot
+    /// say whose; the traced process's exact byte counts can). Returns the skips.
+    pub fn assert_only_kernel_skips(&self, most: u64) -> u64 {
         let s = self.summary.as_ref().expect("summary");
         let kernel = assert_only_kernel_skips(s, most, &self.census());
         if kernel > 0 {
             use std::io::Write as _;
             let _ = writeln!(
                 std::io::stderr(),
-                "KT-NOTE {kernel} calls skipped by the kernel, none of the traced process's"
+                "KT-NOTE {kernel} calls skipped by the kernel"
             );
         }
+        kernel
     }
 
     /// What was seen, for a failing assertion's message: events per probe, the summary

@@ -5,8 +5,8 @@
 use std::{process::Command, time::Duration};
 
 use ktls_trace_tests::{
-    GUEST_ONLY, Trace, Workload, bin, has_kprobes, output_within, require_root, run_ktls_trace,
-    without_tracefs,
+    GUEST_ONLY, Trace, TraceOutput, Workload, bin, has_kprobes, output_within, require_root,
+    run_ktls_trace, without_tracefs,
 };
 
 /// Does this kernel have the tracepoints the fallback needs? (6.1 has no
@@ -21,13 +21,11 @@ fn has_sock_send_length() -> bool {
         })
 }
 
-#[test]
-fn tracepoint_mode_reports_exact_sendfile_bytes_for_the_traced_pid_only() {
-    require_root();
-    const N: u64 = 1_000_000;
-    const M: u64 = 300_000;
-    let mut traced = Workload::start("plain-sendfile", N);
-    let mut other = Workload::start("plain-sendfile", M);
+/// One run of the PID-filter scenario: two sendfile workloads, only `traced` traced.
+/// Returns the trace's output once the traced process has exited (trace stops by itself).
+fn traced_beside_another(n: u64, m: u64) -> (TraceOutput, u32, u32) {
+    let mut traced = Workload::start("plain-sendfile", n);
+    let mut other = Workload::start("plain-sendfile", m);
     let traced_pid = traced.pid;
     let pid = traced_pid.to_string();
     let trace = Trace::start(&["--backend", "tracepoint", "--pid", &pid]);
@@ -36,10 +34,44 @@ fn tracepoint_mode_reports_exact_sendfile_bytes_for_the_traced_pid_only() {
     let other_pid = other.pid;
     let r_other = other.finish();
     let r = traced.finish();
-    assert_eq!(r["sent"], N);
-    assert_eq!(r_other["sent"], M);
-    // The traced process is gone: trace stops by itself.
-    let out = trace.wait();
+    assert_eq!(r["sent"], n);
+    assert_eq!(r_other["sent"], m);
+    (trace.wait(), traced_pid, other_pid)
+}
+
+#[test]
+fn tracepoint_mode_reports_exact_sendfile_bytes_for_the_traced_pid_only() {
+    require_root();
+    const N: u64 = 1_000_000;
+    const M: u64 = 300_000;
+    // The kernel may decline to run a program and count it (`trace_call_bpf` while
+    // another BPF program or a bpf() map access holds the CPU): 7.3.4 in CI once skipped
+    // the traced process's one sendfile call, and the tracer said so ("calls the kernel
+    // did not let the programs see: sendfile64 1"). That run proves the accounting, not
+    // the bytes, so the scenario runs again; a loss the kernel did not count fails at once.
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    let (out, traced_pid, other_pid) = loop {
+        let (out, traced_pid, other_pid) = traced_beside_another(N, M);
+        // The other workload runs the same programs (they filter by PID inside), so a
+        // skip may be its call: then the traced bytes are exact and the test goes on.
+        let skipped = out.assert_only_kernel_skips(2);
+        if out.bytes_done("sendfile64", None) == N || skipped == 0 || attempt == ATTEMPTS {
+            break (out, traced_pid, other_pid);
+        }
+        assert!(
+            out.stderr_text()
+                .contains("events were dropped in the kernel"),
+            "a kernel skip not said on stderr: {}",
+            out.census()
+        );
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "KT-NOTE attempt {attempt}: the kernel skipped {skipped} calls, among them the traced sendfile's (counted and said); running again"
+        );
+        attempt += 1;
+    };
     assert!(out.status.success(), "{}", out.stderr_text());
     assert!(
         out.stderr_text().contains("traced processes have exited"),
@@ -71,9 +103,6 @@ fn tracepoint_mode_reports_exact_sendfile_bytes_for_the_traced_pid_only() {
     }
     let summary = out.summary.as_ref().expect("summary");
     assert_eq!(summary["probes"]["sendfile64"]["bytes_done"], N);
-    // The other workload's sendfile runs the same programs (filtered by PID inside them):
-    // 7.3.4 once counted one call the kernel skipped, with the traced bytes exact.
-    out.assert_only_kernel_skips(2);
     assert_eq!(summary["backend"], "tracepoint");
 
     if has_sock_send_length() {
