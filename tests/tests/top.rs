@@ -855,8 +855,11 @@ impl BackgroundTop {
         }
     }
 
-    /// Its JSON snapshot, once it ended on its own.
-    fn snapshot(mut self) -> serde_json::Value {
+    /// Ends its interval now with SIGINT, as Ctrl-C does (`top --once` then prints what
+    /// it has seen so far), and returns that JSON snapshot.
+    fn stop(mut self) -> serde_json::Value {
+        // SAFETY: kill with a valid signal number on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = ktls_trace_tests::exit_within(&mut self.child, Duration::from_secs(180))
             .expect("top --once did not end");
         let out = self
@@ -882,7 +885,8 @@ fn top_from_kernel_totals_equals_top_from_events() {
     if !needs_ktls("top_from_kernel_totals_equals_top_from_events") {
         return;
     }
-    let args = ["--interval", "45", "--comm", "ktls-workload"];
+    // The interval is an upper bound: both end by SIGINT once the transfers are done.
+    let args = ["--interval", "60", "--comm", "ktls-workload"];
     let mut maps = BackgroundTop::start(&args);
     let mut with_events: Vec<&str> = args.to_vec();
     with_events.push("--events");
@@ -901,7 +905,7 @@ fn top_from_kernel_totals_equals_top_from_events() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let (m, e) = (maps.snapshot(), events.snapshot());
+    let (m, e) = (maps.stop(), events.stop());
     let text = format!("from the kernel's totals: {m}\nfrom events: {e}");
     assert!(
         m["mode"]
