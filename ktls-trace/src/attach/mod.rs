@@ -5,6 +5,7 @@
 //! also detaches them if the process dies).
 
 mod aggregates;
+mod links;
 mod offsets;
 pub mod progstats;
 mod unpreempted;
@@ -27,6 +28,7 @@ use ktls_trace_common::{
 };
 use tokio::io::unix::AsyncFd;
 
+use self::links::{LinkId, LinkRef};
 use crate::{
     btf::Btf,
     event::Comm,
@@ -364,6 +366,7 @@ fn attach_probe(
     ebpf: &mut Ebpf,
     probe: Probe,
     tramp: Option<TrampolineBtf<'_>>,
+    links: &mut Vec<LinkRef>,
 ) -> Result<(Via, Vec<String>), String> {
     if let (Some(t), Some(progs), Some(want)) = (
         tramp,
@@ -374,22 +377,24 @@ fn attach_probe(
             return Err(format!("{} is not a kernel function", probe.name()));
         };
         match t.ours.function_params(f) {
-            Some(n) if n == want as usize => match attach_programs(ebpf, &progs, Some(t.aya)) {
-                Ok(names) => return Ok((Via::Trampolines, names)),
-                Err(why) => {
-                    for (name, _) in &progs {
-                        unload(ebpf, name);
+            Some(n) if n == want as usize => {
+                match attach_programs(ebpf, &progs, Some(t.aya), links) {
+                    Ok(names) => return Ok((Via::Trampolines, names)),
+                    Err(why) => {
+                        for (name, _) in &progs {
+                            unload(ebpf, name);
+                        }
+                        log::info!("{f}: no BPF trampolines ({why}); kprobes instead");
                     }
-                    log::info!("{f}: no BPF trampolines ({why}); kprobes instead");
                 }
-            },
+            }
             n => log::info!(
                 "{f}: no BPF trampolines (the kernel's BTF gives it {} arguments, the programs read {want}); kprobes instead",
                 n.map_or("no".to_string(), |n| n.to_string())
             ),
         }
     }
-    attach_programs(ebpf, &programs(probe), None).map(|names| (Via::Probes, names))
+    attach_programs(ebpf, &programs(probe), None, links).map(|names| (Via::Probes, names))
 }
 
 /// Detaches and unloads a program if it was loaded (a half-attached trampoline pair).
@@ -405,12 +410,15 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
     }
 }
 
-/// Loads and attaches programs in order; returns their names.
+/// Loads and attaches programs in order; returns their names, and adds their links to
+/// `links` (only once all are attached: a half-attached pair is unloaded by the caller).
 fn attach_programs(
     ebpf: &mut Ebpf,
     progs: &[(String, AttachPoint)],
     btf: Option<&aya::Btf>,
+    links: &mut Vec<LinkRef>,
 ) -> Result<Vec<String>, String> {
+    let mut made = Vec::new();
     for (name, at) in progs {
         let prog = ebpf
             .program_mut(name)
@@ -419,30 +427,38 @@ fn attach_programs(
             AttachPoint::Kprobe(f) | AttachPoint::Kretprobe(f) => {
                 let p: &mut KProbe = prog.try_into().map_err(|e: ProgramError| explain(&e))?;
                 step(format_args!("loading {name}"), p.load())?;
-                step(format_args!("attaching {name} to {f}"), p.attach(*f, 0))?;
+                let id = step(format_args!("attaching {name} to {f}"), p.attach(*f, 0))?;
+                made.push((name, LinkId::KProbe(id)));
             }
             AttachPoint::FEntry(f) => {
                 let btf = btf.ok_or("no kernel BTF")?;
                 let p: &mut FEntry = prog.try_into().map_err(|e: ProgramError| explain(&e))?;
                 step(format_args!("loading {name}"), p.load(f, btf))?;
-                step(format_args!("attaching {name}"), p.attach())?;
+                let id = step(format_args!("attaching {name}"), p.attach())?;
+                made.push((name, LinkId::FEntry(id)));
             }
             AttachPoint::FExit(f) => {
                 let btf = btf.ok_or("no kernel BTF")?;
                 let p: &mut FExit = prog.try_into().map_err(|e: ProgramError| explain(&e))?;
                 step(format_args!("loading {name}"), p.load(f, btf))?;
-                step(format_args!("attaching {name}"), p.attach())?;
+                let id = step(format_args!("attaching {name}"), p.attach())?;
+                made.push((name, LinkId::FExit(id)));
             }
             AttachPoint::Tracepoint(category, tp) => {
                 let p: &mut TracePoint = prog.try_into().map_err(|e: ProgramError| explain(&e))?;
                 step(format_args!("loading {name}"), p.load())?;
-                step(
+                let id = step(
                     format_args!("attaching {name} to {category}:{tp}"),
                     p.attach(category, tp),
                 )?;
+                made.push((name, LinkId::TracePoint(id)));
             }
         }
     }
+    links.extend(made.into_iter().map(|(program, id)| LinkRef {
+        program: program.clone(),
+        id,
+    }));
     Ok(progs.iter().map(|(n, _)| n.clone()).collect())
 }
 
@@ -524,6 +540,8 @@ pub struct Tracer {
     attached: Vec<Probe>,
     /// How each attached probe is attached, and its programs (for their statistics).
     attached_via: Vec<(Probe, Via, Vec<String>)>,
+    /// The attached programs' links, detached all at once on drop ([`links`]).
+    links: Vec<LinkRef>,
     waiting: Vec<Probe>,
     lost: Vec<Lost>,
     skipped: Vec<(Probe, String)>,
@@ -620,6 +638,7 @@ impl Tracer {
             tls_layout: TlsLayoutState::Waiting,
             attached: Vec::new(),
             attached_via: Vec::new(),
+            links: Vec::new(),
             waiting: Vec::new(),
             lost: Vec::new(),
             skipped: Vec::new(),
@@ -651,6 +670,7 @@ impl Tracer {
                         .as_ref()
                         .zip(t.btf.as_ref())
                         .map(|(aya, ours)| TrampolineBtf { aya, ours }),
+                    &mut t.links,
                 ) {
                     Ok((via, names)) => {
                         t.attached.push(*probe);
@@ -808,6 +828,7 @@ impl Tracer {
                 &mut self.ebpf,
                 probe,
                 tramp.map(|(aya, ours)| TrampolineBtf { aya, ours }),
+                &mut self.links,
             ) {
                 Ok((via, names)) => {
                     self.attached.push(probe);
@@ -936,7 +957,9 @@ impl Drop for Tracer {
         if let Some(t) = self.log_task.take() {
             t.abort();
         }
-        // `ebpf` drops next: aya detaches every link and unloads the programs.
+        // Every link at once (links.rs says why), then `ebpf` drops: aya unloads the
+        // programs and closes the maps.
+        links::detach_all(&mut self.ebpf, std::mem::take(&mut self.links));
     }
 }
 
