@@ -366,8 +366,7 @@ fn attach_probe(
     ebpf: &mut Ebpf,
     probe: Probe,
     tramp: Option<TrampolineBtf<'_>>,
-    links: &mut Vec<LinkRef>,
-) -> Result<(Via, Vec<String>), String> {
+) -> Result<(Via, Vec<LinkRef>), String> {
     if let (Some(t), Some(progs), Some(want)) = (
         tramp,
         trampoline_programs(probe),
@@ -377,24 +376,22 @@ fn attach_probe(
             return Err(format!("{} is not a kernel function", probe.name()));
         };
         match t.ours.function_params(f) {
-            Some(n) if n == want as usize => {
-                match attach_programs(ebpf, &progs, Some(t.aya), links) {
-                    Ok(names) => return Ok((Via::Trampolines, names)),
-                    Err(why) => {
-                        for (name, _) in &progs {
-                            unload(ebpf, name);
-                        }
-                        log::info!("{f}: no BPF trampolines ({why}); kprobes instead");
+            Some(n) if n == want as usize => match attach_programs(ebpf, &progs, Some(t.aya)) {
+                Ok(links) => return Ok((Via::Trampolines, links)),
+                Err(why) => {
+                    for (name, _) in &progs {
+                        unload(ebpf, name);
                     }
+                    log::info!("{f}: no BPF trampolines ({why}); kprobes instead");
                 }
-            }
+            },
             n => log::info!(
                 "{f}: no BPF trampolines (the kernel's BTF gives it {} arguments, the programs read {want}); kprobes instead",
                 n.map_or("no".to_string(), |n| n.to_string())
             ),
         }
     }
-    attach_programs(ebpf, &programs(probe), None, links).map(|names| (Via::Probes, names))
+    attach_programs(ebpf, &programs(probe), None).map(|links| (Via::Probes, links))
 }
 
 /// Detaches and unloads a program if it was loaded (a half-attached trampoline pair).
@@ -410,14 +407,14 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
     }
 }
 
-/// Loads and attaches programs in order; returns their names, and adds their links to
-/// `links` (only once all are attached: a half-attached pair is unloaded by the caller).
+/// Loads and attaches programs in order; returns their links, in that order. On an error
+/// the links made so far stay with their programs (aya detaches them when the programs
+/// go; a half-attached trampoline pair is unloaded by the caller).
 fn attach_programs(
     ebpf: &mut Ebpf,
     progs: &[(String, AttachPoint)],
     btf: Option<&aya::Btf>,
-    links: &mut Vec<LinkRef>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<LinkRef>, String> {
     let mut made = Vec::new();
     for (name, at) in progs {
         let prog = ebpf
@@ -455,11 +452,13 @@ fn attach_programs(
             }
         }
     }
-    links.extend(made.into_iter().map(|(program, id)| LinkRef {
-        program: program.clone(),
-        id,
-    }));
-    Ok(progs.iter().map(|(n, _)| n.clone()).collect())
+    Ok(made
+        .into_iter()
+        .map(|(program, id)| LinkRef {
+            program: program.clone(),
+            id,
+        })
+        .collect())
 }
 
 /// Events the kernel side lost, by cause (summed over CPUs).
@@ -538,10 +537,9 @@ pub struct Tracer {
     btf: Option<Btf>,
     tls_layout: TlsLayoutState,
     attached: Vec<Probe>,
-    /// How each attached probe is attached, and its programs (for their statistics).
-    attached_via: Vec<(Probe, Via, Vec<String>)>,
-    /// The attached programs' links, detached all at once on drop ([`links`]).
-    links: Vec<LinkRef>,
+    /// How each attached probe is attached, and its programs' links (for their
+    /// statistics; detached all at once on drop, [`links`]).
+    attached_via: Vec<(Probe, Via, Vec<LinkRef>)>,
     waiting: Vec<Probe>,
     lost: Vec<Lost>,
     skipped: Vec<(Probe, String)>,
@@ -638,7 +636,6 @@ impl Tracer {
             tls_layout: TlsLayoutState::Waiting,
             attached: Vec::new(),
             attached_via: Vec::new(),
-            links: Vec::new(),
             waiting: Vec::new(),
             lost: Vec::new(),
             skipped: Vec::new(),
@@ -670,11 +667,10 @@ impl Tracer {
                         .as_ref()
                         .zip(t.btf.as_ref())
                         .map(|(aya, ours)| TrampolineBtf { aya, ours }),
-                    &mut t.links,
                 ) {
-                    Ok((via, names)) => {
+                    Ok((via, links)) => {
                         t.attached.push(*probe);
-                        t.attached_via.push((*probe, via, names));
+                        t.attached_via.push((*probe, via, links));
                     }
                     Err(why) => t.lost.push(Lost { probe: *probe, why }),
                 },
@@ -719,17 +715,17 @@ impl Tracer {
         &self,
     ) -> Vec<(Probe, progstats::ProgStats, Option<progstats::ProgStats>)> {
         let mut out = Vec::new();
-        for (probe, _, names) in &self.attached_via {
-            let stat = |name: &String| {
+        for (probe, _, links) in &self.attached_via {
+            let stat = |link: &LinkRef| {
                 self.ebpf
-                    .program(name)
+                    .program(&link.program)
                     .and_then(|p| p.fd().ok())
                     .and_then(|fd| progstats::read(fd.as_fd()))
                     .unwrap_or_default()
             };
             // Programs are attached return side first: [return, entry] (a tracepoint
             // probe has one program, counted as the entry).
-            let (ret, entry) = match names.as_slice() {
+            let (ret, entry) = match links.as_slice() {
                 [r, e] => (Some(stat(r)), stat(e)),
                 [e] => (None, stat(e)),
                 _ => continue,
@@ -828,11 +824,10 @@ impl Tracer {
                 &mut self.ebpf,
                 probe,
                 tramp.map(|(aya, ours)| TrampolineBtf { aya, ours }),
-                &mut self.links,
             ) {
-                Ok((via, names)) => {
+                Ok((via, links)) => {
                     self.attached.push(probe);
-                    self.attached_via.push((probe, via, names));
+                    self.attached_via.push((probe, via, links));
                     notices.push(Notice::Attached(probe));
                 }
                 Err(why) => {
@@ -959,7 +954,11 @@ impl Drop for Tracer {
         }
         // Every link at once (links.rs says why), then `ebpf` drops: aya unloads the
         // programs and closes the maps.
-        links::detach_all(&mut self.ebpf, std::mem::take(&mut self.links));
+        let all = std::mem::take(&mut self.attached_via)
+            .into_iter()
+            .flat_map(|(_, _, l)| l)
+            .collect();
+        links::detach_all(&mut self.ebpf, all);
     }
 }
 
