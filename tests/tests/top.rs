@@ -230,14 +230,31 @@ fn once_json_for_scripts() {
         "{out}"
     );
     let procs = v["procs"].as_array().expect("procs");
-    assert!(!procs.is_empty(), "{out}");
     for p in procs {
         assert_eq!(p["comm"], "ktls-workload", "{out}");
+    }
+    // A run whose bytes went before the interval may still show a call in it (sendfile's
+    // last call, returning 0 at the end of the file: 7.3 under TCG once): a row with no
+    // payload, which has no path. Every row that sent in the interval is plain sendfile.
+    let sending: Vec<_> = procs
+        .iter()
+        .filter(|p| p["payload_bps"].as_f64().unwrap_or(0.0) > 0.0)
+        .collect();
+    assert!(!sending.is_empty(), "{out}");
+    for p in sending {
         assert_eq!(p["path"], "plain-sendfile", "{out}");
         assert!(
             p["paths_bps"]["plain-sendfile"].as_f64().unwrap_or(0.0) > 0.0,
             "{out}"
         );
+    }
+    for p in procs {
+        if p["path"].is_null() {
+            assert_eq!(
+                p["payload_bps"], 0.0,
+                "a row without a path sent nothing: {out}"
+            );
+        }
     }
     // --json belongs to --once.
     let (code, _, err) = run_ktls_trace(&["top", "--json"]);
